@@ -1,0 +1,152 @@
+"""Where model weights come from, and their identity.
+
+- `builtin:tiny-wan`: a tiny WanPipeline (transformer, VAE, UMT5 text encoder, and a byte-level BPE
+  tokenizer trained offline with `tokenizers`) built from configs with a fixed seed, saved once with
+  `save_pretrained` into the cache folder, then loaded with `from_pretrained` like any checkpoint.
+- a local folder in diffusers layout (`model_index.json` at its root);
+- a hub id (`Wan-AI/Wan2.1-T2V-1.3B-Diffusers`), resolved by diffusers/huggingface_hub as usual.
+
+`model_identity()` gives what goes into `params_hash`: family, path, revision, dtype and a fingerprint
+of the weights, so that new weights mean new videos.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+BUILTIN_PREFIX = "builtin:"
+# Bump when the builtin recipe changes: the fingerprint changes with it, so outputs regenerate.
+BUILTIN_MODELS = {"tiny-wan": "tiny-wan-v1"}
+
+# Words the tokenizer is trained on; also a fair sample of what prompts in this domain say.
+_CORPUS = """
+a an the of in on at with and through over under across into from by near beside behind toward
+cat dog horse bird fox wolf deer whale fish robot drone car truck train bus bicycle motorcycle boat ship
+plane rocket city street road highway bridge tunnel forest jungle desert beach ocean sea lake river
+mountain valley canyon cliff field meadow garden park market warehouse factory kitchen office studio
+person woman man child chef dancer runner pilot worker driver crowd team family
+walks runs drives flies swims jumps dances turns falls rises spins moves crosses climbs waves
+slowly quickly gently smoothly suddenly
+red orange yellow green blue purple white black gray golden silver bright dark warm cool soft hard
+sunset sunrise morning noon evening night dusk dawn rain snow fog storm wind clouds sky stars moon sun
+cinematic photorealistic documentary anime watercolor noir vintage film 35mm 4k hdr macro aerial drone
+shot wide close-up medium tracking dolly pan tilt crane handheld static orbit zoom push pull
+lighting light shadow backlit rim neon candle lamp volumetric overcast golden hour blue hour
+product bottle shoe phone watch coffee cup sneaker perfume logo brand ad commercial showroom
+simulation traffic pedestrian intersection warehouse forklift robot arm conveyor sensor lidar weather
+""".split()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RUSHES_CACHE", Path.home() / ".cache" / "rushes"))
+
+
+def _build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024, special_tokens=["<pad>", "</s>", "<unk>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    sentences = [" ".join(_CORPUS[i:i + 12]) for i in range(0, len(_CORPUS), 12)]
+    tok.train_from_iterator(sentences, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+def build_tiny_wan(target: Path) -> None:
+    """Build the tiny Wan pipeline with a fixed seed and save it in diffusers layout at `target`."""
+    import torch
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tokenizer = _build_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=64, ffn_dim=64, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=64)
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipe.save_pretrained(target)
+
+
+def resolve_model_path(path: str) -> str:
+    """A path that `from_pretrained` accepts; builds the builtin model into the cache on first use."""
+    if not path.startswith(BUILTIN_PREFIX):
+        return path
+    name = path[len(BUILTIN_PREFIX):]
+    if name not in BUILTIN_MODELS:
+        raise ValueError(f"model.path: unknown builtin model '{path}' "
+                         f"(known: {', '.join(BUILTIN_PREFIX + k for k in BUILTIN_MODELS)})")
+    target = cache_dir() / "builtin" / BUILTIN_MODELS[name]
+    if not (target / "model_index.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Build aside and rename into place: actors on one node may race to build it.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            build_tiny_wan(tmp)
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if not (target / "model_index.json").exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def weights_fingerprint(folder: str | Path) -> str:
+    """sha256 over a checkpoint folder: whole files up to 64 MiB, else size plus head and tail.
+
+    Hashing every byte of a 30 GB checkpoint on each run would cost minutes; the safetensors header
+    (at the head) and the size change whenever the tensors do.
+    """
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        rel = f.relative_to(folder).as_posix()
+        size = f.stat().st_size
+        h.update(f"{rel}\0{size}\0".encode())
+        with f.open("rb") as fh:
+            if size <= 64 << 20:
+                h.update(fh.read())
+            else:
+                h.update(fh.read(1 << 20))
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read())
+    return h.hexdigest()
+
+
+def model_identity(family: str, path: str, revision: str | None, dtype: str) -> dict:
+    """Everything about the model that decides the pixels, without loading it."""
+    local = resolve_model_path(path)
+    fingerprint = None
+    if Path(local).is_dir():
+        fingerprint = weights_fingerprint(local)
+    else:
+        try:  # a hub id already in the local cache can be fingerprinted; otherwise id + revision is all
+            from huggingface_hub import snapshot_download
+
+            fingerprint = weights_fingerprint(snapshot_download(local, revision=revision, local_files_only=True))
+        except Exception:
+            fingerprint = None
+    return {"family": family, "path": path, "revision": revision, "dtype": dtype,
+            "weights_hash": fingerprint}
+

@@ -1,0 +1,134 @@
+"""Model family adapters over diffusers pipelines.
+
+A family knows the shapes its model can make, how to load the full pipeline for sampling (latents out)
+and the VAE alone for decoding (latents in, uint8 frames out). Sampling and decoding stages call these;
+they hold no Ray code. Wan comes first; LTX-Video and CogVideoX slot in as further classes here.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _split_batch_forward(module: torch.nn.Module) -> None:
+    """Make `module` run each batch item in its own forward and concatenate the results.
+
+    CPU and GPU kernels (conv, small-M GEMMs) round differently for different batch sizes, so a batched
+    forward would make a video's pixels depend on which other rows shared its batch. One item per forward
+    keeps them identical whatever the batching; the pipeline call around it is still batched.
+    """
+    forward = module.forward
+
+    @functools.wraps(forward)
+    def per_item(*args: Any, **kwargs: Any):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        n = hidden.shape[0]
+        if n == 1:
+            return forward(*args, **kwargs)
+
+        def item(v: Any, i: int) -> Any:
+            return v[i:i + 1] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v
+
+        outs = [forward(*[item(a, i) for a in args], **{k: item(v, i) for k, v in kwargs.items()})
+                for i in range(n)]
+        first = outs[0]
+        if isinstance(first, tuple):
+            return tuple(torch.cat([o[j] for o in outs]) for j in range(len(first)))
+        return type(first)(sample=torch.cat([o.sample for o in outs]))
+
+    module.forward = per_item
+
+
+class WanFamily:
+    """Wan2.1 / Wan2.2 text-to-video (diffusers `WanPipeline`, `AutoencoderKLWan`)."""
+
+    name = "wan"
+    spatial_multiple = 16  # VAE downsamples by 8, the transformer patchifies by 2
+    temporal_stride = 4
+
+    @classmethod
+    def check_shape(cls, height: int, width: int, num_frames: int) -> str | None:
+        """None when the model can make this shape, else a message naming the field and the rule."""
+        m = cls.spatial_multiple
+        if height % m:
+            return f"height must be a multiple of {m} for family '{cls.name}', got {height}"
+        if width % m:
+            return f"width must be a multiple of {m} for family '{cls.name}', got {width}"
+        if (num_frames - 1) % cls.temporal_stride:
+            return (f"num_frames must be {cls.temporal_stride}*k+1 (e.g. 17, 33, 49, 81) for family "
+                    f"'{cls.name}', got {num_frames}")
+        return None
+
+    @staticmethod
+    def load_pipeline(path: str, dtype: str, device: str, revision: str | None = None,
+                      batch_invariant: bool = True):
+        from diffusers import WanPipeline
+
+        # The VAE is loaded by the decode stage alone; the sampler never holds it.
+        pipe = WanPipeline.from_pretrained(path, vae=None, torch_dtype=DTYPES[dtype], revision=revision)
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        if batch_invariant:
+            for name in ("transformer", "transformer_2"):
+                if getattr(pipe, name, None) is not None:
+                    _split_batch_forward(getattr(pipe, name))
+        return pipe
+
+    @staticmethod
+    def sample(pipe, prompts: list[str], negative_prompts: list[str], seeds: list[int], *,
+               height: int, width: int, num_frames: int, num_inference_steps: int,
+               guidance_scale: float) -> np.ndarray:
+        """Latents for a batch of same-shape variants: float32 array (N, C, T', H', W')."""
+        device = pipe._execution_device
+        # Prompts are encoded one at a time for the same reason the denoiser runs per item.
+        cfg = guidance_scale > 1.0
+        pos, neg = [], []
+        for p, n in zip(prompts, negative_prompts):
+            e, ne = pipe.encode_prompt(prompt=[p], negative_prompt=[n], do_classifier_free_guidance=cfg,
+                                       device=device)
+            pos.append(e)
+            neg.append(ne)
+        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        out = pipe(prompt_embeds=torch.cat(pos), negative_prompt_embeds=torch.cat(neg) if cfg else None,
+                   height=height, width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
+                   guidance_scale=guidance_scale, generator=generators, output_type="latent")
+        return out.frames.float().cpu().numpy()
+
+    @staticmethod
+    def load_vae(path: str, dtype: str, device: str, revision: str | None = None):
+        from diffusers import AutoencoderKLWan
+
+        # Wan's VAE is numerically fragile in half precision; diffusers' own examples keep it in float32.
+        vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32,
+                                               revision=revision)
+        return vae.to(device).eval()
+
+    @staticmethod
+    @torch.no_grad()
+    def decode(vae, latents: np.ndarray) -> tuple[np.ndarray, bool]:
+        """One variant's latents (C, T', H', W') to frames uint8 (T, H, W, 3), and whether all were finite."""
+        device = next(vae.parameters()).device
+        z = torch.from_numpy(latents).unsqueeze(0).to(device, torch.float32)
+        c = vae.config.z_dim
+        mean = torch.tensor(vae.config.latents_mean, device=device).view(1, c, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std, device=device).view(1, c, 1, 1, 1)
+        video = vae.decode(z * std + mean, return_dict=False)[0][0]  # (3, T, H, W) in [-1, 1]
+        finite = bool(torch.isfinite(video).all())
+        video = torch.nan_to_num(video, nan=-1.0)
+        frames = ((video.permute(1, 2, 3, 0) / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        return frames.cpu().numpy(), finite
+
+
+FAMILIES: dict[str, type] = {"wan": WanFamily}
+
+
+def family_for(name: str):
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown model family '{name}' (known: {', '.join(FAMILIES)})") from None
