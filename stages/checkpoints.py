@@ -69,6 +69,9 @@ def build_tiny_wan(target: Path) -> None:
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
+    from stages.families import quiet_loading
+
+    quiet_loading()
     tokenizer = _build_tokenizer()
     torch.manual_seed(0)
     text_encoder = UMT5EncoderModel(UMT5Config(

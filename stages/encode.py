@@ -7,6 +7,8 @@ In: filtered rows carrying `frames`. Out: the same rows with `video_bytes`, `pos
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 import time
 from fractions import Fraction
 
@@ -22,9 +24,18 @@ def encode_mp4(frames: np.ndarray, fps: int, crf: int, preset: str, metadata: di
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise ValueError(f"encode: yuv420p needs even height and width, got {h}x{w}")
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
-        for k, v in (metadata or {}).items():
+    # A real file: +faststart rewrites the file in a second pass, which PyAV cannot do on a BytesIO.
+    with tempfile.TemporaryDirectory(prefix="rushes-encode-") as tmp:
+        path = os.path.join(tmp, "video.mp4")
+        _write_mp4(path, frames, fps, crf, preset, metadata or {})
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def _write_mp4(path: str, frames: np.ndarray, fps: int, crf: int, preset: str, metadata: dict) -> None:
+    _, h, w, _ = frames.shape
+    with av.open(path, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+        for k, v in metadata.items():
             container.metadata[k] = str(v)
         stream = container.add_stream("libx264", rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
@@ -34,7 +45,6 @@ def encode_mp4(frames: np.ndarray, fps: int, crf: int, preset: str, metadata: di
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    return buf.getvalue()
 
 
 def encode_poster(frames: np.ndarray, quality: int) -> bytes:

@@ -7,10 +7,21 @@ they hold no Ray code. Wan comes first; LTX-Video and CogVideoX slot in as furth
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
+
+def quiet_loading() -> None:
+    """Loading progress bars and deprecation chatter would flood every actor's log."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -69,6 +80,7 @@ class WanFamily:
                       batch_invariant: bool = True):
         from diffusers import WanPipeline
 
+        quiet_loading()
         # The VAE is loaded by the decode stage alone; the sampler never holds it.
         pipe = WanPipeline.from_pretrained(path, vae=None, torch_dtype=DTYPES[dtype], revision=revision)
         pipe.to(device)
@@ -103,6 +115,7 @@ class WanFamily:
     def load_vae(path: str, dtype: str, device: str, revision: str | None = None):
         from diffusers import AutoencoderKLWan
 
+        quiet_loading()
         # Wan's VAE is numerically fragile in half precision; diffusers' own examples keep it in float32.
         vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32,
                                                revision=revision)

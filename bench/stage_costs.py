@@ -1,0 +1,65 @@
+"""Seconds per video for each stage with the builtin tiny model, stages called directly (no Ray).
+
+    python bench/stage_costs.py [--videos 8] [--height 96 --width 160 --frames 17 --steps 4]
+
+Prints the machine, then one line per stage. Figures, not assertions: compare stages within one run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import torch
+
+from pipeline.spec import DecodeSpec, EncodeSpec, ExpandSpec, FilterSpec, ModelSpec, SampleSpec
+from stages.decode import DecodeStage
+from stages.encode import EncodeStage
+from stages.expand import ExpandStage
+from stages.filter import FilterStage
+from stages.sample import SampleStage
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.node()} | {platform.processor() or platform.machine()} | {os.cpu_count()} cores | "
+            f"{gpu} | torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--videos", type=int, default=8)
+    ap.add_argument("--height", type=int, default=96)
+    ap.add_argument("--width", type=int, default=160)
+    ap.add_argument("--frames", type=int, default=17)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=4)
+    a = ap.parse_args()
+    rows = [{"row": i, "id": f"v{i}", "prompt": f"a cat walking on a beach, take {i}", "negative_prompt": "",
+             "seed": i, "num_variants": 1, "height": a.height, "width": a.width, "num_frames": a.frames,
+             "fps": 8, "num_inference_steps": a.steps, "guidance_scale": 5.0, "style": None, "tags": [],
+             "extra": {}} for i in range(a.videos)]
+    gpu = 1 if torch.cuda.is_available() else 0
+    stages = [
+        ("expand", ExpandStage(ExpandSpec(), {})),
+        ("sample", SampleStage(ModelSpec(), SampleSpec(batch_size=a.batch_size, resources={"num_gpus": gpu}))),
+        ("decode", DecodeStage(ModelSpec(), DecodeSpec(resources={"num_gpus": gpu}))),
+        ("filter", FilterStage(FilterSpec(min_motion=0))),
+        ("encode", EncodeStage(EncodeSpec())),
+    ]
+    print(machine())
+    print(f"{a.videos} videos of {a.width}x{a.height}, {a.frames} frames, {a.steps} steps, "
+          f"sample batch {a.batch_size}")
+    data = rows
+    for name, stage in stages:
+        stage.setup()
+        start = time.perf_counter()
+        data = stage(data)
+        per = (time.perf_counter() - start) / a.videos
+        print(f"  {name:<7} {per:8.4f} s/video  ({a.frames / per:8.1f} frames/s)")
+    print(f"  statuses: {sorted({r['status'] for r in data})}")
+
+
+if __name__ == "__main__":
+    main()

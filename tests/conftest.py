@@ -1,0 +1,62 @@
+"""Shared fixtures: a model cache per test session, manifests written to tmp, one local Ray instance."""
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """The builtin model is built once per session into a fresh cache, as on a new machine."""
+    cache = tmp_path_factory.mktemp("rushes-cache")
+    os.environ["RUSHES_CACHE"] = str(cache)  # set before Ray starts so that workers inherit it
+    return cache
+
+
+@pytest.fixture(scope="session")
+def ray_local(model_cache):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def write_manifest(path, rows: list[dict], types: dict | None = None):
+    """Write `rows` as a Parquet manifest; `types` pins column types (else Arrow infers them)."""
+    cols = {}
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    for name in names:
+        values = [r.get(name) for r in rows]
+        t = (types or {}).get(name)
+        cols[name] = pa.array(values, type=t) if t else pa.array(values)
+    pq.write_table(pa.table(cols), path)
+    return str(path)
+
+
+@pytest.fixture
+def make_manifest(tmp_path):
+    def make(rows, name="manifest.parquet", types=None):
+        return write_manifest(tmp_path / name, rows, types)
+    return make
+
+
+def job_dict(manifest: str, output: str, **overrides) -> dict:
+    """A small, fast job: tiny builtin model, 64x64, 9 frames, 2 steps."""
+    job = {
+        "name": "test",
+        "manifest": manifest,
+        "output": output,
+        "sampling": {"height": 64, "width": 64, "num_frames": 9, "fps": 8, "num_inference_steps": 2},
+        "sample": {"batch_size": 4, "resources": {"num_cpus": 1, "num_gpus": 0}},
+        "decode": {"resources": {"num_cpus": 1, "num_gpus": 0}},
+        "encode": {"preset": "ultrafast"},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(job.get(key), dict):
+            job[key] = {**job[key], **value}
+        else:
+            job[key] = value
+    return job

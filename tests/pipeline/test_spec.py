@@ -1,0 +1,54 @@
+import pytest
+
+from pipeline.spec import JobSpecError, load_job
+
+
+def test_defaults_fill_everything_but_manifest_and_output():
+    spec = load_job({"manifest": "m.parquet", "output": "out"})
+    assert spec.model.path == "builtin:tiny-wan"
+    assert spec.sample.resources.num_gpus == 1
+    assert spec.resolved().run_id
+
+
+def test_typo_names_the_key_path_and_suggests(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("manifest: m.parquet\noutput: out\nsample:\n  batchsize: 4\n")
+    with pytest.raises(JobSpecError) as e:
+        load_job(job)
+    msg = str(e.value)
+    assert "sample.batchsize: unknown key; did you mean 'batch_size'?" in msg
+    assert str(job) in msg
+
+
+def test_bad_values_name_the_path_and_what_is_allowed():
+    with pytest.raises(JobSpecError) as e:
+        load_job({"manifest": "m", "output": "o", "model": {"dtype": "float8"},
+                  "sampling": {"num_inference_steps": 0}})
+    msg = str(e.value)
+    assert "model.dtype: Input should be 'float32', 'bfloat16' or 'float16', got 'float8'" in msg
+    assert "sampling.num_inference_steps: Input should be greater than 0" in msg
+
+
+def test_missing_required_and_shape_the_model_cannot_make():
+    with pytest.raises(JobSpecError, match="output: required key is missing"):
+        load_job({"manifest": "m"})
+    with pytest.raises(JobSpecError, match="height must be a multiple of 16 for family 'wan', got 100"):
+        load_job({"manifest": "m", "output": "o", "sampling": {"height": 100}})
+    with pytest.raises(JobSpecError, match=r"num_frames must be 4\*k\+1"):
+        load_job({"manifest": "m", "output": "o", "sampling": {"num_frames": 16}})
+
+
+def test_overrides_replace_manifest_and_output(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("manifest: a.parquet\noutput: out-a\n")
+    spec = load_job(job, manifest="b.parquet", output="s3://bucket/out-b")
+    assert (spec.manifest, spec.output, spec.name) == ("b.parquet", "s3://bucket/out-b", "job")
+
+
+def test_unreadable_job_files(tmp_path):
+    with pytest.raises(JobSpecError, match="job file not found"):
+        load_job(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(JobSpecError, match="a job file is a YAML mapping"):
+        load_job(bad)
