@@ -1,10 +1,12 @@
 """The `rushes` command.
 
     rushes validate JOB.yaml [--manifest URI] [--output URI] [--strict]
-    rushes run JOB.yaml [--manifest URI] [--output URI] [--run-id ID]
+    rushes run JOB.yaml [--manifest URI] [--output URI] [--run-id ID] [--force]
+    rushes status OUTPUT_URI [--storage-option KEY=VALUE ...]
 
 Exit codes: 0 when every row ended in a recorded state; 2 when the job file or the manifest cannot be
-used (nothing was generated); 1 when the job itself could not run.
+used (nothing was generated); 3 when another run holds the output; 1 when the job itself could not run
+(a storage error, for one).
 """
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ import argparse
 import logging
 import sys
 
+from pipeline.lease import LeaseHeld, LeaseLost
 from pipeline.manifest import ManifestError
 from pipeline.spec import JobSpecError, load_job
+from pipeline.storage import StorageError
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUSY = 0, 1, 2, 3
 
 
 def _load(args) -> "JobSpec":  # noqa: F821
@@ -26,16 +30,21 @@ def _load(args) -> "JobSpec":  # noqa: F821
 
 
 def cmd_validate(args) -> int:
-    from pipeline.job import plan_job
+    from pipeline.job import Summary, plan_job, select_work
+    from pipeline.library import current_state
 
     plan = plan_job(_load(args))
     rows = plan.rows
+    summary = Summary(plan.spec.run_id, plan.spec.output, 0)
+    todo, _ = select_work(plan, current_state(plan.spec.output, plan.spec.storage_options), summary)
     print(f"job file {args.job}: ok")
     print(f"manifest {plan.spec.manifest}: {len(rows.valid) + len(rows.invalid)} rows, "
           f"{len(rows.valid)} valid, {len(rows.invalid)} invalid")
     for rec in rows.invalid:
         print(f"  row {rec['row']} (id {rec['id']!r}): {rec['error']}")
-    print(f"variants to generate: {plan.num_variants}")
+    w = summary.work
+    print(f"variants: {len(plan.variants)}; to generate {len(todo)} ({w['new']} new, {w['retried']} retried, "
+          f"{w['regenerated']} regenerated), {w['skipped']} already done in the output")
     m = plan.model
     print(f"model: {m['family']} {m['path']} dtype={m['dtype']} weights={str(m['weights_hash'])[:16]}")
     print(f"output: {plan.spec.output}")
@@ -45,8 +54,28 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     from pipeline.job import run_job
 
-    summary = run_job(_load(args))
+    summary = run_job(_load(args), force=args.force)
     print(summary.render())
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    from collections import Counter
+
+    from pipeline.lease import Lease
+    from pipeline.library import read_records
+
+    options = dict(kv.split("=", 1) for kv in args.storage_option)
+    table = read_records(args.output, options)
+    counts = Counter(table.column("status").to_pylist()) if table.num_rows else Counter()
+    print(f"library {args.output}: {table.num_rows} current records")
+    for status in ("accepted", "rejected", "invalid", "failed"):
+        print(f"  {status:<9} {counts[status]}")
+    if table.num_rows:
+        latest = max(zip(table.column("committed_at").to_pylist(), table.column("run_id").to_pylist()))
+        print(f"latest run: {latest[1]} (last commit {latest[0]:%Y-%m-%d %H:%M:%S} UTC)")
+    holder = Lease(args.output, "-", storage_options=options).holder()
+    print(f"running now: {holder['run_id']} on {holder['host']}" if holder else "running now: none")
     return EXIT_OK
 
 
@@ -63,13 +92,25 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--strict", action="store_true", help="exit 2 when any row is invalid")
         else:
             p.add_argument("--run-id", help="run id (default: timestamp + random suffix)")
+            p.add_argument("--force", action="store_true",
+                           help="take over the output's lease even if it has not expired (its run is dead)")
+    p = sub.add_parser("status", help="counts by status and the latest run of an output library")
+    p.add_argument("output", help="output URI")
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="fsspec option, e.g. endpoint_url=http://127.0.0.1:9000")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[rushes] %(message)s")
     try:
-        return {"validate": cmd_validate, "run": cmd_run}[args.command](args)
+        return {"validate": cmd_validate, "run": cmd_run, "status": cmd_status}[args.command](args)
     except (JobSpecError, ManifestError) as e:
         print(f"rushes: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (LeaseHeld, LeaseLost) as e:
+        print(f"rushes: {e}", file=sys.stderr)
+        return EXIT_BUSY
+    except StorageError as e:
+        print(f"rushes: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("rushes: interrupted; the records committed so far are kept", file=sys.stderr)
         return 130

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import uuid
 from datetime import datetime, timezone
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline.storage import filesystem, join, put_atomic
 
 FLOAT_MAP = pa.map_(pa.string(), pa.float64())
 RECORD_FIELDS = [
@@ -48,27 +47,6 @@ def record_schema(extra: pa.Schema) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
-
-
-def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write `data` so that readers see the old object or the whole new one, never a part.
-
-    Object stores give this for a single PUT; a local filesystem needs a temp file and a rename.
-    """
-    if "file" in fs.protocol or "local" in fs.protocol:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, data)
-
-
 class ObjectWriter:
     """Worker side: writes each encoded variant's objects, returns its metadata record (no bytes)."""
 
@@ -79,7 +57,7 @@ class ObjectWriter:
         self._fs = None
 
     def setup(self) -> None:
-        self._fs, self._root = fsspec.core.url_to_fs(self.output, **self.storage_options)
+        self._fs, self._root = filesystem(self.output, self.storage_options)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         if self._fs is None:
@@ -89,7 +67,7 @@ class ObjectWriter:
             video, poster = r.pop("video_bytes", None), r.pop("poster_bytes", None)
             if video is not None:
                 key = f"{r['id']}/{r['variant']}"
-                vpath, ppath = _join(self._root, "videos", f"{key}.mp4"), _join(self._root, "posters", f"{key}.jpg")
+                vpath, ppath = join(self._root, "videos", f"{key}.mp4"), join(self._root, "posters", f"{key}.jpg")
                 try:
                     put_atomic(self._fs, ppath, poster)
                     put_atomic(self._fs, vpath, video)
@@ -122,9 +100,8 @@ class MetadataWriter:
     """Driver side: the only writer of records; one atomic Parquet object per committed batch."""
 
     def __init__(self, output: str, run_id: str, schema: pa.Schema, storage_options: dict | None = None):
-        self.fs, self.root = fsspec.core.url_to_fs(output, **(storage_options or {}))
+        self.fs, self.root = filesystem(output, storage_options)
         self.run_id, self.schema, self.seq = run_id, schema, 0
-        self.fs.makedirs(_join(self.root, "metadata"), exist_ok=True)
 
     def commit(self, records: list[dict]) -> str | None:
         if not records:
@@ -140,12 +117,12 @@ class MetadataWriter:
         table = pa.Table.from_pylist(rows, schema=self.schema)
         buf = io.BytesIO()
         pq.write_table(table, buf)
-        path = _join(self.root, "metadata", f"part-{self.run_id}-{self.seq:06d}.parquet")
+        path = join(self.root, "metadata", f"part-{self.run_id}-{self.seq:06d}.parquet")
         put_atomic(self.fs, path, buf.getvalue())
         self.seq += 1
         return path
 
     def save_text(self, relpath: str, text: str) -> str:
-        path = _join(self.root, relpath)
+        path = join(self.root, relpath)
         put_atomic(self.fs, path, text.encode())
         return self.fs.unstrip_protocol(path)

@@ -1,8 +1,10 @@
 """The one place where stages become Ray Data operators.
 
-In: validated manifest rows and the JobSpec. Out: a Ray Data `Dataset` of metadata records, produced by
-    expand (tasks) -> sample (actor pool) -> decode (actor pool) -> filter + encode + write objects (tasks)
-with each stage's CPUs, GPUs, memory and replicas taken from the job file.
+In: expanded variant rows that still need generating, and the JobSpec. Out: a Ray Data `Dataset` of
+metadata records, produced by
+    sample (actor pool) -> decode (actor pool) -> filter + encode + write objects (tasks)
+with each stage's CPUs, GPUs, memory and replicas taken from the job file. Expansion runs in the driver
+(`pipeline.job`): its output decides which variants a re-run may skip, before any model is loaded.
 
 Rows travel between operators as pickled Python dicts in a single binary column: a row's fields change
 from stage to stage (latents, then frames, then bytes) and Arrow schemas would only get in the way.
@@ -20,7 +22,6 @@ from pipeline.commit import ObjectWriter
 from pipeline.spec import JobSpec, Resources
 from stages.decode import DecodeStage
 from stages.encode import EncodeStage
-from stages.expand import ExpandStage
 from stages.filter import FilterStage
 from stages.sample import SampleStage
 
@@ -71,14 +72,12 @@ def threads(res: Resources) -> int:
     return max(1, round(res.num_cpus))
 
 
-def build_dataset(spec: JobSpec, rows: list[dict], pixel_settings: dict, model_identity: dict) -> ray.data.Dataset:
+def build_dataset(spec: JobSpec, variants: list[dict], model_identity: dict) -> ray.data.Dataset:
     gpus = cluster_has_gpus()
     if not gpus and (spec.sample.resources.num_gpus or spec.decode.resources.num_gpus):
         log.warning("no GPUs in the Ray cluster: sample and decode run on CPU (their num_gpus requests dropped)")
     # Small blocks keep rows streaming through the stages instead of waiting for a big first block.
-    ds = ray.data.from_arrow(table_of(rows)).repartition(max(1, min(len(rows), 256)))
-    ds = ds.map_batches(run_stages, fn_kwargs={"stages": [ExpandStage(spec.expand, pixel_settings)]},
-                        batch_size=spec.expand.batch_size, batch_format="pyarrow")
+    ds = ray.data.from_arrow(table_of(variants)).repartition(max(1, min(len(variants), 256)))
     ds = ds.map_batches(StageActor, fn_constructor_args=(SampleStage(spec.model, spec.sample,
                                                                       threads(spec.sample.resources)),),
                         batch_size=spec.sample.batch_size, batch_format="pyarrow",
@@ -87,7 +86,7 @@ def build_dataset(spec: JobSpec, rows: list[dict], pixel_settings: dict, model_i
                                                                       threads(spec.decode.resources)),),
                         batch_size=spec.decode.batch_size, batch_format="pyarrow",
                         **actor_args(spec.decode.resources, gpus))
-    writer = ObjectWriter(spec.output, spec.run_id, model_identity, spec.manifest)
+    writer = ObjectWriter(spec.output, spec.run_id, model_identity, spec.manifest, spec.storage_options)
     ds = ds.map_batches(run_stages, fn_kwargs={"stages": [FilterStage(spec.filter), EncodeStage(spec.encode),
                                                           writer]},
                         batch_size=spec.encode.batch_size, batch_format="pyarrow")

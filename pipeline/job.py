@@ -1,8 +1,14 @@
-"""Running a job: plan (read + validate), start Ray, stream rows through the graph, commit, summarise.
+"""Running a job: plan, take the output's lease, decide what to generate, stream it through Ray, commit.
 
-In: a `JobSpec`. Out: a `Summary` (counts by status, throughput, where the outputs are). Every manifest
-row ends in exactly one committed record: invalid rows are committed first, straight from validation;
-every variant of a valid row is committed when it comes out of the graph.
+In: a `JobSpec`. Out: a `Summary` (counts by status; how many variants were new, skipped, retried or
+regenerated; throughput; where the outputs are).
+
+Resume rule, per variant, against the current committed record of the same (id, variant):
+- same `params_hash` and accepted/rejected: skipped, no model is loaded for it;
+- `failed` (same parameters): retried;
+- different `params_hash` (new weights, steps, prompt, ...): regenerated;
+- no record: new.
+Invalid rows are recorded once; an unchanged invalid row is not recorded again.
 """
 from __future__ import annotations
 
@@ -15,11 +21,16 @@ from dataclasses import dataclass, field
 import yaml
 
 from pipeline.commit import MetadataWriter, invalid_record, record_schema
+from pipeline.lease import Lease
+from pipeline.library import current_state, record_key
 from pipeline.manifest import Validated, read_manifest, validate_rows
 from pipeline.spec import JobSpec
+from pipeline.storage import filesystem, is_local
 from stages.checkpoints import model_identity
+from stages.expand import ExpandStage
 
 log = logging.getLogger("rushes")
+DONE = ("accepted", "rejected")
 
 
 @dataclass
@@ -27,22 +38,20 @@ class Plan:
     spec: JobSpec
     rows: Validated
     model: dict
-    pixel_settings: dict
-
-    @property
-    def num_variants(self) -> int:
-        return sum(r["num_variants"] for r in self.rows.valid)
+    variants: list[dict]
 
 
 def plan_job(spec: JobSpec) -> Plan:
-    """Everything that can be checked without Ray or a GPU: job file, manifest rows, model identity."""
+    """Everything that can be checked without Ray or a GPU: job file, manifest rows, model identity,
+    and every variant's expanded prompt and params_hash."""
     spec = spec.resolved()
-    rows = validate_rows(read_manifest(spec.manifest), spec)
+    rows = validate_rows(read_manifest(spec.manifest, spec.storage_options), spec)
     model = model_identity(spec.model.family, spec.model.path, spec.model.revision, spec.model.dtype)
     enc = spec.encode
     pixel_settings = {"model": model, "encode": {"codec": enc.codec, "crf": enc.crf, "preset": enc.preset},
                       "batch_invariant": spec.sample.batch_invariant}
-    return Plan(spec, rows, model, pixel_settings)
+    variants = ExpandStage(spec.expand, pixel_settings)(rows.valid)
+    return Plan(spec, rows, model, variants)
 
 
 @dataclass
@@ -50,7 +59,8 @@ class Summary:
     run_id: str
     output: str
     manifest_rows: int
-    counts: Counter = field(default_factory=Counter)
+    counts: Counter = field(default_factory=Counter)  # records committed by this run, by status
+    work: Counter = field(default_factory=Counter)  # variants: new, skipped, retried, regenerated
     seconds: float = 0.0
     spec_uri: str = ""
 
@@ -61,12 +71,14 @@ class Summary:
     def render(self) -> str:
         per_min = self.generated / self.seconds * 60 if self.seconds else 0.0
         by_status = ", ".join(f"{s} {self.counts[s]}" for s in ("accepted", "rejected", "invalid", "failed"))
+        work = ", ".join(f"{k} {self.work[k]}" for k in ("new", "skipped", "retried", "regenerated"))
         return "\n".join([
             f"run {self.run_id}: {self.manifest_rows} manifest rows -> {sum(self.counts.values())} records",
             f"  {by_status}",
+            f"  variants: {work}",
             f"  {self.generated} videos generated in {self.seconds:.1f} s ({per_min:.1f} videos/min)",
             f"  videos:   {self.output.rstrip('/')}/videos/",
-            f"  metadata: {self.output.rstrip('/')}/metadata/  (pyarrow.dataset.dataset(...))",
+            f"  metadata: {self.output.rstrip('/')}/metadata/  (pipeline.library.read_records)",
             f"  job spec: {self.spec_uri}",
         ])
 
@@ -86,38 +98,86 @@ def ensure_ray(spec: JobSpec) -> None:
                  log_to_driver=True)
 
 
-def run_job(spec: JobSpec, echo=print) -> Summary:
+def remove_partial_writes(output: str, storage_options: dict) -> int:
+    """Temp files of a local writer killed mid-write (object stores have none: a PUT is atomic)."""
+    fs, root = filesystem(output, storage_options)
+    if not is_local(fs):
+        return 0
+    stale = fs.glob(f"{root.rstrip('/')}/**/.tmp-*")
+    for path in stale:
+        fs.rm_file(path)
+    return len(stale)
+
+
+def select_work(plan: Plan, state: dict[tuple, dict], summary: Summary) -> tuple[list[dict], list[dict]]:
+    """(variants to generate, invalid rows to record), counting each decision in `summary.work`."""
+    todo = []
+    for v in plan.variants:
+        prev = state.get((v["id"], v["variant"]))
+        if prev is None:
+            summary.work["new"] += 1
+        elif prev["params_hash"] != v["params_hash"]:
+            summary.work["regenerated"] += 1
+        elif prev["status"] in DONE:
+            summary.work["skipped"] += 1
+            continue
+        else:
+            summary.work["retried"] += 1
+        todo.append(v)
+    invalid = [r for r in plan.rows.invalid
+               if (state.get(record_key({**r, "variant": -1})) or {}).get("error") != r["error"]]
+    return todo, invalid
+
+
+def run_job(spec: JobSpec, echo=print, force: bool = False) -> Summary:
     start = time.perf_counter()
     plan = plan_job(spec)
     spec = plan.spec
-    writer = MetadataWriter(spec.output, spec.run_id, record_schema(plan.rows.extra_schema))
-    summary = Summary(spec.run_id, spec.output, len(plan.rows.valid) + len(plan.rows.invalid))
-    summary.spec_uri = writer.save_text(f"runs/{spec.run_id}/job.yaml",
-                                        yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-    for rec in plan.rows.invalid:
-        echo(f"[rushes] invalid row {rec['row']} (id {rec['id']!r}): {rec['error']}")
-    writer.commit([invalid_record(r) for r in plan.rows.invalid])
-    summary.counts.update(invalid=len(plan.rows.invalid))
-    total = plan.num_variants
-    echo(f"[rushes] run {spec.run_id}: {len(plan.rows.valid)} valid rows, {len(plan.rows.invalid)} invalid, "
-         f"{total} variants to generate with {spec.model.family}:{spec.model.path}")
-    if plan.rows.valid:
-        from pipeline.graph import build_dataset, rows_of
+    lease = Lease(spec.output, spec.run_id, spec.lease_ttl_s, spec.storage_options)
+    taken_from = lease.acquire(force=force)  # also the first write: a bad bucket fails here, before any GPU work
+    try:
+        if taken_from:
+            echo(f"[rushes] took over the lease of run {taken_from}")
+        removed = remove_partial_writes(spec.output, spec.storage_options)
+        if removed:
+            echo(f"[rushes] removed {removed} partial writes left by an interrupted run")
+        summary = Summary(spec.run_id, spec.output, len(plan.rows.valid) + len(plan.rows.invalid))
+        todo, invalid = select_work(plan, current_state(spec.output, spec.storage_options), summary)
+        writer = MetadataWriter(spec.output, spec.run_id, record_schema(plan.rows.extra_schema),
+                                spec.storage_options)
+        summary.spec_uri = writer.save_text(f"runs/{spec.run_id}/job.yaml",
+                                            yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        for rec in invalid:
+            echo(f"[rushes] invalid row {rec['row']} (id {rec['id']!r}): {rec['error']}")
+        writer.commit([invalid_record(r) for r in invalid])
+        summary.counts.update(invalid=len(invalid))
+        w = summary.work
+        echo(f"[rushes] run {spec.run_id}: {len(plan.rows.valid)} valid rows, {len(plan.rows.invalid)} invalid; "
+             f"{len(todo)} variants to generate ({w['new']} new, {w['retried']} retried, "
+             f"{w['regenerated']} regenerated), {w['skipped']} already done")
+        if todo:
+            _generate(spec, plan, todo, writer, lease, summary, echo, start)
+        summary.seconds = time.perf_counter() - start
+        writer.save_text(f"runs/{spec.run_id}/summary.txt", summary.render() + "\n")
+        return summary
+    finally:
+        lease.release()
 
-        ensure_ray(spec)
-        ds = build_dataset(spec, plan.rows.valid, plan.pixel_settings, plan.model)
-        done = 0
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            records = rows_of(batch)
-            writer.commit(records)
-            for rec in records:
-                summary.counts[rec["status"]] += 1
-                if rec["status"] == "failed":
-                    echo(f"[rushes] failed {rec['id']}/{rec['variant']}: {rec['error']}")
-            done += len(records)
-            elapsed = time.perf_counter() - start
-            echo(f"[rushes] committed {done}/{total} variants ({summary.generated} videos, "
-                 f"{summary.counts['failed']} failed) in {elapsed:.0f} s")
-    summary.seconds = time.perf_counter() - start
-    writer.save_text(f"runs/{spec.run_id}/summary.txt", summary.render() + "\n")
-    return summary
+
+def _generate(spec, plan, todo, writer, lease, summary, echo, start) -> None:
+    from pipeline.graph import build_dataset, rows_of
+
+    ensure_ray(spec)
+    ds = build_dataset(spec, todo, plan.model)
+    done = 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        lease.check()
+        records = rows_of(batch)
+        writer.commit(records)
+        for rec in records:
+            summary.counts[rec["status"]] += 1
+            if rec["status"] == "failed":
+                echo(f"[rushes] failed {rec['id']}/{rec['variant']}: {rec['error']}")
+        done += len(records)
+        echo(f"[rushes] committed {done}/{len(todo)} variants ({summary.generated} videos, "
+             f"{summary.counts['failed']} failed) in {time.perf_counter() - start:.0f} s")

@@ -12,13 +12,13 @@ import math
 import re
 from dataclasses import dataclass, field
 
-import fsspec
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.types as pat
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from pipeline.spec import JobSpec
+from pipeline.storage import StorageError, filesystem, with_retries
 from stages.families import family_for
 
 
@@ -55,14 +55,14 @@ def _type_ok(t: pa.DataType, kind: str) -> bool:
     raise AssertionError(kind)
 
 
-def manifest_files(uri: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, list[str]]:
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+def manifest_files(uri: str, storage_options: dict | None = None) -> tuple:
+    fs, path = filesystem(uri, storage_options)
     if any(c in path for c in "*?["):
-        files = sorted(fs.glob(path))
-    elif fs.isdir(path):
-        files = sorted(f for f in fs.find(path) if f.endswith(".parquet")
+        files = sorted(with_retries("list", uri, lambda: fs.glob(path)))
+    elif with_retries("read", uri, lambda: fs.isdir(path)):
+        files = sorted(f for f in with_retries("list", uri, lambda: fs.find(path)) if f.endswith(".parquet")
                        and not any(part.startswith((".", "_")) for part in f[len(path):].split("/")))
-    elif fs.exists(path):
+    elif with_retries("read", uri, lambda: fs.exists(path)):
         files = [path]
     else:
         raise ManifestError(f"manifest {uri}: not found")
@@ -75,8 +75,10 @@ def read_manifest(uri: str, storage_options: dict | None = None) -> pa.Table:
     fs, files = manifest_files(uri, storage_options)
     try:
         table = pads.dataset(files, format="parquet", filesystem=PyFileSystem(FSSpecHandler(fs))).to_table()
-    except (pa.ArrowInvalid, OSError) as e:
+    except pa.ArrowInvalid as e:
         raise ManifestError(f"manifest {uri}: not readable as Parquet: {e}") from None
+    except OSError as e:
+        raise StorageError(f"read manifest {uri} failed: {type(e).__name__}: {e}") from e
     problems = [f"missing required column '{c}'" for c in REQUIRED if c not in table.column_names]
     for name, kind in {**REQUIRED, **OVERRIDES}.items():
         if name in table.column_names and not _type_ok(table.schema.field(name).type, kind):

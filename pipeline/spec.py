@@ -105,6 +105,9 @@ class JobSpec(Strict):
     manifest: str = Field(..., min_length=1, description="Parquet file, folder or glob; local or any fsspec URI")
     output: str = Field(..., min_length=1, description="library root; local folder or fsspec URI")
     run_id: str | None = None
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for manifest and output (endpoint_url, region...)")
+    lease_ttl_s: float = Field(120.0, ge=5, description="a dead run's lease expires after this long")
     model: ModelSpec = Field(default_factory=ModelSpec)
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
     expand: ExpandSpec = Field(default_factory=ExpandSpec)
@@ -119,6 +122,23 @@ class JobSpec(Strict):
     def _run_id_is_a_key(cls, v: str | None) -> str | None:
         if v is not None and not _RUN_ID.match(v):
             raise ValueError("must match [A-Za-z0-9][A-Za-z0-9._-]{0,127} (it becomes part of object keys)")
+        return v
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from pipeline.storage import SECRET_OPTIONS
+
+        def keys(d: dict, prefix: str = ""):
+            for k, val in d.items():
+                yield f"{prefix}{k}", k
+                if isinstance(val, dict):
+                    yield from keys(val, f"{prefix}{k}.")
+
+        secret = [path for path, k in keys(v) if str(k).lower() in SECRET_OPTIONS]
+        if secret:
+            raise ValueError(f"{', '.join(secret)}: credentials do not belong in a job file (it is saved beside "
+                             "the outputs); use the environment (AWS_ACCESS_KEY_ID, ...) or a profile")
         return v
 
     @model_validator(mode="after")

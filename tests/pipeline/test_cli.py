@@ -24,12 +24,12 @@ def write_job(path, job: dict):
 
 
 def test_validate_summarises_rows_and_names_each_invalid_one(tmp_path):
-    r = rushes("validate", "manifests/demo.yaml")
+    r = rushes("validate", "manifests/demo.yaml", "--output", str(tmp_path / "o"))
     assert r.returncode == 0, r.stderr
     assert "12 rows, 10 valid, 2 invalid" in r.stdout
     assert "row 10 (id 'bad/id'): id: 'bad/id' must match" in r.stdout
     assert "row 11 (id 'empty-prompt'): prompt: empty" in r.stdout
-    assert "variants to generate: 11" in r.stdout
+    assert "variants: 11; to generate 11 (11 new" in r.stdout
     assert rushes("validate", "manifests/demo.yaml", "--strict").returncode == 2
 
 
@@ -55,6 +55,7 @@ def test_run_with_overrides_writes_outputs_and_a_summary(tmp_path):
     r = rushes("run", job, "--manifest", manifest, "--output", str(out), "--run-id", "nightly-1")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "run nightly-1: 2 manifest rows -> 2 records" in r.stdout
+    assert "variants: new 1, skipped 0, retried 0, regenerated 0" in r.stdout
     assert "invalid 1" in r.stdout and "videos/min" in r.stdout
     assert (out / "runs" / "nightly-1" / "job.yaml").exists()
     recs = pads.dataset(str(out / "metadata")).to_table().to_pylist()
