@@ -186,6 +186,8 @@ def format_errors(err: ValidationError, source: str) -> str:
             lines.append(f"  {path}: {e['msg']}, got {e.get('input')!r}")
         elif e["type"] == "missing":
             lines.append(f"  {path}: required key is missing")
+        elif loc and loc[0] == "storage_options":  # may hold a secret: never echo the value
+            lines.append(f"  {path}: {e['msg'].removeprefix('Value error, ')}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"  {path}: {msg} (got {e.get('input')!r})")

@@ -17,8 +17,11 @@ os.environ.update(AWS_ACCESS_KEY_ID="rushes-test-key-id", AWS_SECRET_ACCESS_KEY=
 
 @pytest.fixture(scope="session")
 def moto_server():
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

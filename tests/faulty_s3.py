@@ -62,7 +62,9 @@ class FaultyS3:
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "content-length", "connection"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                # A HEAD answer has no body but must still tell the object's size.
+                length = resp.getheader("Content-Length") if self.command == "HEAD" else str(len(data))
+                self.send_header("Content-Length", length or "0")
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
