@@ -60,3 +60,8 @@ def test_run_with_overrides_writes_outputs_and_a_summary(tmp_path):
     assert (out / "runs" / "nightly-1" / "job.yaml").exists()
     recs = pads.dataset(str(out / "metadata")).to_table().to_pylist()
     assert sorted(r["status"] for r in recs) in (["accepted", "invalid"], ["invalid", "rejected"])
+    status = rushes("status", str(out))
+    assert status.returncode == 0, status.stderr
+    assert f"library {out}: 2 current records" in status.stdout
+    assert "invalid   1" in status.stdout and "latest run: nightly-1" in status.stdout
+    assert "running now: none" in status.stdout
