@@ -9,6 +9,7 @@ anything more.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -17,6 +18,7 @@ import time
 from pipeline.storage import filesystem, join, put_atomic, put_exclusive, read_bytes, remove
 
 LEASE_NAME = "_lease.json"
+log = logging.getLogger("rushes")
 
 
 class LeaseHeld(RuntimeError):
@@ -78,7 +80,10 @@ class Lease:
             if not cur or cur.get("run_id") != self.run_id:
                 self.lost.set()
                 return
-            put_atomic(self.fs, self.path, self._body())
+            try:
+                put_atomic(self.fs, self.path, self._body())
+            except Exception as e:  # noqa: BLE001 - try again next tick; three misses in a row lose the lease
+                log.warning("could not renew the lease on %s: %s", self.output, e)
 
     def check(self) -> None:
         if self.lost.is_set():
