@@ -82,7 +82,7 @@ class Lease:
                 return
             try:
                 put_atomic(self.fs, self.path, self._body())
-            except Exception as e:  # noqa: BLE001 - try again next tick; three misses in a row lose the lease
+            except Exception as e:  # noqa: BLE001 - try again next tick; the lease lasts 4 ticks
                 log.warning("could not renew the lease on %s: %s", self.output, e)
 
     def check(self) -> None:

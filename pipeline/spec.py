@@ -57,7 +57,6 @@ class SamplingSpec(Strict):
 class ExpandSpec(Strict):
     mode: Literal["template", "none"] = "template"
     styles: list[str] = Field(default_factory=list, description="styles to draw from; empty = built-in list")
-    batch_size: int = Field(64, ge=1)
 
 
 class SampleSpec(Strict):
@@ -79,7 +78,6 @@ class FilterSpec(Strict):
     min_brightness: float = Field(16.0, ge=0, le=255)
     max_brightness: float = Field(240.0, ge=0, le=255)
     min_sharpness: float = Field(0.0, ge=0, description="variance of the Laplacian; 0 disables")
-    batch_size: int = Field(1, ge=1)
 
 
 class EncodeSpec(Strict):

@@ -25,9 +25,12 @@ class StorageError(RuntimeError):
     """A storage operation failed for good; the message names the operation and the URI."""
 
 
+def protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+
+
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protocol or "local" in protocol
+    return "file" in protocols(fs) or "local" in protocols(fs)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -93,7 +96,7 @@ def put_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-        elif "s3" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        elif "s3" in protocols(fs):
             fs.pipe_file(path, data, mode="create")
         else:
             if fs.exists(path):

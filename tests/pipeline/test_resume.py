@@ -113,3 +113,13 @@ def test_expired_lease_of_a_dead_run_is_taken_over(library):
     run_job(load_job(job_dict(lease_manifest(base), out)), echo=lines.append)
     assert "[rushes] took over the lease of run dead-run" in lines
     assert Lease(out, "x").holder() is None  # released at the end of the run
+
+
+def test_partial_local_writes_of_a_killed_writer_are_removed(tmp_path):
+    from pipeline.job import remove_partial_writes
+
+    (tmp_path / "videos" / "a").mkdir(parents=True)
+    (tmp_path / "videos" / "a" / ".tmp-0123").write_bytes(b"half a video")
+    (tmp_path / "videos" / "a" / "0.mp4").write_bytes(b"a whole video")
+    assert remove_partial_writes(str(tmp_path), {}) == 1
+    assert sorted(p.name for p in (tmp_path / "videos" / "a").iterdir()) == ["0.mp4"]
