@@ -14,6 +14,7 @@ import argparse
 import logging
 import sys
 
+from pipeline.job import ClusterError, JobFailed
 from pipeline.lease import LeaseHeld, LeaseLost
 from pipeline.manifest import ManifestError
 from pipeline.spec import JobSpecError, load_job
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rushes: {e}", file=sys.stderr)
         return EXIT_BUSY
     except StorageError as e:
+        print(f"rushes: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except (ClusterError, JobFailed) as e:
         print(f"rushes: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

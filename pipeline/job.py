@@ -164,20 +164,37 @@ def run_job(spec: JobSpec, echo=print, force: bool = False) -> Summary:
         lease.release()
 
 
+class ClusterError(RuntimeError):
+    """The Ray cluster cannot run the job as declared (a stage no node can host)."""
+
+
+class JobFailed(RuntimeError):
+    """The Ray pipeline stopped; every record committed before it is kept, and a re-run resumes."""
+
+
 def _generate(spec, plan, todo, writer, lease, summary, echo, start) -> None:
+    import ray
+
     from pipeline.graph import build_dataset, rows_of
 
     ensure_ray(spec)
-    ds = build_dataset(spec, todo, plan.model)
+    ds, ledger = build_dataset(spec, todo, plan.model)
     done = 0
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        lease.check()
-        records = rows_of(batch)
-        writer.commit(records)
-        for rec in records:
-            summary.counts[rec["status"]] += 1
-            if rec["status"] == "failed":
-                echo(f"[rushes] failed {rec['id']}/{rec['variant']}: {rec['error']}")
-        done += len(records)
-        echo(f"[rushes] committed {done}/{len(todo)} variants ({summary.generated} videos, "
-             f"{summary.counts['failed']} failed) in {time.perf_counter() - start:.0f} s")
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            lease.check()
+            records = rows_of(batch)
+            writer.commit(records)
+            for rec in records:
+                summary.counts[rec["status"]] += 1
+                if rec["status"] == "failed":
+                    echo(f"[rushes] failed {rec['id']}/{rec['variant']}: {rec['error']}")
+            done += len(records)
+            echo(f"[rushes] committed {done}/{len(todo)} variants ({summary.generated} videos, "
+                 f"{summary.counts['failed']} failed) in {time.perf_counter() - start:.0f} s")
+    except (ray.exceptions.RayError, ClusterError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise JobFailed(f"the pipeline stopped after committing {done} of {len(todo)} variants: "
+                        f"{type(e).__name__}: {first}. Committed records are kept; run again to resume.") from e
+    finally:
+        ray.kill(ledger)

@@ -24,20 +24,55 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+_REPLICAS = re.compile(r"^\s*(\d+)\s*\.\.\s*(\d+)\s*$")
+
+
 class Resources(Strict):
-    """What one replica of a stage asks Ray for."""
+    """What one replica of a stage asks Ray for, and how many replicas run."""
 
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; fractions share a GPU")
     memory_gb: float | None = Field(None, gt=0, description="memory reserved per replica, in GiB")
-    replicas: int = Field(1, ge=1, description="actor pool size")
+    replicas: int | str = Field(1, description="actor pool size: a number, or 'min..max' for Ray Data to scale")
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas(cls, v: int | str) -> int | str:
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError("must be at least 1")
+            return v
+        m = _REPLICAS.match(v)
+        if not m:
+            raise ValueError("must be a number or a range 'min..max', e.g. '1..8'")
+        lo, hi = int(m.group(1)), int(m.group(2))
+        if not 1 <= lo <= hi:
+            raise ValueError(f"range {v!r} needs 1 <= min <= max")
+        return f"{lo}..{hi}"
+
+    @property
+    def replica_range(self) -> tuple[int, int]:
+        if isinstance(self.replicas, int):
+            return self.replicas, self.replicas
+        lo, hi = self.replicas.split("..")
+        return int(lo), int(hi)
 
 
 class ModelSpec(Strict):
-    family: Literal["wan"] = "wan"
+    family: str = Field("wan", description="built-in family (wan) or 'package.module:ClassName'")
     path: str = Field("builtin:tiny-wan", description="builtin:tiny-wan, a local folder, or a hub id")
     revision: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @field_validator("family")
+    @classmethod
+    def _family_exists(cls, v: str) -> str:
+        from stages.families import family_for
+
+        family_for(v)
+        return v
 
 
 class SamplingSpec(Strict):
@@ -93,6 +128,11 @@ class EncodeSpec(Strict):
 class RaySpec(Strict):
     address: str | None = Field(None, description="Ray address; unset = a local Ray started by the job")
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a local Ray")
+    max_row_attempts: int = Field(
+        3, ge=1, le=20, description="times a row may take down its worker before it is recorded as failed")
+    setup_attempts: int = Field(3, ge=1, le=20, description="tries of a stage's setup (model load) per actor")
+    resource_wait_s: float = Field(
+        300.0, ge=0, description="how long to wait for a node that can host each stage before failing")
 
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

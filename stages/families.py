@@ -141,7 +141,17 @@ FAMILIES: dict[str, type] = {"wan": WanFamily}
 
 
 def family_for(name: str):
-    try:
+    """A built-in family by name, or a user's own class named as 'package.module:ClassName' (it must be
+    importable on every Ray worker, like any user code in a runtime environment)."""
+    if name in FAMILIES:
         return FAMILIES[name]
-    except KeyError:
-        raise ValueError(f"unknown model family '{name}' (known: {', '.join(FAMILIES)})") from None
+    if ":" in name:
+        import importlib
+
+        module, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"model family '{name}' cannot be imported: {e}") from None
+    raise ValueError(f"unknown model family '{name}' (built-in: {', '.join(FAMILIES)}; "
+                     "or 'package.module:ClassName')")
