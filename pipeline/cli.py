@@ -3,10 +3,13 @@
     rushes validate JOB.yaml [--manifest URI] [--output URI] [--strict]
     rushes run JOB.yaml [--manifest URI] [--output URI] [--run-id ID] [--force]
     rushes status OUTPUT_URI [--storage-option KEY=VALUE ...]
+    rushes submit JOB.yaml --address http://HEAD:8265 [--wait] [--manifest URI] [--output URI] [--force]
+    rushes status SUBMISSION_ID --address http://HEAD:8265
+    rushes logs SUBMISSION_ID --address http://HEAD:8265 [--follow]
 
 Exit codes: 0 when every row ended in a recorded state; 2 when the job file or the manifest cannot be
 used (nothing was generated); 3 when another run holds the output; 1 when the job itself could not run
-(a storage error, for one).
+(a storage error, for one). `submit --wait` exits with the submitted job's own exit code.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pipeline.lease import LeaseHeld, LeaseLost
 from pipeline.manifest import ManifestError
 from pipeline.spec import JobSpecError, load_job
 from pipeline.storage import StorageError
+from pipeline.submit import SubmitError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUSY = 0, 1, 2, 3
 
@@ -60,8 +64,45 @@ def cmd_run(args) -> int:
     return EXIT_OK
 
 
+def cmd_submit(args) -> int:
+    from pipeline import submit
+
+    spec = _load(args).resolved()
+    overrides = {"manifest": args.manifest, "output": args.output}
+    submission_id = submit.submit(args.job, spec, args.address, overrides, args.working_dir, args.force)
+    print(f"submitted {submission_id} (run {spec.run_id}) to {submit.address_of(args.address)}")
+    print(f"  follow:  rushes logs {submission_id} --address {submit.address_of(args.address)} --follow")
+    if not args.wait:
+        return EXIT_OK
+    try:
+        status = submit.follow(submission_id, args.address)
+    except KeyboardInterrupt:
+        print(f"rushes: stopped following; the job keeps running (ray job stop {submission_id} to stop it)",
+              file=sys.stderr)
+        return 130
+    print(submit.describe(submission_id, args.address))
+    return submit.exit_code(submission_id, args.address) if status != "STOPPED" else EXIT_FAILED
+
+
+def cmd_logs(args) -> int:
+    from pipeline import submit
+
+    if args.follow:
+        status = submit.follow(args.submission_id, args.address)
+        print(f"[rushes] submission {args.submission_id}: {status}")
+    else:
+        sys.stdout.write(submit.logs(args.submission_id, args.address))
+    return EXIT_OK
+
+
 def cmd_status(args) -> int:
     from collections import Counter
+
+    if args.address:  # a submission id on a cluster
+        from pipeline import submit
+
+        print(submit.describe(args.output, args.address))
+        return EXIT_OK
 
     from pipeline.lease import Lease
     from pipeline.library import read_records
@@ -95,14 +136,31 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--run-id", help="run id (default: timestamp + random suffix)")
             p.add_argument("--force", action="store_true",
                            help="take over the output's lease even if it has not expired (its run is dead)")
-    p = sub.add_parser("status", help="counts by status and the latest run of an output library")
-    p.add_argument("output", help="output URI")
+    p = sub.add_parser("submit", help="submit the job to a Ray cluster through the Ray Jobs API")
+    p.add_argument("job", help="job file (YAML), inside the working directory")
+    p.add_argument("--address", help="the cluster's dashboard URL, e.g. http://HEAD:8265 "
+                                     "(default: $RAY_API_SERVER_ADDRESS)")
+    p.add_argument("--wait", action="store_true", help="follow the logs and exit with the job's exit code")
+    p.add_argument("--manifest", help="manifest URI; overrides the job file")
+    p.add_argument("--output", help="output URI; overrides the job file")
+    p.add_argument("--run-id", help="run id (default: timestamp + random suffix)")
+    p.add_argument("--working-dir", help="folder uploaded as the job's working directory (default: .)")
+    p.add_argument("--force", action="store_true", help="passed to `rushes run`: take over the output's lease")
+    p = sub.add_parser("logs", help="the logs of a submitted job")
+    p.add_argument("submission_id")
+    p.add_argument("--address", help="the cluster's dashboard URL (default: $RAY_API_SERVER_ADDRESS)")
+    p.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+    p = sub.add_parser("status", help="an output library's counts and latest run; with --address, a submission's state")
+    p.add_argument("output", help="output URI, or a submission id with --address")
+    p.add_argument("--address", help="the cluster's dashboard URL; makes OUTPUT a submission id")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                    help="fsspec option, e.g. endpoint_url=http://127.0.0.1:9000")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[rushes] %(message)s")
     try:
-        return {"validate": cmd_validate, "run": cmd_run, "status": cmd_status}[args.command](args)
+        commands = {"validate": cmd_validate, "run": cmd_run, "status": cmd_status, "submit": cmd_submit,
+                    "logs": cmd_logs}
+        return commands[args.command](args)
     except (JobSpecError, ManifestError) as e:
         print(f"rushes: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -112,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     except StorageError as e:
         print(f"rushes: {e}", file=sys.stderr)
         return EXIT_FAILED
-    except (ClusterError, JobFailed) as e:
+    except (ClusterError, JobFailed, SubmitError) as e:
         print(f"rushes: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

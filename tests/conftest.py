@@ -51,11 +51,24 @@ def model_cache(tmp_path_factory):
     return cache
 
 
+LOCAL_RAY = {"active": False}  # whether the session's local Ray should be running
+
+
+def start_local_ray():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
 @pytest.fixture(scope="session")
 def ray_local(model_cache):
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    """One local Ray for the session. A test module that needs a cluster shuts it down and restarts it."""
+    pytest.importorskip("ray")
+    ray = start_local_ray()
+    LOCAL_RAY["active"] = True
     yield ray
+    LOCAL_RAY["active"] = False
     ray.shutdown()
 
 

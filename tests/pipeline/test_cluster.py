@@ -1,0 +1,135 @@
+"""Fault tolerance on a multi-node Ray cluster (`ray.cluster_utils.Cluster`): a head and two workers that
+declare one GPU each, so that the GPU-requesting sample actors land on the workers.
+
+Faults come from the chaos family (tests/chaos/family.py), the real tiny Wan model behind the plug-in
+family hook. Timing comes from progress (files the workers write, records the driver commits), never sleeps.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+
+from pipeline.job import ClusterError, run_job
+from pipeline.spec import load_job
+from tests.conftest import LOCAL_RAY, job_dict, start_local_ray
+
+pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(420)]
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = {"num_cpus": 2, "num_gpus": 1, "object_store_memory": 150 * 2**20}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, model_cache):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    chaos = tmp_path_factory.mktemp("chaos")
+    # Set before the nodes start, so that every worker process inherits them.
+    os.environ["RUSHES_CHAOS_DIR"] = str(chaos)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 150 * 2**20,
+                                                      "include_dashboard": False})
+    workers = [c.add_node(**WORKER) for _ in range(2)]
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False)
+    yield c, workers, chaos
+    ray.shutdown()
+    c.shutdown()
+    if LOCAL_RAY["active"]:
+        start_local_ray()
+
+
+def chaos_job(make_manifest, tmp_path, prompts: list[str], **overrides):
+    manifest = make_manifest([{"id": f"r{i:02d}", "prompt": p} for i, p in enumerate(prompts)])
+    job = job_dict(manifest, str(tmp_path / "out"), model={"family": "tests.chaos.family:ChaosWan"},
+                   expand={"mode": "none"}, filter={"min_motion": 0.0},
+                   sample={"batch_size": 2, "resources": {"num_cpus": 1, "num_gpus": 1, "replicas": 2}},
+                   ray={"max_row_attempts": 2, "resource_wait_s": 60})
+    for key, value in overrides.items():
+        job[key] = {**job.get(key, {}), **value}
+    return load_job(job)
+
+
+def records(output: str):
+    return pads.dataset(f"{output}/metadata", format="parquet").to_table().to_pylist()
+
+
+def test_worker_crashes_and_a_failed_setup_do_not_stop_the_job(cluster, make_manifest, tmp_path):
+    _, _, chaos = cluster
+    (chaos / "fail-setup").touch()  # the first actor to load the model fails once
+    prompts = [f"a red kite over the sea {i}" for i in range(6)]
+    prompts[1] = "a lighthouse at night crash-once"
+    prompts[4] = "a poisoned row crash-always"
+    spec = chaos_job(make_manifest, tmp_path, prompts)
+    lines = []
+    summary = run_job(spec, echo=lines.append)
+
+    assert not (chaos / "fail-setup").exists(), "the injected setup failure was never hit"
+    assert any(p.name.startswith("crashed-") for p in chaos.iterdir()), "the crash-once row never crashed"
+    recs = records(spec.output)
+    by_id = {r["id"]: r for r in recs}
+    assert sorted(by_id) == [f"r{i:02d}" for i in range(6)] and len(recs) == 6  # each row once
+    poisoned = by_id["r04"]
+    assert poisoned["status"] == "failed"
+    assert "worker process died 2 times" in poisoned["error"] and "max_row_attempts=2" in poisoned["error"]
+    for rid, r in by_id.items():
+        if rid != "r04":
+            assert r["status"] in ("accepted", "rejected"), (rid, r["error"])
+    assert summary.counts["failed"] == 1
+    assert any("failed r04/0" in line for line in lines)
+
+
+def test_node_removed_and_added_mid_run_gives_the_exact_records(cluster, make_manifest, tmp_path):
+    c, workers, chaos = cluster
+    prompts = [f"a glass city at dawn {i}" for i in range(8)]
+    # Rows 0 and 5 hold their sample worker until the test opens the gate: the job cannot finish before the
+    # node goes away, and a row is in flight on it when it does.
+    prompts[0] += " hold:gate2"
+    prompts[5] += " hold:gate2"
+    spec = chaos_job(make_manifest, tmp_path, prompts, sample={"batch_size": 1})
+    result, lines = {}, []
+    thread = threading.Thread(target=lambda: result.update(summary=run_job(spec, echo=lines.append)))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(chaos.glob("holding-gate2-*"))) < 2:  # both sample actors busy with a held row
+            assert thread.is_alive() and time.monotonic() < deadline, "held rows never reached both workers"
+            time.sleep(0.05)
+        c.remove_node(workers.pop(0))
+        workers.append(c.add_node(**WORKER))
+        c.wait_for_nodes()
+    finally:
+        (chaos / "gate2").touch()
+        thread.join(timeout=300)
+    assert not thread.is_alive()
+    summary = result["summary"]
+    recs = records(spec.output)
+    keys = Counter((r["id"], r["variant"]) for r in recs)
+    assert sorted(keys) == [(f"r{i:02d}", 0) for i in range(8)]  # no missing row
+    assert set(keys.values()) == {1}  # no duplicate record
+    assert all(r["status"] in ("accepted", "rejected") for r in recs), [r["error"] for r in recs]
+    for r in recs:
+        if r["status"] == "accepted":
+            assert Path(r["video_uri"].removeprefix("file://")).exists()
+    assert summary.generated == 8
+
+
+def test_no_node_can_host_the_gpu_actors_fails_in_bounded_time(cluster, make_manifest, tmp_path):
+    spec = chaos_job(make_manifest, tmp_path, ["a quiet forest"],
+                     sample={"resources": {"num_cpus": 1, "num_gpus": 2, "replicas": 1}},
+                     ray={"resource_wait_s": 3})
+    start = time.monotonic()
+    with pytest.raises(ClusterError) as err:
+        run_job(spec, echo=lambda _: None)
+    assert time.monotonic() - start < 60
+    message = str(err.value)
+    assert "sample: no node can host one replica" in message and "GPU=2" in message
+    assert "missing: GPU" in message and "ray.resource_wait_s" in message
