@@ -1,13 +1,15 @@
 """Writing outputs: video objects first, then the metadata records that point to them.
 
 Layout under the output URI:
-    videos/<id>/<variant>.mp4      posters/<id>/<variant>.jpg
+    videos/<id>/<variant>.<ext>    (mp4, or webm for vp9: the row's `video_ext`)
+    posters/<id>/<variant>.jpg     previews/<id>/<variant>.webp   (animated)
     metadata/part-<run_id>-<seq>.parquet   (one file per committed batch of records)
     runs/<run_id>/job.yaml                 (the resolved job spec)
 
-Order of writes: a worker writes a variant's video and poster (each atomically) and only then returns its
-record; the driver alone writes records, one Parquet object per committed batch, atomically. A reader
-that follows the metadata therefore never meets a missing or half-written video.
+Order of writes: a worker writes a variant's preview, poster and then video (each atomically; the video
+last, so a video object implies its companions) and only then returns its record; the driver alone
+writes records, one Parquet object per committed batch, atomically. A reader that follows the metadata
+therefore never meets a missing or half-written video.
 """
 from __future__ import annotations
 
@@ -30,9 +32,11 @@ RECORD_FIELDS = [
     ("style", pa.string()), ("tags", pa.list_(pa.string())),
     ("model_family", pa.string()), ("model_path", pa.string()), ("model_revision", pa.string()),
     ("model_dtype", pa.string()), ("model_weights_hash", pa.string()), ("params_hash", pa.string()),
-    ("video_uri", pa.string()), ("poster_uri", pa.string()), ("bytes", pa.int64()), ("sha256", pa.string()),
+    ("video_uri", pa.string()), ("poster_uri", pa.string()), ("preview_uri", pa.string()),
+    ("bytes", pa.int64()), ("sha256", pa.string()),
     ("duration_s", pa.float64()), ("resolution", pa.string()), ("codec", pa.string()),
-    ("metrics", FLOAT_MAP), ("stage_seconds", FLOAT_MAP),
+    ("metrics", FLOAT_MAP), ("phash", pa.string()), ("stage_seconds", FLOAT_MAP),
+    ("attempt", pa.int32()), ("attempts", pa.list_(pa.string())),
     ("manifest", pa.string()), ("committed_at", pa.timestamp("us", tz="UTC")),
 ]
 RECORD_SCHEMA = pa.schema(RECORD_FIELDS)
@@ -65,16 +69,22 @@ class ObjectWriter:
         records = []
         for r in rows:
             video, poster = r.pop("video_bytes", None), r.pop("poster_bytes", None)
+            preview = r.pop("preview_bytes", None)
             if video is not None:
                 key = f"{r['id']}/{r['variant']}"
-                vpath, ppath = join(self._root, "videos", f"{key}.mp4"), join(self._root, "posters", f"{key}.jpg")
+                vpath = join(self._root, "videos", f"{key}.{r.get('video_ext') or 'mp4'}")
+                ppath = join(self._root, "posters", f"{key}.jpg")
+                wpath = join(self._root, "previews", f"{key}.webp") if preview is not None else None
                 try:
+                    if wpath:
+                        put_atomic(self._fs, wpath, preview)
                     put_atomic(self._fs, ppath, poster)
                     put_atomic(self._fs, vpath, video)
                 except Exception as e:  # noqa: BLE001 - becomes the row's state; a re-run retries it
                     r.update(status="failed", error=f"commit: writing {vpath}: {type(e).__name__}: {e}")
                 else:
                     r.update(video_uri=self._fs.unstrip_protocol(vpath), poster_uri=self._fs.unstrip_protocol(ppath),
+                             preview_uri=self._fs.unstrip_protocol(wpath) if wpath else None,
                              bytes=len(video), sha256=hashlib.sha256(video).hexdigest())
             records.append(self.record(r))
         return records
@@ -85,8 +95,9 @@ class ObjectWriter:
                    model_family=self.model["family"], model_path=self.model["path"],
                    model_revision=self.model["revision"], model_dtype=self.model["dtype"],
                    model_weights_hash=self.model["weights_hash"])
-        if r.get("video_uri"):
-            rec["resolution"] = f"{r['width']}x{r['height']}"
+        # The size in the file (encode pads an odd size for H.264), only when there is a file.
+        size = r.get("resolution") or f"{r['width']}x{r['height']}"
+        rec["resolution"] = size if r.get("video_uri") else None
         rec["extra"] = r.get("extra") or {}
         return rec
 
@@ -113,6 +124,7 @@ class MetadataWriter:
             for k, v in (rec.get("extra") or {}).items():
                 flat[k if k not in RECORD_SCHEMA.names else f"manifest_{k}"] = v
             flat["committed_at"] = now
+            flat["run_id"] = self.run_id  # the run that commits a record owns it (invalid rows too)
             rows.append(flat)
         table = pa.Table.from_pylist(rows, schema=self.schema)
         buf = io.BytesIO()

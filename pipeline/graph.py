@@ -213,10 +213,13 @@ def threads(res: Resources) -> int:
 def build_dataset(spec: JobSpec, variants: list[dict], model_identity: dict) -> tuple[ray.data.Dataset, object]:
     """The dataset of records, and the ledger actor (the caller kills it when the dataset is consumed)."""
     gpus = True
-    if single_machine_without_gpus() and (spec.sample.resources.num_gpus or spec.decode.resources.num_gpus):
+    if single_machine_without_gpus() and (spec.sample.resources.num_gpus or spec.decode.resources.num_gpus
+                                          or (spec.filter.clip_model and spec.filter.resources.num_gpus)):
         gpus = False
-        log.warning("no GPU on this machine: sample and decode run on CPU (their num_gpus requests dropped)")
+        log.warning("no GPU on this machine: the model stages run on CPU (their num_gpus requests dropped)")
     actors = {"sample": spec.sample.resources, "decode": spec.decode.resources}
+    if spec.filter.clip_model:
+        actors["filter"] = spec.filter.resources
     if not gpus:
         actors = {k: r.model_copy(update={"num_gpus": 0.0}) for k, r in actors.items()}
     wait_for_resources({**actors, "encode": Resources(num_cpus=1)}, spec.ray.resource_wait_s)
@@ -237,7 +240,14 @@ def build_dataset(spec: JobSpec, variants: list[dict], model_identity: dict) -> 
                         batch_size=spec.decode.batch_size, batch_format="pyarrow",
                         **actor_args(actors["decode"], gpus))
     writer = ObjectWriter(spec.output, spec.run_id, model_identity, spec.manifest, spec.storage_options)
-    ds = ds.map_batches(run_stages, fn_kwargs={"guarded": guard(FilterStage(spec.filter),
-                                                                EncodeStage(spec.encode), writer)},
-                        batch_size=spec.encode.batch_size, batch_format="pyarrow")
+    encode = EncodeStage(spec.encode, run_id=spec.run_id, model=model_identity)
+    light = dict(batch_size=spec.encode.batch_size, batch_format="pyarrow")
+    if spec.filter.clip_model:
+        # The CLIP model loads once per actor, not once per task.
+        ds = ds.map_batches(StageActor, fn_constructor_args=(guard(FilterStage(spec.filter)), spec.ray.setup_attempts),
+                            **light, **actor_args(actors.get("filter", spec.filter.resources), gpus))
+        ds = ds.map_batches(run_stages, fn_kwargs={"guarded": guard(encode, writer)}, **light)
+    else:
+        ds = ds.map_batches(run_stages, fn_kwargs={"guarded": guard(FilterStage(spec.filter), encode, writer)},
+                            **light)
     return ds, ledger

@@ -72,6 +72,8 @@ class Summary:
         per_min = self.generated / self.seconds * 60 if self.seconds else 0.0
         by_status = ", ".join(f"{s} {self.counts[s]}" for s in ("accepted", "rejected", "invalid", "failed"))
         work = ", ".join(f"{k} {self.work[k]}" for k in ("new", "skipped", "retried", "regenerated"))
+        if self.work["resampled"]:
+            work += f"; {self.work['resampled']} rejected tries sampled again with new seeds"
         return "\n".join([
             f"run {self.run_id}: {self.manifest_rows} manifest rows -> {sum(self.counts.values())} records",
             f"  {by_status}",
@@ -94,8 +96,9 @@ def ensure_ray(spec: JobSpec) -> None:
     else:
         # Logical CPUs are scheduling tokens: with at least 4, the sample and decode actors leave room
         # for the encode tasks even on a 2-core machine.
-        ray.init(num_cpus=spec.ray.num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
-                 log_to_driver=True)
+        # address="local": a new Ray of this job's own, even if a cluster was started on this machine.
+        ray.init(address="local", num_cpus=spec.ray.num_cpus or max(4, os.cpu_count() or 1),
+                 include_dashboard=False, log_to_driver=True)
 
 
 def remove_partial_writes(output: str, storage_options: dict) -> int:
@@ -142,7 +145,8 @@ def run_job(spec: JobSpec, echo=print, force: bool = False) -> Summary:
         if removed:
             echo(f"[rushes] removed {removed} partial writes left by an interrupted run")
         summary = Summary(spec.run_id, spec.output, len(plan.rows.valid) + len(plan.rows.invalid))
-        todo, invalid = select_work(plan, current_state(spec.output, spec.storage_options), summary)
+        state = current_state(spec.output, spec.storage_options)
+        todo, invalid = select_work(plan, state, summary)
         writer = MetadataWriter(spec.output, spec.run_id, record_schema(plan.rows.extra_schema),
                                 spec.storage_options)
         summary.spec_uri = writer.save_text(f"runs/{spec.run_id}/job.yaml",
@@ -156,7 +160,7 @@ def run_job(spec: JobSpec, echo=print, force: bool = False) -> Summary:
              f"{len(todo)} variants to generate ({w['new']} new, {w['retried']} retried, "
              f"{w['regenerated']} regenerated), {w['skipped']} already done")
         if todo:
-            _generate(spec, plan, todo, writer, lease, summary, echo, start)
+            _generate(spec, plan, todo, state, writer, lease, summary, echo, start)
         summary.seconds = time.perf_counter() - start
         writer.save_text(f"runs/{spec.run_id}/summary.txt", summary.render() + "\n")
         return summary
@@ -172,29 +176,45 @@ class JobFailed(RuntimeError):
     """The Ray pipeline stopped; every record committed before it is kept, and a re-run resumes."""
 
 
-def _generate(spec, plan, todo, writer, lease, summary, echo, start) -> None:
+def _generate(spec, plan, todo, state, writer, lease, summary, echo, start) -> None:
+    """Stream `todo` through the pipeline and commit each batch; with `filter.retries_on_reject`, rejected
+    variants go round again with new seeds (one more pass of the pipeline per try)."""
     import ray
 
+    from pipeline.curate import Curator
     from pipeline.graph import build_dataset, rows_of
 
     ensure_ray(spec)
-    ds, ledger = build_dataset(spec, todo, plan.model)
-    done = 0
-    try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            lease.check()
-            records = rows_of(batch)
-            writer.commit(records)
-            for rec in records:
-                summary.counts[rec["status"]] += 1
-                if rec["status"] == "failed":
-                    echo(f"[rushes] failed {rec['id']}/{rec['variant']}: {rec['error']}")
-            done += len(records)
-            echo(f"[rushes] committed {done}/{len(todo)} variants ({summary.generated} videos, "
-                 f"{summary.counts['failed']} failed) in {time.perf_counter() - start:.0f} s")
-    except (ray.exceptions.RayError, ClusterError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise JobFailed(f"the pipeline stopped after committing {done} of {len(todo)} variants: "
-                        f"{type(e).__name__}: {first}. Committed records are kept; run again to resume.") from e
-    finally:
-        ray.kill(ledger)
+    variants = {(v["id"], v["variant"]): v for v in todo}
+    curator = Curator(spec, state, regenerating=set(variants))
+    rows, done, attempt = todo, 0, 0
+    while rows:
+        ds, ledger = build_dataset(spec, rows, plan.model)
+        again = []
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                lease.check()
+                records, retry = curator.review(rows_of(batch), variants)
+                again += retry
+                writer.commit(records)
+                for rec in records:
+                    summary.counts[rec["status"]] += 1
+                    if rec["status"] == "failed":
+                        echo(f"[rushes] failed {rec['id']}/{rec['variant']}: {rec['error']}")
+                done += len(records)
+                echo(f"[rushes] committed {done}/{len(todo)} variants ({summary.generated} videos, "
+                     f"{summary.counts['failed']} failed"
+                     + (f", {len(again)} to sample again" if again else "")
+                     + f") in {time.perf_counter() - start:.0f} s")
+        except (ray.exceptions.RayError, ClusterError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise JobFailed(f"the pipeline stopped after committing {done} of {len(todo)} variants: "
+                            f"{type(e).__name__}: {first}. Committed records are kept; run again to resume.") from e
+        finally:
+            ray.kill(ledger)
+        attempt += 1
+        summary.work["resampled"] += len(again)
+        if again:
+            echo(f"[rushes] sampling {len(again)} rejected variants again with new seeds "
+                 f"(try {attempt} of filter.retries_on_reject={spec.filter.retries_on_reject})")
+        rows = again

@@ -51,9 +51,11 @@ def read_records(output: str, storage_options: dict | None = None) -> pa.Table:
 
 
 def current_state(output: str, storage_options: dict | None = None) -> dict[tuple, dict]:
-    """key -> {status, params_hash, error} of the current records: what a re-run compares against."""
+    """key -> {status, params_hash, error, phash} of the current records: what a re-run compares against."""
     table = read_records(output, storage_options)
     if table.num_rows == 0:
         return {}
-    rows = table.select(["id", "variant", "row", "status", "params_hash", "error"]).to_pylist()
+    columns = [c for c in ("id", "variant", "row", "status", "params_hash", "error", "phash")
+               if c in table.column_names]  # libraries written before phash existed lack it
+    rows = table.select(columns).to_pylist()
     return {record_key(r): r for r in rows}

@@ -107,22 +107,95 @@ class DecodeSpec(Strict):
 
 
 class FilterSpec(Strict):
+    """Quality thresholds (stages/filter.py). Every metric is recorded on every record; a threshold of
+    `null`, or a metric named in `score_only`, records it without ever rejecting. Luma is 0..255."""
+
     black_luma: float = Field(8.0, ge=0, le=255, description="a frame darker than this mean luma is black")
-    max_black_fraction: float = Field(0.5, ge=0, le=1)
-    min_motion: float = Field(0.5, ge=0, description="mean abs frame difference below this = frozen")
-    min_brightness: float = Field(16.0, ge=0, le=255)
-    max_brightness: float = Field(240.0, ge=0, le=255)
-    min_sharpness: float = Field(0.0, ge=0, description="variance of the Laplacian; 0 disables")
+    max_black_fraction: float | None = Field(0.5, ge=0, le=1, description="share of black frames")
+    max_constant_fraction: float | None = Field(0.5, ge=0, le=1, description="share of one-colour frames")
+    min_motion: float | None = Field(
+        0.2, ge=0, description="fastest 1% of the flow, % of frame width per frame; below = frozen")
+    max_motion: float | None = Field(None, gt=0, description="optical flow above this = chaotic")
+    max_flow_residual: float | None = Field(
+        20.0, gt=0, description="luma change the flow cannot explain; above = chaotic")
+    max_flicker: float | None = Field(15.0, gt=0, description="mean unexplained brightness jump, luma levels")
+    max_scene_cuts: int | None = Field(0, ge=0, description="hard cuts allowed in one clip")
+    min_sharpness: float | None = Field(None, ge=0, description="variance of the Laplacian")
+    min_brightness: float | None = Field(16.0, ge=0, le=255, description="mean luma")
+    max_brightness: float | None = Field(240.0, ge=0, le=255, description="mean luma")
+    max_clipped_low: float | None = Field(0.5, ge=0, le=1, description="share of pixels at luma <= 5")
+    max_clipped_high: float | None = Field(0.25, ge=0, le=1, description="share of pixels at luma >= 250")
+    min_contrast: float | None = Field(4.0, ge=0, description="mean per-frame luma standard deviation")
+    clip_model: str | None = Field(
+        None, description="CLIP for prompt alignment: builtin:tiny-clip, a local folder or a hub id; null = off")
+    min_clip_score: float | None = Field(None, ge=0, le=100, description="100 x cosine(text, frame), mean")
+    max_duplicate_distance: int | None = Field(
+        24, ge=0, le=256, description="pHash Hamming bits within which two videos are duplicates; null = off")
+    retries_on_reject: int = Field(0, ge=0, le=10, description="new seeds to try for a rejected variant")
+    score_only: list[str] = Field(default_factory=list, description="metrics recorded but never rejecting")
+    resources: Resources = Field(default_factory=Resources,
+                                 description="per filter actor; used when clip_model makes the filter an actor pool")
+
+    @field_validator("score_only")
+    @classmethod
+    def _known_metrics(cls, v: list[str]) -> list[str]:
+        from stages.filter import SCORE_ONLY_NAMES
+
+        unknown = [name for name in v if name not in SCORE_ONLY_NAMES]
+        if unknown:
+            raise ValueError(f"unknown metric {', '.join(map(repr, unknown))} "
+                             f"(allowed: {', '.join(SCORE_ONLY_NAMES)})")
+        return v
+
+    @field_validator("clip_model")
+    @classmethod
+    def _known_builtin_clip(cls, v: str | None) -> str | None:
+        from stages.clip_score import BUILTIN_CLIPS
+
+        if v and v.startswith("builtin:") and v.removeprefix("builtin:") not in BUILTIN_CLIPS:
+            raise ValueError(f"unknown builtin model (known: {', '.join('builtin:' + k for k in BUILTIN_CLIPS)})")
+        return v
+
+    @model_validator(mode="after")
+    def _clip_threshold_needs_a_model(self) -> "FilterSpec":
+        if self.min_clip_score is not None and not self.clip_model:
+            raise ValueError("min_clip_score needs filter.clip_model (e.g. builtin:tiny-clip or a CLIP hub id)")
+        return self
 
 
 class EncodeSpec(Strict):
-    codec: Literal["h264"] = "h264"
-    crf: int = Field(20, ge=0, le=51)
+    """Encoder settings (stages/encode.py). `preset` is libx264's speed scale; for av1 and vp9 it maps
+    onto SVT-AV1's preset and libvpx's cpu-used. An unset `crf` takes the codec's default."""
+
+    codec: Literal["h264", "av1", "vp9"] = Field(
+        "h264", description="h264 (libx264, .mp4), av1 (libsvtav1, .mp4), vp9 (libvpx-vp9, .webm)")
+    crf: int = Field(
+        20, ge=0, le=63, description="quality, lower is better: h264 0..51 (20), av1/vp9 0..63 (35/32)")
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
                     "veryslow"] = "medium"
     poster_quality: int = Field(90, ge=1, le=95)
+    preview_width: int = Field(256, ge=16, le=1024, description="animated WebP preview width (never upscaled)")
+    preview_frames: int = Field(16, ge=2, le=64, description="most frames in the preview")
     keep_rejected: bool = Field(False, description="also write videos that the filter rejected")
     batch_size: int = Field(1, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _codec_default_crf(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("crf") is None:
+            data = {**data, "crf": {"h264": 20, "av1": 35, "vp9": 32}.get(data.get("codec", "h264"), 20)}
+        return data
+
+    @model_validator(mode="after")
+    def _codec_is_usable(self) -> "EncodeSpec":
+        from stages.encode import missing_encoder
+
+        if self.codec == "h264" and self.crf > 51:
+            raise ValueError(f"crf: h264 takes 0..51, got {self.crf}")
+        problem = missing_encoder(self.codec)
+        if problem:
+            raise ValueError(f"codec: {problem}")
+        return self
 
 
 class RaySpec(Strict):

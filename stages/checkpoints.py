@@ -4,7 +4,8 @@
   tokenizer trained offline with `tokenizers`) built from configs with a fixed seed, saved once with
   `save_pretrained` into the cache folder, then loaded with `from_pretrained` like any checkpoint.
 - a local folder in diffusers layout (`model_index.json` at its root);
-- a hub id (`Wan-AI/Wan2.1-T2V-1.3B-Diffusers`), resolved by diffusers/huggingface_hub as usual.
+- a hub id (`Wan-AI/Wan2.1-T2V-1.3B-Diffusers`), resolved by diffusers/huggingface_hub as usual;
+- `builtin:null`: no weights at all, for the `null` family (stages/families.py), which ignores its path.
 
 `model_identity()` gives what goes into `params_hash`: family, path, revision, dtype and a fingerprint
 of the weights, so that new weights mean new videos.
@@ -20,6 +21,8 @@ from pathlib import Path
 BUILTIN_PREFIX = "builtin:"
 # Bump when the builtin recipe changes: the fingerprint changes with it, so outputs regenerate.
 BUILTIN_MODELS = {"tiny-wan": "tiny-wan-v1"}
+# Builtins without weights (the `null` family's): nothing to build; the version is their fingerprint.
+WEIGHTLESS_BUILTINS = {"null": "null-v1"}
 
 # Words the tokenizer is trained on; also a fair sample of what prompts in this domain say.
 _CORPUS = """
@@ -95,9 +98,12 @@ def resolve_model_path(path: str) -> str:
     if not path.startswith(BUILTIN_PREFIX):
         return path
     name = path[len(BUILTIN_PREFIX):]
+    if name in WEIGHTLESS_BUILTINS:
+        return path
     if name not in BUILTIN_MODELS:
+        known = [*BUILTIN_MODELS, *WEIGHTLESS_BUILTINS]
         raise ValueError(f"model.path: unknown builtin model '{path}' "
-                         f"(known: {', '.join(BUILTIN_PREFIX + k for k in BUILTIN_MODELS)})")
+                         f"(known: {', '.join(BUILTIN_PREFIX + k for k in known)})")
     target = cache_dir() / "builtin" / BUILTIN_MODELS[name]
     if not (target / "model_index.json").exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +147,10 @@ def model_identity(family: str, path: str, revision: str | None, dtype: str) -> 
     """Everything about the model that decides the pixels, without loading it."""
     local = resolve_model_path(path)
     fingerprint = None
-    if Path(local).is_dir():
+    weightless = path.startswith(BUILTIN_PREFIX) and path[len(BUILTIN_PREFIX):] in WEIGHTLESS_BUILTINS
+    if weightless:
+        fingerprint = WEIGHTLESS_BUILTINS[path[len(BUILTIN_PREFIX):]]
+    elif Path(local).is_dir():
         fingerprint = weights_fingerprint(local)
     else:
         try:  # a hub id already in the local cache can be fingerprinted; otherwise id + revision is all

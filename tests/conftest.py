@@ -57,7 +57,8 @@ LOCAL_RAY = {"active": False}  # whether the session's local Ray should be runni
 def start_local_ray():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # address="local": never attach to another Ray that happens to run on this machine
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     return ray
 
 

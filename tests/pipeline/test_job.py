@@ -9,13 +9,14 @@ import pytest
 
 from pipeline.job import run_job
 from pipeline.spec import load_job
+from stages.encode import read_provenance
 from tests.conftest import job_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROWS = [
     {"id": "cat", "prompt": "a cat walking on a beach", "seed": 1, "num_variants": 2, "team": "sim"},
-    {"id": "car", "prompt": "a red car at night", "seed": 2, "team": "ads"},
+    {"id": "car", "prompt": "a red car at night", "seed": 20, "team": "ads"},  # not 2: cat/1 has seed 2
     {"id": "tall", "prompt": "a lighthouse in a storm", "seed": 3, "height": 80, "fps": 12, "team": "ads"},
     {"id": "long", "prompt": "a robot arm moves boxes", "seed": 4, "num_frames": 13, "team": "sim"},
     {"id": "bad id", "prompt": "spaces are not allowed in ids", "team": "x"},
@@ -63,7 +64,7 @@ def test_records_carry_the_contract_fields(first_run):
     assert rec["run_id"] == summary.run_id and rec["manifest"] == manifest
     assert rec["status"] in ("accepted", "rejected")
     assert rec["expanded_prompt"].startswith("a red car at night, ")
-    assert (rec["seed"], rec["height"], rec["width"], rec["num_frames"], rec["fps"]) == (2, 64, 64, 9, 8)
+    assert (rec["seed"], rec["height"], rec["width"], rec["num_frames"], rec["fps"]) == (20, 64, 64, 9, 8)
     assert rec["num_inference_steps"] == 2 and rec["guidance_scale"] == 5.0
     assert rec["model_family"] == "wan" and rec["model_path"] == "builtin:tiny-wan"
     assert len(rec["model_weights_hash"]) == 64 and len(rec["params_hash"]) == 64
@@ -96,16 +97,21 @@ def test_every_mp4_decodes_with_the_right_frames_size_and_fps(first_run):
 
 
 def test_same_job_twice_gives_identical_frames(first_run):
-    manifest, out_a, _, base = first_run
+    manifest, out_a, summary_a, base = first_run
     out_b = str(base / "out-b")
-    run_job(load_job(job_dict(manifest, out_b)), echo=lambda *_: None)
+    summary_b = run_job(load_job(job_dict(manifest, out_b)), echo=lambda *_: None)
     a = {(r["id"], r["variant"]): r for r in records(out_a) if r["video_uri"]}
     b = {(r["id"], r["variant"]): r for r in records(out_b) if r["video_uri"]}
     assert a.keys() == b.keys()
     for key in a:
         assert a[key]["params_hash"] == b[key]["params_hash"]
         assert np.array_equal(decode(a[key]["video_uri"])[0], decode(b[key]["video_uri"])[0])
-        assert a[key]["sha256"] == b[key]["sha256"]
+        # The files differ only in their provenance: each carries the run that made it.
+        tags_a, tags_b = (read_provenance(fsspec.open(r[key]["video_uri"], "rb").open().read()) for r in (a, b))
+        assert tags_a["rushes_run_id"] == summary_a.run_id and tags_b["rushes_run_id"] == summary_b.run_id
+        assert {k: v for k, v in tags_a.items() if k != "rushes_run_id"} == \
+               {k: v for k, v in tags_b.items() if k != "rushes_run_id"}
+        assert tags_a["rushes_params_hash"] == a[key]["params_hash"]
 
 
 def test_batch_size_does_not_change_a_variants_video(first_run):

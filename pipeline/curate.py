@@ -1,0 +1,89 @@
+"""Decisions the driver makes on finished variants before committing them, because they need more than one
+row: near-duplicates across the library, and sampling a rejected variant again with a new seed.
+
+In: records coming back from the pipeline (filtered, encoded, objects written). Out: the records to commit
+now, and the variant rows to send through the pipeline again.
+
+- Near-duplicates: every accepted video's perceptual hash (`phash`, from the filter) is compared with the
+  library's accepted videos and this run's, in commit order. The first is kept; a later one within
+  `filter.max_duplicate_distance` bits is rejected with a reason naming the other (id/variant), and its
+  objects are removed unless `encode.keep_rejected`.
+- `filter.retries_on_reject: N`: a rejected variant is not committed but sampled again with a seed derived
+  from its own, up to N times. Its record, when committed, keeps the seed that was used and, in `attempts`,
+  every earlier try with its reasons. Its `params_hash` stays that of the variant as asked for, so a re-run
+  skips it like any other committed variant.
+"""
+from __future__ import annotations
+
+import hashlib
+
+from pipeline.spec import JobSpec
+from pipeline.storage import filesystem, remove
+from stages.dedup import NearDuplicateIndex
+
+
+def retry_seed(seed: int, attempt: int) -> int:
+    """A new seed for try `attempt` (1, 2, ...), derived so that a re-run tries the same seeds."""
+    digest = hashlib.sha256(f"{seed}/retry/{attempt}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 2**31
+
+
+class Curator:
+    def __init__(self, spec: JobSpec, state: dict[tuple, dict], regenerating: set[tuple]):
+        """`state`: the library's current records; `regenerating`: keys this run makes again (their old
+        videos are about to be replaced, so they are not duplicates to compare with)."""
+        self.spec = spec
+        self.retries = spec.filter.retries_on_reject
+        distance = spec.filter.max_duplicate_distance
+        self.index = NearDuplicateIndex(distance) if distance is not None else None
+        if self.index is not None:
+            for key, rec in state.items():
+                if rec.get("status") == "accepted" and rec.get("phash") and key not in regenerating:
+                    self.index.add(key, rec["phash"])
+        self.fs = None
+
+    def _remove_objects(self, rec: dict) -> None:
+        if self.fs is None:
+            self.fs, _ = filesystem(self.spec.output, self.spec.storage_options)
+        for field in ("video_uri", "poster_uri", "preview_uri"):
+            if rec.get(field):
+                remove(self.fs, rec[field])
+                rec[field] = None
+        rec.update(bytes=None, sha256=None, resolution=None)
+
+    def _check_duplicate(self, rec: dict) -> None:
+        if self.index is None or rec["status"] != "accepted" or not rec.get("phash"):
+            return
+        key = (rec["id"], rec["variant"])
+        found = self.index.nearest(rec["phash"])
+        if found and found[1] <= self.index.max_distance:
+            other, bits = found
+            rec["status"] = "rejected"
+            rec["reasons"] = list(rec.get("reasons") or []) + [
+                f"near-duplicate: {bits} of {len(rec['phash']) * 4} hash bits from {other[0]}/{other[1]} "
+                f"(max_duplicate_distance {self.index.max_distance})"]
+            if not self.spec.encode.keep_rejected:
+                self._remove_objects(rec)
+        else:
+            self.index.add(key, rec["phash"])
+
+    def review(self, records: list[dict], variants: dict[tuple, dict]) -> tuple[list[dict], list[dict]]:
+        """(records to commit, variant rows to sample again). `variants`: the rows as first sent, by key."""
+        commit, again = [], []
+        for rec in records:
+            self._check_duplicate(rec)
+            attempt = rec.get("attempt") or 0
+            if rec["status"] == "rejected" and attempt < self.retries:
+                key = (rec["id"], rec["variant"])
+                if rec.get("video_uri") and not self.spec.encode.keep_rejected:
+                    self._remove_objects(rec)
+                tried = list(rec.get("attempts") or []) + [
+                    f"seed {rec['seed']}: {'; '.join(rec.get('reasons') or [])}"]
+                row = dict(variants[key])
+                row.update(seed=retry_seed(variants[key]["seed"], attempt + 1), attempt=attempt + 1,
+                           attempts=tried, status="pending", error=None, reasons=[], metrics={},
+                           stage_seconds=dict(variants[key]["stage_seconds"]))
+                again.append(row)
+                continue
+            commit.append(rec)
+        return commit, again

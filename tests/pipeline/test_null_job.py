@@ -1,0 +1,34 @@
+"""A whole job with the `null` model family: every stage but the model is real, so many rows run fast."""
+import io
+
+import av
+import fsspec
+import pyarrow.dataset as pads
+import pytest
+
+from pipeline.job import run_job
+from pipeline.spec import load_job
+from tests.conftest import job_dict, write_manifest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def test_twenty_null_rows_each_committed_once_with_videos_of_the_right_length(ray_local, tmp_path):
+    manifest = write_manifest(tmp_path / "m.parquet",
+                              [{"id": f"n{i:02d}", "prompt": f"a null clip {i}", "seed": i} for i in range(20)])
+    out = str(tmp_path / "out")
+    job = job_dict(manifest, out, model={"family": "null", "path": "builtin:null"},
+                   sampling={"num_frames": 13}, decode={"batch_size": 4}, encode={"batch_size": 4})
+    summary = run_job(load_job(job), echo=lambda *_: None)
+
+    recs = pads.dataset(f"{out}/metadata", format="parquet").to_table().to_pylist()
+    assert sorted((r["id"], r["variant"]) for r in recs) == [(f"n{i:02d}", 0) for i in range(20)]
+    assert {r["status"] for r in recs} <= {"accepted", "rejected"}
+    assert summary.counts["accepted"] + summary.counts["rejected"] == 20
+    assert {r["model_family"] for r in recs} == {"null"}
+    assert {r["model_weights_hash"] for r in recs} == {"null-v1"}
+    accepted = [r for r in recs if r["status"] == "accepted"]
+    assert accepted, [r["reasons"] for r in recs]
+    for r in accepted:
+        with fsspec.open(r["video_uri"], "rb") as f, av.open(io.BytesIO(f.read())) as c:
+            assert sum(1 for _ in c.decode(c.streams.video[0])) == 13

@@ -1,0 +1,60 @@
+"""Prompt alignment with a tiny CLIP built offline from a config (random weights: no claim about quality)."""
+import hashlib
+
+import numpy as np
+import pytest
+
+from pipeline.spec import FilterSpec
+from stages.clip_score import ClipScorer, build_tiny_clip, resolve_clip_path
+from stages.filter import FilterStage
+
+
+def frames(seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(9, 40, 56, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return ClipScorer("builtin:tiny-clip")
+
+
+def test_score_is_finite_in_range_and_deterministic_across_loads(scorer):
+    cos = scorer.cosines("a red car at night", frames())
+    assert cos.shape == (8,) and np.all(np.abs(cos) <= 1)
+    again = ClipScorer(resolve_clip_path("builtin:tiny-clip"))  # the cached folder, by plain path
+    assert np.array_equal(again.cosines("a red car at night", frames()), cos)
+    for prompt in ("a red car at night", "a cat walking on a beach", "zzz qqq"):
+        s = scorer.score(prompt, frames(1))
+        assert np.isfinite(s) and 0.0 <= s <= 100.0
+        assert s == pytest.approx(100 * max(scorer.cosines(prompt, frames(1)).mean(), 0))
+
+
+def test_tiny_clip_is_built_the_same_every_time(tmp_path):
+    def digest(folder):
+        return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+    build_tiny_clip(tmp_path / "a")
+    build_tiny_clip(tmp_path / "b")
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    assert {p.name for p in (tmp_path / "a").iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json",
+                                                              "preprocessor_config.json"}
+
+
+def test_unknown_builtin_names_the_known_ones():
+    with pytest.raises(ValueError, match="known: builtin:tiny-clip"):
+        resolve_clip_path("builtin:huge-clip")
+    with pytest.raises(ValueError, match=r"clip_model\n.*unknown builtin model \(known: builtin:tiny-clip\)"):
+        FilterSpec(clip_model="builtin:huge-clip")
+
+
+def test_filter_records_the_score_and_a_threshold_rejects_with_its_reason():
+    moving = np.stack([np.roll(frames()[0], 2 * i, axis=1) for i in range(9)])
+    row = {"id": "c", "variant": 0, "status": "pending", "frames": moving, "prompt": "a cat",
+           "expanded_prompt": "a cat, cinematic", "stage_seconds": {}}
+    spec = FilterSpec(clip_model="builtin:tiny-clip", min_clip_score=100, score_only=["flow_residual"])
+    r = FilterStage(spec)([dict(row)])[0]
+    assert 0.0 <= r["metrics"]["clip_score"] < 100.0
+    assert [x.split(":")[0] for x in r["reasons"]] == ["clip score"] and r["status"] == "rejected"
+    recorded = FilterStage(FilterSpec(clip_model="builtin:tiny-clip"))([dict(row)])[0]
+    assert recorded["metrics"]["clip_score"] == r["metrics"]["clip_score"]  # no threshold: score only
+    assert "clip_score" not in FilterStage(FilterSpec())([dict(row)])[0]["metrics"]

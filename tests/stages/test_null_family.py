@@ -1,0 +1,81 @@
+"""The `null` model family: right shapes at once, deterministic per seed, Wan's shape rules."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stages.checkpoints import model_identity, resolve_model_path
+from stages.families import FAMILIES, NullFamily, family_for
+from stages.filter import FilterStage, phash_distance
+from pipeline.spec import FilterSpec
+
+SHAPE = dict(height=64, width=96, num_frames=9, num_inference_steps=2, guidance_scale=5.0)
+
+
+def sample(seeds, **shape):
+    return NullFamily.sample(NullFamily.load_pipeline("builtin:null", "float32", "cpu"),
+                             ["p"] * len(seeds), [""] * len(seeds), seeds, **{**SHAPE, **shape})
+
+
+def test_registered_as_a_builtin_family():
+    assert FAMILIES["null"] is NullFamily
+    assert family_for("null") is NullFamily
+
+
+def test_latents_and_frames_have_the_model_shapes():
+    z = sample([1, 2, 3])
+    assert z.shape == (3, 16, 3, 8, 12) and z.dtype == np.float32
+    frames, finite = NullFamily.decode(NullFamily.load_vae("builtin:null", "float32", "cpu"), z[0])
+    assert frames.shape == (9, 64, 96, 3) and frames.dtype == np.uint8
+    assert finite
+    z = sample([0], height=480, width=832, num_frames=81)
+    assert z.shape == (1, 16, 21, 60, 104)
+
+
+def test_same_seed_same_content_other_seed_other_content():
+    a, b = sample([7, 8]), sample([7, 8])
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a[0], a[1])
+    fa, _ = NullFamily.decode(None, a[0])
+    fb, _ = NullFamily.decode(None, b[0])
+    np.testing.assert_array_equal(fa, fb)
+
+
+def test_frames_pass_the_default_filter_and_are_not_duplicates():
+    rows = []
+    for seed in range(6):
+        frames, _ = NullFamily.decode(None, sample([seed])[0])
+        rows.append({"status": "pending", "frames": frames, "stage_seconds": {}, "prompt": "p"})
+    rows = FilterStage(FilterSpec())(rows)
+    assert [r["status"] for r in rows] == ["accepted"] * 6, [r["reasons"] for r in rows]
+    hashes = [r["phash"] for r in rows]
+    assert min(phash_distance(a, b) for i, a in enumerate(hashes) for b in hashes[i + 1:]) > 24
+
+
+def test_nonfinite_latents_are_reported():
+    z = sample([1])[0]
+    z[0, 0, 0, 0] = np.nan
+    _, finite = NullFamily.decode(None, z)
+    assert not finite
+
+
+@pytest.mark.parametrize("shape, problem", [
+    ((64, 64, 9), None), ((480, 832, 81), None),
+    ((60, 64, 9), "height must be a multiple of 16 for family 'null', got 60"),
+    ((64, 72, 9), "width must be a multiple of 16 for family 'null', got 72"),
+    ((64, 64, 10), "num_frames must be 4*k+1"),
+])
+def test_check_shape_follows_wan(shape, problem):
+    got = NullFamily.check_shape(*shape)
+    assert got is None if problem is None else problem in got
+
+
+def test_builtin_null_resolves_without_building_anything(monkeypatch):
+    def build(_):
+        raise AssertionError("builtin:null must not build a model")
+
+    monkeypatch.setattr("stages.checkpoints.build_tiny_wan", build)
+    assert resolve_model_path("builtin:null") == "builtin:null"
+    ident = model_identity("null", "builtin:null", None, "float32")
+    assert ident == {"family": "null", "path": "builtin:null", "revision": None, "dtype": "float32",
+                     "weights_hash": "null-v1"}
