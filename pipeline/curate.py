@@ -52,11 +52,15 @@ class Curator:
         rec.update(bytes=None, sha256=None, resolution=None)
 
     def _check_duplicate(self, rec: dict) -> None:
+        """Records `metrics["duplicate_bits"]` (distance to the nearest kept video); rejects unless the
+        metric is score-only."""
         if self.index is None or rec["status"] != "accepted" or not rec.get("phash"):
             return
         key = (rec["id"], rec["variant"])
         found = self.index.nearest(rec["phash"])
-        if found and found[1] <= self.index.max_distance:
+        if found:
+            rec["metrics"] = {**(rec.get("metrics") or {}), "duplicate_bits": float(found[1])}
+        if found and found[1] <= self.index.max_distance and "duplicate" not in self.spec.filter.score_only:
             other, bits = found
             rec["status"] = "rejected"
             rec["reasons"] = list(rec.get("reasons") or []) + [
