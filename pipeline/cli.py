@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from pipeline.job import ClusterError, JobFailed
@@ -178,5 +179,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The `rushes` command. It leaves with os._exit after its own clean-up: with torch loaded, Arrow's
+    Parquet reader can abort the interpreter's teardown now and then ("terminate called without an active
+    exception"), which would turn a finished run's exit code into a crash."""
+    code = main()
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -213,8 +213,8 @@ def _generate(spec, plan, todo, state, writer, lease, summary, echo, start) -> N
         finally:
             ray.kill(ledger)
         attempt += 1
-        summary.work["resampled"] += len(again)
         if again:
+            summary.work["resampled"] += len(again)
             echo(f"[rushes] sampling {len(again)} rejected variants again with new seeds "
                  f"(try {attempt} of filter.retries_on_reject={spec.filter.retries_on_reject})")
         rows = again

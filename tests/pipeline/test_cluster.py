@@ -51,7 +51,7 @@ def chaos_job(make_manifest, tmp_path, prompts: list[str], **overrides):
     manifest = make_manifest([{"id": f"r{i:02d}", "prompt": p} for i, p in enumerate(prompts)])
     job = job_dict(manifest, str(tmp_path / "out"), model={"family": "tests.chaos.family:ChaosWan"},
                    expand={"mode": "none"}, filter={"min_motion": 0.0},
-                   sample={"batch_size": 2, "resources": {"num_cpus": 1, "num_gpus": 1, "replicas": 2}},
+                   sample={"batch_size": 2, "resources": {"num_cpus": 1, "num_gpus": 1, "replicas": "1..2"}},
                    ray={"max_row_attempts": 2, "resource_wait_s": 60})
     for key, value in overrides.items():
         job[key] = {**job.get(key, {}), **value}
@@ -94,7 +94,8 @@ def test_node_removed_and_added_mid_run_gives_the_exact_records(cluster, make_ma
     # node goes away, and a row is in flight on it when it does.
     prompts[0] += " hold:gate2"
     prompts[5] += " hold:gate2"
-    spec = chaos_job(make_manifest, tmp_path, prompts, sample={"batch_size": 1})
+    spec = chaos_job(make_manifest, tmp_path, prompts,
+                     sample={"batch_size": 1, "resources": {"num_cpus": 1, "num_gpus": 1, "replicas": 2}})
     result, lines = {}, []
     thread = threading.Thread(target=lambda: result.update(summary=run_job(spec, echo=lines.append)))
     thread.start()

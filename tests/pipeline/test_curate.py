@@ -31,8 +31,8 @@ def test_a_near_duplicate_of_an_earlier_run_is_rejected_naming_it(ray_local, mak
     assert dup["status"] == "rejected"
     assert len(dup["reasons"]) == 1 and dup["reasons"][0].startswith("near-duplicate: 0 of 256 hash bits from fox/0")
     assert dup["video_uri"] is None and not list(Path(out, "videos").glob("fox-again/*"))
-    assert dup["phash"] == recs["fox"]["phash"] and dup["metrics"]["duplicate_bits"] == 0
-    assert recs["owl"]["metrics"]["duplicate_bits"] > 24
+    assert dup["phash"] == recs["fox"]["phash"] and dict(dup["metrics"])["duplicate_bits"] == 0
+    assert dict(recs["owl"]["metrics"])["duplicate_bits"] > 24
     assert recs["owl"]["status"] == "accepted"
 
 

@@ -61,14 +61,15 @@ def test_transient_errors_are_retried_and_give_identical_bytes(ray_local, s3, tm
     fs, endpoint = s3
     manifest = upload_manifest(fs, tmp_path, [{"id": "a", "prompt": "a cat", "seed": 1},
                                               {"id": "b", "prompt": "a dog", "seed": 2}])
-    run_job(load_job(s3_job(manifest, "s3://rushes-test/clean", endpoint)), **quiet)
+    # One run id for both: it is in each file's provenance tags, so with it the bytes must match too.
+    run_job(load_job({**s3_job(manifest, "s3://rushes-test/clean", endpoint), "run_id": "r1"}), **quiet)
     proxy = FaultyS3(int(endpoint.rsplit(":", 1)[1])).start()
     # More SlowDowns in a row than botocore retries by itself, so Rushes' own backoff is exercised too.
     proxy.rules = [Rule("PUT", "/faulty/videos/a/", "SlowDown", times=7),
                    Rule("PUT", "/faulty/metadata/", "InternalError", times=2)]
     try:
-        summary = run_job(load_job(s3_job(manifest, "s3://rushes-test/faulty",
-                                          f"http://127.0.0.1:{proxy.port}")), **quiet)
+        summary = run_job(load_job({**s3_job(manifest, "s3://rushes-test/faulty",
+                                                  f"http://127.0.0.1:{proxy.port}"), "run_id": "r1"}), **quiet)
     finally:
         proxy.stop()
     assert [r.hits for r in proxy.rules] == [7, 2]

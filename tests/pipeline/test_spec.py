@@ -52,3 +52,24 @@ def test_unreadable_job_files(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(JobSpecError, match="a job file is a YAML mapping"):
         load_job(bad)
+
+
+def test_replicas_take_a_number_or_a_min_max_range():
+    spec = load_job({"manifest": "m", "output": "o", "sample": {"resources": {"replicas": "2..8"}},
+                     "decode": {"resources": {"replicas": 3}}})
+    assert spec.sample.resources.replica_range == (2, 8)
+    assert spec.decode.resources.replica_range == (3, 3)
+    for bad, why in (("8..2", "range '8..2' needs 1 <= min <= max"), ("lots", "must be a number or a range 'min..max'"),
+                     (0, "must be at least 1")):
+        with pytest.raises(JobSpecError) as e:
+            load_job({"manifest": "m", "output": "o", "sample": {"resources": {"replicas": bad}}})
+        assert f"sample.resources.replicas: {why}" in str(e.value)
+
+
+def test_model_family_is_built_in_or_an_importable_class():
+    spec = load_job({"manifest": "m", "output": "o", "model": {"family": "tests.chaos.family:ChaosWan"}})
+    assert spec.model.family == "tests.chaos.family:ChaosWan"
+    with pytest.raises(JobSpecError, match="model.family: unknown model family 'ltx'"):
+        load_job({"manifest": "m", "output": "o", "model": {"family": "ltx"}})
+    with pytest.raises(JobSpecError, match="model.family: model family 'nope.mod:X' cannot be imported"):
+        load_job({"manifest": "m", "output": "o", "model": {"family": "nope.mod:X"}})
