@@ -11,8 +11,6 @@ size (minutes on a CPU). Figures, not assertions: compare stages within one run.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import cv2
@@ -22,25 +20,11 @@ from pipeline.spec import EncodeSpec, FilterSpec
 from stages.encode import EncodeStage
 from stages.filter import FilterStage
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from machine_info import describe  # noqa: E402 - bench/ is the script's folder
 
 
 def machine() -> str:
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.platform()} | {cpu_model()} | {os.cpu_count()} cores | {gpu} | "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads) | OpenCV {cv2.__version__} "
-            f"({cv2.getNumThreads()} threads)")
+    return describe(extra=f"OpenCV {cv2.__version__} ({cv2.getNumThreads()} threads)")
 
 
 def moving_clip(t: int, h: int, w: int, seed: int) -> np.ndarray:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import shutil
 import sys
@@ -33,16 +32,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{platform.node()} | {model} | {os.cpu_count()} cores | load average {load}"
+from machine_info import describe  # bench/machine_info.py, next to this file
 
 
 def write_manifest(path: str, n: int) -> None:
@@ -204,7 +194,7 @@ def main() -> None:
                 "encode": {"batch_size": a.encode_batch, "preset": "ultrafast"},
                 "filter": {"max_duplicate_distance": None} if a.no_dedup else {}}
 
-    print(machine())
+    print(describe(with_torch=False))  # the driver's memory is measured: no torch here
     print(f"null model, {a.width}x{a.height}, {a.frames} frames, h264 ultrafast; batches sample {a.sample_batch}, "
           f"decode {a.decode_batch}, encode {a.encode_batch}; sample/decode replicas {a.replicas}; near-duplicate "
           f"check {'off' if a.no_dedup else 'on'}")

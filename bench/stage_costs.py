@@ -7,8 +7,6 @@ Prints the machine, then one line per stage. Figures, not assertions: compare st
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import torch
@@ -20,11 +18,7 @@ from stages.expand import ExpandStage
 from stages.filter import FilterStage
 from stages.sample import SampleStage
 
-
-def machine() -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.node()} | {platform.processor() or platform.machine()} | {os.cpu_count()} cores | "
-            f"{gpu} | torch {torch.__version__} ({torch.get_num_threads()} threads)")
+from machine_info import describe  # noqa: E402 - bench/ is the script's folder
 
 
 def main() -> None:
@@ -48,7 +42,7 @@ def main() -> None:
         ("filter", FilterStage(FilterSpec(min_motion=0))),
         ("encode", EncodeStage(EncodeSpec())),
     ]
-    print(machine())
+    print(describe())
     print(f"{a.videos} videos of {a.width}x{a.height}, {a.frames} frames, {a.steps} steps, "
           f"sample batch {a.batch_size}")
     data = rows

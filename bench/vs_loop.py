@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -39,6 +38,7 @@ import pyarrow.parquet as pq
 import torch
 import yaml
 
+from machine_info import describe  # bench/machine_info.py, next to this file
 from orchestration import ProcessPoller  # bench/orchestration.py, next to this file
 from stages.checkpoints import resolve_model_path
 
@@ -46,18 +46,6 @@ PROMPTS = ["a cat walking on a beach at sunset", "a red car drives through a cit
            "a robot arm moves boxes in a warehouse", "a drone shot over a mountain valley in fog",
            "a dancer spins in a studio with neon light", "a whale swims in a blue ocean",
            "a train crosses a bridge over a river", "a chef cooks in a warm kitchen"]
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.node()} | {model} | {os.cpu_count()} cores | {gpu} | torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads)")
 
 
 def cpu_seconds() -> float:
@@ -176,7 +164,7 @@ def main() -> None:
         yaml.safe_dump(job, f, sort_keys=False)
     resolve_model_path("builtin:tiny-wan")  # built once into the cache, outside both timings
 
-    print(machine())
+    print(describe())
     print(f"{a.rows} rows, tiny Wan, {a.width}x{a.height}, {a.frames} frames, {a.steps} steps, CFG 5.0; "
           f"Rushes settings: {', '.join(a.set) or 'as in the job below'}")
     print("  job: " + yaml.safe_dump({k: job[k] for k in ("sample", "decode", "encode")},
