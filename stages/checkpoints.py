@@ -104,17 +104,22 @@ def resolve_model_path(path: str) -> str:
         known = [*BUILTIN_MODELS, *WEIGHTLESS_BUILTINS]
         raise ValueError(f"model.path: unknown builtin model '{path}' "
                          f"(known: {', '.join(BUILTIN_PREFIX + k for k in known)})")
-    target = cache_dir() / "builtin" / BUILTIN_MODELS[name]
-    if not (target / "model_index.json").exists():
+    return build_once(BUILTIN_MODELS[name], "model_index.json", build_tiny_wan)
+
+
+def build_once(folder: str, marker: str, build) -> str:
+    """$RUSHES_CACHE/builtin/<folder>, made by `build(path)` unless its `marker` file is already there."""
+    target = cache_dir() / "builtin" / folder
+    if not (target / marker).exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         # Build aside and rename into place: actors on one node may race to build it.
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            build_tiny_wan(tmp)
+            build(tmp)
             try:
                 os.rename(tmp, target)
             except OSError:
-                if not (target / "model_index.json").exists():
+                if not (target / marker).exists():
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -14,14 +14,11 @@ are random: its scores are deterministic but say nothing about alignment.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from stages.checkpoints import BUILTIN_PREFIX, cache_dir
+from stages.checkpoints import BUILTIN_PREFIX, build_once
 
 CLIP_FRAMES = 8
 # Bump when the recipe changes, so a stale cached copy is never used.
@@ -86,21 +83,7 @@ def resolve_clip_path(path: str) -> str:
     if name not in BUILTIN_CLIPS:
         raise ValueError(f"filter.clip_model: unknown builtin model '{path}' "
                          f"(known: {', '.join(BUILTIN_PREFIX + k for k in BUILTIN_CLIPS)})")
-    target = cache_dir() / "builtin" / BUILTIN_CLIPS[name]
-    if not (target / "config.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Build aside and rename into place: workers on one node may race to build it.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
-            build_tiny_clip(tmp)
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                if not (target / "config.json").exists():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return str(target)
+    return build_once(BUILTIN_CLIPS[name], "config.json", build_tiny_clip)
 
 
 class ClipScorer:
