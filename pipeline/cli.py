@@ -36,25 +36,27 @@ def _load(args) -> "JobSpec":  # noqa: F821
 
 
 def cmd_validate(args) -> int:
-    from pipeline.job import Summary, plan_job, select_work
-    from pipeline.library import current_state
+    from pipeline.library import LibraryState
+    from pipeline.plan import Planner
 
-    plan = plan_job(_load(args))
-    rows = plan.rows
-    summary = Summary(plan.spec.run_id, plan.spec.output, 0)
-    todo, _ = select_work(plan, current_state(plan.spec.output, plan.spec.storage_options), summary)
+    spec = _load(args).resolved()
+    planner = Planner(spec, LibraryState.load(spec.output, spec.storage_options, with_phash=False))
     print(f"job file {args.job}: ok")
-    print(f"manifest {plan.spec.manifest}: {len(rows.valid) + len(rows.invalid)} rows, "
-          f"{len(rows.valid)} valid, {len(rows.invalid)} invalid")
-    for rec in rows.invalid:
-        print(f"  row {rec['row']} (id {rec['id']!r}): {rec['error']}")
-    w = summary.work
-    print(f"variants: {len(plan.variants)}; to generate {len(todo)} ({w['new']} new, {w['retried']} retried, "
+    print(f"manifest {spec.manifest}: {planner.manifest.num_rows} rows")
+    valid = invalid = variants = todo = 0
+    for batch in planner.batches():  # streamed: any manifest size
+        for rec in batch.invalid:
+            print(f"  row {rec['row']} (id {rec['id']!r}): {rec['error']}")
+        valid, invalid = valid + batch.valid, invalid + len(batch.invalid)
+        variants, todo = variants + batch.variants, todo + len(batch.todo)
+    print(f"  {valid + invalid} rows, {valid} valid, {invalid} invalid")
+    w = planner.work
+    print(f"variants: {variants}; to generate {todo} ({w['new']} new, {w['retried']} retried, "
           f"{w['regenerated']} regenerated), {w['skipped']} already done in the output")
-    m = plan.model
+    m = planner.model
     print(f"model: {m['family']} {m['path']} dtype={m['dtype']} weights={str(m['weights_hash'])[:16]}")
-    print(f"output: {plan.spec.output}")
-    return EXIT_BAD_INPUT if args.strict and rows.invalid else EXIT_OK
+    print(f"output: {spec.output}")
+    return EXIT_BAD_INPUT if args.strict and invalid else EXIT_OK
 
 
 def cmd_run(args) -> int:

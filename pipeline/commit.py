@@ -99,6 +99,8 @@ class ObjectWriter:
         size = r.get("resolution") or f"{r['width']}x{r['height']}"
         rec["resolution"] = size if r.get("video_uri") else None
         rec["extra"] = r.get("extra") or {}
+        if "first_seed" in r:  # the variant's own seed, for the driver to derive the next try's
+            rec["first_seed"] = r["first_seed"]
         return rec
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 
+from pipeline.library import LibraryState
 from pipeline.spec import JobSpec
 from pipeline.storage import filesystem, remove
 from stages.dedup import NearDuplicateIndex
@@ -28,18 +29,23 @@ def retry_seed(seed: int, attempt: int) -> int:
     return int.from_bytes(digest[:4], "big") % 2**31
 
 
+# The fields of a record that make it a variant row again (the rest are results, reset for the new try).
+VARIANT_FIELDS = ("row", "id", "prompt", "extra", "variant", "expanded_prompt", "negative_prompt", "height",
+                  "width", "num_frames", "fps", "num_inference_steps", "guidance_scale", "style", "tags",
+                  "params_hash")
+
+
 class Curator:
-    def __init__(self, spec: JobSpec, state: dict[tuple, dict], regenerating: set[tuple]):
-        """`state`: the library's current records; `regenerating`: keys this run makes again (their old
-        videos are about to be replaced, so they are not duplicates to compare with)."""
+    def __init__(self, spec: JobSpec, state: LibraryState | None = None):
+        """`state`: the library's current records; videos this run regenerates are marked superseded there
+        (their old videos are about to be replaced, so they are not duplicates to compare with)."""
         self.spec = spec
         self.retries = spec.filter.retries_on_reject
         distance = spec.filter.max_duplicate_distance
         self.index = NearDuplicateIndex(distance) if distance is not None else None
-        if self.index is not None:
-            for key, rec in state.items():
-                if rec.get("status") == "accepted" and rec.get("phash") and key not in regenerating:
-                    self.index.add(key, rec["phash"])
+        if self.index is not None and state is not None:
+            for name, phash in state.kept_videos():
+                self.index.add(name, phash)
         self.fs = None
 
     def _remove_objects(self, rec: dict) -> None:
@@ -56,7 +62,6 @@ class Curator:
         metric is score-only."""
         if self.index is None or rec["status"] != "accepted" or not rec.get("phash"):
             return
-        key = (rec["id"], rec["variant"])
         found = self.index.nearest(rec["phash"])
         if found:
             rec["metrics"] = {**(rec.get("metrics") or {}), "duplicate_bits": float(found[1])}
@@ -64,29 +69,30 @@ class Curator:
             other, bits = found
             rec["status"] = "rejected"
             rec["reasons"] = list(rec.get("reasons") or []) + [
-                f"near-duplicate: {bits} of {len(rec['phash']) * 4} hash bits from {other[0]}/{other[1]} "
+                f"near-duplicate: {bits} of {len(rec['phash']) * 4} hash bits from {other} "
                 f"(max_duplicate_distance {self.index.max_distance})"]
             if not self.spec.encode.keep_rejected:
                 self._remove_objects(rec)
         else:
-            self.index.add(key, rec["phash"])
+            self.index.add(f"{rec['id']}/{rec['variant']}", rec["phash"])
 
-    def review(self, records: list[dict], variants: dict[tuple, dict]) -> tuple[list[dict], list[dict]]:
-        """(records to commit, variant rows to sample again). `variants`: the rows as first sent, by key."""
+    def review(self, records: list[dict]) -> tuple[list[dict], list[dict]]:
+        """(records to commit, variant rows to sample again)."""
         commit, again = [], []
         for rec in records:
             self._check_duplicate(rec)
             attempt = rec.get("attempt") or 0
             if rec["status"] == "rejected" and attempt < self.retries:
-                key = (rec["id"], rec["variant"])
                 if rec.get("video_uri") and not self.spec.encode.keep_rejected:
                     self._remove_objects(rec)
                 tried = list(rec.get("attempts") or []) + [
                     f"seed {rec['seed']}: {'; '.join(rec.get('reasons') or [])}"]
-                row = dict(variants[key])
-                row.update(seed=retry_seed(variants[key]["seed"], attempt + 1), attempt=attempt + 1,
+                first_seed = rec.get("first_seed", rec["seed"])
+                row = {k: rec.get(k) for k in VARIANT_FIELDS}
+                row.update(seed=retry_seed(first_seed, attempt + 1), first_seed=first_seed, attempt=attempt + 1,
                            attempts=tried, status="pending", error=None, reasons=[], metrics={},
-                           stage_seconds=dict(variants[key]["stage_seconds"]))
+                           stage_seconds={k: v for k, v in (rec.get("stage_seconds") or {}).items()
+                                          if k == "expand"})
                 again.append(row)
                 continue
             commit.append(rec)

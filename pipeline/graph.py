@@ -1,8 +1,8 @@
 """The one place where stages become Ray Data operators, with their resources, retries and failure bounds.
 
-In: expanded variant rows that still need generating, and the JobSpec. Out: a Ray Data `Dataset` of
-metadata records, produced by
-    sample (actor pool) -> decode (actor pool) -> filter + encode + write objects (tasks)
+In: the plan objects of the variants to generate (pipeline.plan) and the JobSpec. Out: a Ray Data
+`Dataset` of metadata records, produced by
+    read plan objects (tasks) -> sample (actor pool) -> decode (actor pool) -> filter + encode + write objects (tasks)
 with each stage's CPUs, GPUs, memory and replicas (fixed, or a `min..max` range that Ray Data scales)
 taken from the job file. Expansion runs in the driver (`pipeline.job`).
 
@@ -15,13 +15,12 @@ Failures, and what bounds them:
 - A stage that no node can host fails the job after `ray.resource_wait_s`, naming the resource, instead
   of waiting forever; an autoscaler is asked for one replica's worth meanwhile.
 
-Rows travel between operators as pickled Python dicts in a single binary column: a row's fields change
-from stage to stage (latents, then frames, then bytes) and Arrow schemas would only get in the way.
+Rows travel between operators as pickled Python dicts in a single binary column (pipeline.plan.table_of),
+in blocks of one sample batch each, so that every free sampler can take the next batch.
 """
 from __future__ import annotations
 
 import logging
-import pickle
 import random
 import time
 
@@ -32,6 +31,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.commit import ObjectWriter
 from pipeline.job import ClusterError
+from pipeline.plan import read_plan_object, rows_of, table_of
 from pipeline.spec import JobSpec, Resources
 from stages.decode import DecodeStage
 from stages.encode import EncodeStage
@@ -39,15 +39,7 @@ from stages.filter import FilterStage
 from stages.sample import SampleStage
 
 log = logging.getLogger("rushes")
-COLUMN = "row"
-
-
-def rows_of(batch: pa.Table) -> list[dict]:
-    return [pickle.loads(b) for b in batch.column(COLUMN).to_pylist()]
-
-
-def table_of(rows: list[dict]) -> pa.Table:
-    return pa.table({COLUMN: pa.array([pickle.dumps(r, protocol=5) for r in rows], pa.large_binary())})
+__all__ = ["build_dataset", "rows_of", "table_of"]
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -210,7 +202,12 @@ def threads(res: Resources) -> int:
     return max(1, round(res.num_cpus))
 
 
-def build_dataset(spec: JobSpec, variants: list[dict], model_identity: dict) -> tuple[ray.data.Dataset, object]:
+def read_plan(batch: pa.Table, storage_options: dict) -> pa.Table:
+    """Task operator: the variants of the plan objects named in `batch`."""
+    return pa.concat_tables([read_plan_object(uri, storage_options) for uri in batch.column("uri").to_pylist()])
+
+
+def build_dataset(spec: JobSpec, plan_uris: list[str], model_identity: dict) -> tuple[ray.data.Dataset, object]:
     """The dataset of records, and the ledger actor (the caller kills it when the dataset is consumed)."""
     gpus = True
     if single_machine_without_gpus() and (spec.sample.resources.num_gpus or spec.decode.resources.num_gpus
@@ -229,8 +226,12 @@ def build_dataset(spec: JobSpec, variants: list[dict], model_identity: dict) -> 
         ray.get_runtime_context().get_node_id(), soft=False)).remote()
     guard = lambda *stages: GuardedStages(list(stages), ledger, spec.ray.max_row_attempts)  # noqa: E731
 
-    # Small blocks keep rows streaming through the stages instead of waiting for a big first block.
-    ds = ray.data.from_arrow(table_of(variants)).repartition(max(1, min(len(variants), 256)))
+    # One task per plan object, its rows then split into blocks of one sample batch: each free sampler
+    # takes the next batch, so no replica sits idle while another works through a long block.
+    ds = ray.data.from_items([{"uri": u} for u in plan_uris], override_num_blocks=len(plan_uris))
+    ds = ds.map_batches(read_plan, fn_kwargs={"storage_options": spec.storage_options}, batch_size=1,
+                        batch_format="pyarrow")
+    ds = ds.repartition(target_num_rows_per_block=spec.sample.batch_size)
     sample = SampleStage(spec.model, spec.sample, threads(spec.sample.resources))
     ds = ds.map_batches(StageActor, fn_constructor_args=(guard(sample), spec.ray.setup_attempts),
                         batch_size=spec.sample.batch_size, batch_format="pyarrow",

@@ -1,14 +1,7 @@
-"""Running a job: plan, take the output's lease, decide what to generate, stream it through Ray, commit.
+"""Running a job: take the output's lease, plan, stream the work through Ray, commit.
 
 In: a `JobSpec`. Out: a `Summary` (counts by status; how many variants were new, skipped, retried or
-regenerated; throughput; where the outputs are).
-
-Resume rule, per variant, against the current committed record of the same (id, variant):
-- same `params_hash` and accepted/rejected: skipped, no model is loaded for it;
-- `failed` (same parameters): retried;
-- different `params_hash` (new weights, steps, prompt, ...): regenerated;
-- no record: new.
-Invalid rows are recorded once; an unchanged invalid row is not recorded again.
+regenerated; throughput; where the outputs are). Planning and the resume rule: pipeline.plan.
 """
 from __future__ import annotations
 
@@ -22,36 +15,13 @@ import yaml
 
 from pipeline.commit import MetadataWriter, invalid_record, record_schema
 from pipeline.lease import Lease
-from pipeline.library import current_state, record_key
-from pipeline.manifest import Validated, read_manifest, validate_rows
+from pipeline.library import LibraryState
+from pipeline.plan import PlanSpill, Planner, remove_plans
 from pipeline.spec import JobSpec
 from pipeline.storage import filesystem, is_local
-from stages.checkpoints import model_identity
-from stages.expand import ExpandStage
 
 log = logging.getLogger("rushes")
-DONE = ("accepted", "rejected")
-
-
-@dataclass
-class Plan:
-    spec: JobSpec
-    rows: Validated
-    model: dict
-    variants: list[dict]
-
-
-def plan_job(spec: JobSpec) -> Plan:
-    """Everything that can be checked without Ray or a GPU: job file, manifest rows, model identity,
-    and every variant's expanded prompt and params_hash."""
-    spec = spec.resolved()
-    rows = validate_rows(read_manifest(spec.manifest, spec.storage_options), spec)
-    model = model_identity(spec.model.family, spec.model.path, spec.model.revision, spec.model.dtype)
-    enc = spec.encode
-    pixel_settings = {"model": model, "encode": {"codec": enc.codec, "crf": enc.crf, "preset": enc.preset},
-                      "batch_invariant": spec.sample.batch_invariant}
-    variants = ExpandStage(spec.expand, pixel_settings)(rows.valid)
-    return Plan(spec, rows, model, variants)
+SHOWN_INVALID = 20  # invalid rows echoed one by one; the rest are counted (each has its record)
 
 
 @dataclass
@@ -112,30 +82,43 @@ def remove_partial_writes(output: str, storage_options: dict) -> int:
     return len(stale)
 
 
-def select_work(plan: Plan, state: dict[tuple, dict], summary: Summary) -> tuple[list[dict], list[dict]]:
-    """(variants to generate, invalid rows to record), counting each decision in `summary.work`."""
-    todo = []
-    for v in plan.variants:
-        prev = state.get((v["id"], v["variant"]))
-        if prev is None:
-            summary.work["new"] += 1
-        elif prev["params_hash"] != v["params_hash"]:
-            summary.work["regenerated"] += 1
-        elif prev["status"] in DONE:
-            summary.work["skipped"] += 1
-            continue
-        else:
-            summary.work["retried"] += 1
-        todo.append(v)
-    invalid = [r for r in plan.rows.invalid
-               if (state.get(record_key({**r, "variant": -1})) or {}).get("error") != r["error"]]
-    return todo, invalid
+class CommitBuffer:
+    """Records wait here until `commit.max_records` are ready or the oldest has waited `commit.max_wait_s`:
+    one metadata object per few hundred records instead of one per Ray Data block (a block is one
+    sample batch, a few variants), which keeps the library's object count and its read-back time down."""
+
+    def __init__(self, writer: MetadataWriter, max_records: int, max_wait_s: float):
+        self.writer, self.max_records, self.max_wait_s = writer, max_records, max_wait_s
+        self.records: list[dict] = []
+        self.since = 0.0
+        self.committed = 0
+
+    def add(self, records: list[dict]) -> None:
+        if records and not self.records:
+            self.since = time.monotonic()
+        self.records += records
+        if self.records and time.monotonic() - self.since >= self.max_wait_s:
+            self.flush()
+        while len(self.records) >= self.max_records:
+            self._commit(self.max_records)
+        if not self.records:
+            self.since = 0.0
+
+    def flush(self) -> None:
+        while self.records:
+            self._commit(self.max_records)
+
+    def _commit(self, n: int) -> None:
+        self.writer.commit(self.records[:n])
+        self.committed += len(self.records[:n])
+        self.records = self.records[n:]
+        self.since = time.monotonic()
 
 
 def run_job(spec: JobSpec, echo=print, force: bool = False) -> Summary:
     start = time.perf_counter()
-    plan = plan_job(spec)
-    spec = plan.spec
+    spec = spec.resolved()
+    planner = Planner(spec)  # opens the manifest: one that cannot be used is refused before any write
     lease = Lease(spec.output, spec.run_id, spec.lease_ttl_s, spec.storage_options)
     taken_from = lease.acquire(force=force)  # also the first write: a bad bucket fails here, before any GPU work
     try:
@@ -144,28 +127,47 @@ def run_job(spec: JobSpec, echo=print, force: bool = False) -> Summary:
         removed = remove_partial_writes(spec.output, spec.storage_options)
         if removed:
             echo(f"[rushes] removed {removed} partial writes left by an interrupted run")
-        summary = Summary(spec.run_id, spec.output, len(plan.rows.valid) + len(plan.rows.invalid))
-        state = current_state(spec.output, spec.storage_options)
-        todo, invalid = select_work(plan, state, summary)
-        writer = MetadataWriter(spec.output, spec.run_id, record_schema(plan.rows.extra_schema),
+        remove_plans(spec.output, spec.storage_options)  # left by runs that were killed; this run holds the lease
+        state = LibraryState.load(spec.output, spec.storage_options,
+                                  with_phash=spec.filter.max_duplicate_distance is not None)
+        planner.state = state
+        summary = Summary(spec.run_id, spec.output, planner.manifest.num_rows)
+        writer = MetadataWriter(spec.output, spec.run_id, record_schema(planner.manifest.extra_schema),
                                 spec.storage_options)
         summary.spec_uri = writer.save_text(f"runs/{spec.run_id}/job.yaml",
                                             yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-        for rec in invalid:
-            echo(f"[rushes] invalid row {rec['row']} (id {rec['id']!r}): {rec['error']}")
-        writer.commit([invalid_record(r) for r in invalid])
-        summary.counts.update(invalid=len(invalid))
+        commits = CommitBuffer(writer, spec.commit.max_records, float("inf"))
+        spill = PlanSpill(spec.output, spec.run_id, 0, spec.storage_options)
+        valid = invalid = 0
+        for batch in planner.batches():
+            valid += batch.valid
+            invalid += len(batch.invalid)
+            for rec in batch.to_record:
+                if summary.counts["invalid"] < SHOWN_INVALID:
+                    echo(f"[rushes] invalid row {rec['row']} (id {rec['id']!r}): {rec['error']}")
+                summary.counts["invalid"] += 1
+            commits.add([invalid_record(r) for r in batch.to_record])
+            spill.add(batch.todo)
+        commits.flush()
+        plan_uris = spill.close()
+        if summary.counts["invalid"] > SHOWN_INVALID:
+            echo(f"[rushes] ... and {summary.counts['invalid'] - SHOWN_INVALID} more invalid rows, each recorded "
+                 "with its error (rushes validate lists them all)")
+        summary.work.update(planner.work)
         w = summary.work
-        echo(f"[rushes] run {spec.run_id}: {len(plan.rows.valid)} valid rows, {len(plan.rows.invalid)} invalid; "
-             f"{len(todo)} variants to generate ({w['new']} new, {w['retried']} retried, "
+        echo(f"[rushes] run {spec.run_id}: {valid} valid rows, {invalid} invalid; "
+             f"{spill.count} variants to generate ({w['new']} new, {w['retried']} retried, "
              f"{w['regenerated']} regenerated), {w['skipped']} already done")
-        if todo:
-            _generate(spec, plan, todo, state, writer, lease, summary, echo, start)
+        if plan_uris:
+            _generate(spec, plan_uris, spill.count, planner.model, state, writer, lease, summary, echo, start)
         summary.seconds = time.perf_counter() - start
         writer.save_text(f"runs/{spec.run_id}/summary.txt", summary.render() + "\n")
         return summary
     finally:
-        lease.release()
+        try:
+            remove_plans(spec.output, spec.storage_options, spec.run_id)
+        finally:
+            lease.release()
 
 
 class ClusterError(RuntimeError):
@@ -176,45 +178,55 @@ class JobFailed(RuntimeError):
     """The Ray pipeline stopped; every record committed before it is kept, and a re-run resumes."""
 
 
-def _generate(spec, plan, todo, state, writer, lease, summary, echo, start) -> None:
-    """Stream `todo` through the pipeline and commit each batch; with `filter.retries_on_reject`, rejected
-    variants go round again with new seeds (one more pass of the pipeline per try)."""
+def _generate(spec, plan_uris, total, model, state, writer, lease, summary, echo, start) -> None:
+    """Stream the planned variants through the pipeline and commit their records; with
+    `filter.retries_on_reject`, rejected variants go round again with new seeds (one more pass of the
+    pipeline per try, planned like the first)."""
     import ray
 
     from pipeline.curate import Curator
     from pipeline.graph import build_dataset, rows_of
 
     ensure_ray(spec)
-    variants = {(v["id"], v["variant"]): v for v in todo}
-    curator = Curator(spec, state, regenerating=set(variants))
-    rows, done, attempt = todo, 0, 0
-    while rows:
-        ds, ledger = build_dataset(spec, rows, plan.model)
-        again = []
+    curator = Curator(spec, state)
+    commits = CommitBuffer(writer, spec.commit.max_records, spec.commit.max_wait_s)
+    round_ = 0
+    while plan_uris:
+        ds, ledger = build_dataset(spec, plan_uris, model)
+        again = PlanSpill(spec.output, spec.run_id, round_ + 1, spec.storage_options)
         try:
+            shown = commits.committed
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 lease.check()
-                records, retry = curator.review(rows_of(batch), variants)
-                again += retry
-                writer.commit(records)
+                records, retry = curator.review(rows_of(batch))
+                again.add(retry)
+                commits.add(records)
                 for rec in records:
                     summary.counts[rec["status"]] += 1
                     if rec["status"] == "failed":
                         echo(f"[rushes] failed {rec['id']}/{rec['variant']}: {rec['error']}")
-                done += len(records)
-                echo(f"[rushes] committed {done}/{len(todo)} variants ({summary.generated} videos, "
-                     f"{summary.counts['failed']} failed"
-                     + (f", {len(again)} to sample again" if again else "")
-                     + f") in {time.perf_counter() - start:.0f} s")
+                if commits.committed != shown:
+                    shown = commits.committed
+                    _progress(echo, shown, total, summary, again.count, start)
+            commits.flush()
+            if commits.committed != shown:
+                _progress(echo, commits.committed, total, summary, again.count, start)
         except (ray.exceptions.RayError, ClusterError) as e:
+            commits.flush()  # what finished is kept
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise JobFailed(f"the pipeline stopped after committing {done} of {len(todo)} variants: "
+            raise JobFailed(f"the pipeline stopped after committing {commits.committed} of {total} variants: "
                             f"{type(e).__name__}: {first}. Committed records are kept; run again to resume.") from e
         finally:
             ray.kill(ledger)
-        attempt += 1
-        if again:
-            summary.work["resampled"] += len(again)
-            echo(f"[rushes] sampling {len(again)} rejected variants again with new seeds "
-                 f"(try {attempt} of filter.retries_on_reject={spec.filter.retries_on_reject})")
-        rows = again
+        round_ += 1
+        plan_uris = again.close()
+        if plan_uris:
+            summary.work["resampled"] += again.count
+            echo(f"[rushes] sampling {again.count} rejected variants again with new seeds "
+                 f"(try {round_} of filter.retries_on_reject={spec.filter.retries_on_reject})")
+
+
+def _progress(echo, done, total, summary, again, start) -> None:
+    echo(f"[rushes] committed {done}/{total} variants ({summary.generated} videos, "
+         f"{summary.counts['failed']} failed" + (f", {again} to sample again" if again else "")
+         + f") in {time.perf_counter() - start:.0f} s")

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 import re
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pyarrow.types as pat
-from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from pipeline.spec import JobSpec
-from pipeline.storage import StorageError, filesystem, with_retries
+from pipeline.storage import StorageError, filesystem, is_transient, with_retries
 from stages.families import family_for
 
 
@@ -71,22 +74,100 @@ def manifest_files(uri: str, storage_options: dict | None = None) -> tuple:
     return fs, files
 
 
+class Manifest:
+    """A manifest's files, read as a stream of small tables: nobody holds the whole manifest.
+
+    Opening checks every file's footer (readable, required columns present, override columns of the
+    right kind); `batches()` then yields the rows in file order, `batch_size` at a time, each batch with
+    every column of the manifest (a column missing from one file reads as nulls there).
+    """
+
+    def __init__(self, uri: str, storage_options: dict | None = None):
+        self.uri = uri
+        self.fs, self.files = manifest_files(uri, storage_options)
+        schemas, self.file_rows = [], []
+        for f in self.files:
+            meta = self._footer(f)
+            schemas.append(meta.schema.to_arrow_schema())
+            self.file_rows.append(meta.num_rows)
+        self.num_rows = sum(self.file_rows)
+        problems = []
+        for f, schema in zip(self.files, schemas):
+            where = f" in {self.fs.unstrip_protocol(f)}" if len(self.files) > 1 else ""
+            problems += [f"missing required column '{c}'{where}" for c in REQUIRED if c not in schema.names]
+            for name, kind in {**REQUIRED, **OVERRIDES}.items():
+                if name in schema.names and not _type_ok(schema.field(name).type, kind):
+                    problems.append(f"column '{name}'{where} has type {schema.field(name).type}, expected {kind}")
+        if problems:
+            columns = sorted({n for s in schemas for n in s.names}, key=[n for s in schemas for n in s.names].index)
+            raise ManifestError(f"manifest {uri}: " + "; ".join(problems) + f" (columns: {', '.join(columns)})")
+        known = set(REQUIRED) | set(OVERRIDES)
+        try:
+            merged = pa.unify_schemas(schemas, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise ManifestError(f"manifest {uri}: its files disagree on a column's type: {e}") from None
+        self.schema = merged
+        self.columns = merged.names
+        self.extra_schema = pa.schema([merged.field(c) for c in merged.names if c not in known])
+
+    def _footer(self, path: str):
+        uri = self.fs.unstrip_protocol(path)
+
+        def read():
+            with self.fs.open(path, "rb") as fh:
+                return pq.ParquetFile(fh).metadata
+        try:
+            return with_retries("read", uri, read)
+        except StorageError as e:
+            if isinstance(e.__cause__, pa.ArrowInvalid):
+                raise ManifestError(f"manifest {uri}: not readable as Parquet: {e.__cause__}") from None
+            raise
+
+    def batches(self, columns: list[str] | None = None, batch_size: int = 2048) -> Iterator[pa.Table]:
+        """Tables of at most `batch_size` rows, in manifest order (files sorted by name)."""
+        columns = [c for c in (columns or self.columns)]
+        for f in self.files:
+            yield from self._file_batches(f, columns, batch_size)
+
+    def _file_batches(self, path: str, columns: list[str], batch_size: int) -> Iterator[pa.Table]:
+        """One file's rows; a transient storage error mid-file reopens it and skips the rows already given."""
+        uri = self.fs.unstrip_protocol(path)
+        given = 0
+        for attempt in range(6):
+            try:
+                with self.fs.open(path, "rb") as fh:
+                    pf = pq.ParquetFile(fh)
+                    present = [c for c in columns if c in pf.schema_arrow.names]
+                    seen = 0
+                    for batch in pf.iter_batches(batch_size=batch_size, columns=present):
+                        if seen + batch.num_rows <= given:
+                            seen += batch.num_rows
+                            continue
+                        table = pa.Table.from_batches([batch]).slice(max(0, given - seen))
+                        seen += batch.num_rows
+                        for c in columns:
+                            if c not in present:
+                                table = table.append_column(c, pa.nulls(table.num_rows, self.schema.field(c).type))
+                        given += table.num_rows
+                        yield table.select(columns).cast(pa.schema([self.schema.field(c) for c in columns]))
+                return
+            except pa.ArrowInvalid as e:
+                raise ManifestError(f"manifest {uri}: not readable as Parquet: {e}") from None
+            except OSError as e:
+                if not is_transient(e) or attempt == 5:
+                    raise StorageError(f"read manifest {uri} failed: {type(e).__name__}: {e}") from e
+                time.sleep(random.uniform(0, 0.25 * 2**attempt))
+
+    def table(self) -> pa.Table:
+        """The whole manifest in memory: for small manifests and tests; jobs stream `batches()`."""
+        tables = list(self.batches())
+        return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table(
+            {c: pa.array([], pa.string()) for c in self.columns})
+
+
 def read_manifest(uri: str, storage_options: dict | None = None) -> pa.Table:
-    fs, files = manifest_files(uri, storage_options)
-    try:
-        table = pads.dataset(files, format="parquet", filesystem=PyFileSystem(FSSpecHandler(fs))).to_table()
-    except pa.ArrowInvalid as e:
-        raise ManifestError(f"manifest {uri}: not readable as Parquet: {e}") from None
-    except OSError as e:
-        raise StorageError(f"read manifest {uri} failed: {type(e).__name__}: {e}") from e
-    problems = [f"missing required column '{c}'" for c in REQUIRED if c not in table.column_names]
-    for name, kind in {**REQUIRED, **OVERRIDES}.items():
-        if name in table.column_names and not _type_ok(table.schema.field(name).type, kind):
-            problems.append(f"column '{name}' has type {table.schema.field(name).type}, expected {kind}")
-    if problems:
-        raise ManifestError(f"manifest {uri}: " + "; ".join(problems)
-                            + f" (columns: {', '.join(table.column_names)})")
-    return table
+    """The whole manifest as one table (checked like `Manifest`): for small manifests and tests."""
+    return Manifest(uri, storage_options).table()
 
 
 @dataclass
@@ -118,29 +199,67 @@ def _check_value(name: str, value, kind: str) -> tuple[object, str | None]:
     return value, None
 
 
-def validate_rows(table: pa.Table, spec: JobSpec) -> Validated:
-    family = family_for(spec.model.family)
-    defaults = spec.sampling.model_dump()
-    known = set(REQUIRED) | set(OVERRIDES)
-    extra_cols = [c for c in table.column_names if c not in known]
-    out = Validated(extra_schema=pa.schema([table.schema.field(c) for c in extra_cols]))
-    first_row_of: dict[str, int] = {}
-    for index, raw in enumerate(table.to_pylist()):
+def id_digest(row_id: str) -> bytes:
+    return hashlib.blake2b(row_id.encode(), digest_size=16).digest()
+
+
+def duplicate_ids(ids: Iterator[list]) -> dict[int, int]:
+    """{row: first row with the same id} for every repeat of a well-formed id, from the `id` column given in
+    order as lists. Holds 16 bytes per row (a digest), not the ids themselves."""
+    digests, rows, start = [], [], 0
+    for chunk in ids:
+        good = [(i, v) for i, v in enumerate(chunk) if isinstance(v, str) and ID_PATTERN.fullmatch(v)]
+        digests.append(np.array([id_digest(v) for _, v in good], dtype="S16"))
+        rows.append(np.array([start + i for i, _ in good], dtype=np.int64))
+        start += len(chunk)
+    if not digests:
+        return {}
+    d, r = np.concatenate(digests), np.concatenate(rows)
+    order = np.argsort(d, kind="stable")  # equal digests stay in row order
+    d, r = d[order], r[order]
+    repeat = np.flatnonzero(d[1:] == d[:-1]) + 1  # positions whose digest equals the one before
+    if not len(repeat):
+        return {}
+    # The first row of each run of equal digests.
+    run_start = np.maximum.accumulate(np.where(np.r_[True, d[1:] != d[:-1]], np.arange(len(d)), 0))
+    return {int(r[i]): int(r[run_start[i]]) for i in repeat}
+
+
+class RowValidator:
+    """Checks manifest rows one at a time and resolves their parameters against the job's defaults.
+
+    `duplicate_of`: {row: first row with that id}, from `duplicate_ids` over the whole manifest."""
+
+    def __init__(self, spec: JobSpec, columns: list[str], duplicate_of: dict[int, int]):
+        self.family = family_for(spec.model.family)
+        self.defaults = spec.sampling.model_dump()
+        known = set(REQUIRED) | set(OVERRIDES)
+        self.extra_cols = [c for c in columns if c not in known]
+        self.duplicate_of = duplicate_of
+
+    def validate(self, table: pa.Table, first_row: int) -> Validated:
+        """The rows of `table`, which starts at manifest row `first_row`."""
+        out = Validated()
+        for offset, raw in enumerate(table.to_pylist()):
+            row, invalid = self.check(raw, first_row + offset)
+            (out.valid if row is not None else out.invalid).append(row if row is not None else invalid)
+        return out
+
+    def check(self, raw: dict, index: int) -> tuple[dict | None, dict | None]:
+        """(valid row, None) or (None, invalid row with `error`)."""
         errors = []
         row_id, prompt = raw.get("id"), raw.get("prompt")
         if not isinstance(row_id, str) or not row_id:
             errors.append("id: missing")
-        elif not ID_PATTERN.match(row_id):
+        elif not ID_PATTERN.fullmatch(row_id):
             errors.append(f"id: {row_id!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}} "
                           "(no slashes, spaces or leading dot)")
-        elif row_id in first_row_of:
-            errors.append(f"id: {row_id!r} duplicates row {first_row_of[row_id]}")
-        else:
-            first_row_of[row_id] = index
+        elif index in self.duplicate_of:
+            errors.append(f"id: {row_id!r} duplicates row {self.duplicate_of[index]}")
         if not isinstance(prompt, str) or not prompt.strip():
             errors.append("prompt: empty")
         row = {"row": index, "id": row_id, "prompt": prompt,
-               "extra": {c: raw.get(c) for c in extra_cols}}
+               "extra": {c: raw.get(c) for c in self.extra_cols}}
         for name, kind in OVERRIDES.items():
             value = raw.get(name)
             if value is None:
@@ -153,17 +272,23 @@ def validate_rows(table: pa.Table, spec: JobSpec) -> Validated:
         if not errors:
             for name in ("height", "width", "num_frames", "fps", "num_inference_steps", "guidance_scale",
                          "negative_prompt", "num_variants"):
-                row.setdefault(name, defaults[name])
+                row.setdefault(name, self.defaults[name])
             row.setdefault("style", None)
             row.setdefault("tags", [])
-            row.setdefault("seed", _derived_seed(row_id, defaults["seed"]))
-            problem = family.check_shape(row["height"], row["width"], row["num_frames"])
+            row.setdefault("seed", _derived_seed(row_id, self.defaults["seed"]))
+            problem = self.family.check_shape(row["height"], row["width"], row["num_frames"])
             if problem:
                 errors.append(problem)
         if errors:
-            out.invalid.append({"row": index, "id": row_id if isinstance(row_id, str) else None,
-                                "prompt": prompt if isinstance(prompt, str) else None,
-                                "error": "; ".join(errors), "extra": row["extra"]})
-        else:
-            out.valid.append(row)
+            return None, {"row": index, "id": row_id if isinstance(row_id, str) else None,
+                          "prompt": prompt if isinstance(prompt, str) else None,
+                          "error": "; ".join(errors), "extra": row["extra"]}
+        return row, None
+
+
+def validate_rows(table: pa.Table, spec: JobSpec) -> Validated:
+    """Every row of an in-memory manifest table (small manifests and tests; jobs stream, see pipeline.plan)."""
+    validator = RowValidator(spec, table.column_names, duplicate_ids(iter([table.column("id").to_pylist()])))
+    out = validator.validate(table, 0)
+    out.extra_schema = pa.schema([table.schema.field(c) for c in validator.extra_cols])
     return out

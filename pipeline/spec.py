@@ -198,6 +198,14 @@ class EncodeSpec(Strict):
         return self
 
 
+class CommitSpec(Strict):
+    max_records: int = Field(
+        256, ge=1, description="records per metadata object at most (one atomic PUT each)")
+    max_wait_s: float = Field(
+        5.0, ge=0, description="a finished variant waits at most about this long for its record to be committed "
+                               "(0: commit each Ray Data block as it arrives)")
+
+
 class RaySpec(Strict):
     address: str | None = Field(None, description="Ray address; unset = a local Ray started by the job")
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a local Ray")
@@ -226,6 +234,7 @@ class JobSpec(Strict):
     decode: DecodeSpec = Field(default_factory=DecodeSpec)
     filter: FilterSpec = Field(default_factory=FilterSpec)
     encode: EncodeSpec = Field(default_factory=EncodeSpec)
+    commit: CommitSpec = Field(default_factory=CommitSpec)
     ray: RaySpec = Field(default_factory=RaySpec)
 
     @field_validator("run_id")

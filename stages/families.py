@@ -11,7 +11,10 @@ import warnings
 from typing import Any
 
 import numpy as np
-import torch
+
+# torch is imported where a model is loaded or run, never at import: CPU-only workers (validation,
+# filter, encode) import this module and would otherwise pay ~3 CPU-s and ~400 MB each for torch.
+
 
 def quiet_loading() -> None:
     """Loading progress bars and deprecation chatter would flood every actor's log."""
@@ -23,16 +26,21 @@ def quiet_loading() -> None:
     warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def _split_batch_forward(module: torch.nn.Module) -> None:
+def _split_batch_forward(module) -> None:
     """Make `module` run each batch item in its own forward and concatenate the results.
 
     CPU and GPU kernels (conv, small-M GEMMs) round differently for different batch sizes, so a batched
     forward would make a video's pixels depend on which other rows shared its batch. One item per forward
     keeps them identical whatever the batching; the pipeline call around it is still batched.
     """
+    import torch
+
     forward = module.forward
 
     @functools.wraps(forward)
@@ -82,7 +90,7 @@ class WanFamily:
 
         quiet_loading()
         # The VAE is loaded by the decode stage alone; the sampler never holds it.
-        pipe = WanPipeline.from_pretrained(path, vae=None, torch_dtype=DTYPES[dtype], revision=revision)
+        pipe = WanPipeline.from_pretrained(path, vae=None, torch_dtype=torch_dtype(dtype), revision=revision)
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         if batch_invariant:
@@ -96,6 +104,8 @@ class WanFamily:
                height: int, width: int, num_frames: int, num_inference_steps: int,
                guidance_scale: float) -> np.ndarray:
         """Latents for a batch of same-shape variants: float32 array (N, C, T', H', W')."""
+        import torch
+
         device = pipe._execution_device
         # Prompts are encoded one at a time for the same reason the denoiser runs per item.
         cfg = guidance_scale > 1.0
@@ -113,6 +123,7 @@ class WanFamily:
 
     @staticmethod
     def load_vae(path: str, dtype: str, device: str, revision: str | None = None):
+        import torch
         from diffusers import AutoencoderKLWan
 
         quiet_loading()
@@ -122,19 +133,21 @@ class WanFamily:
         return vae.to(device).eval()
 
     @staticmethod
-    @torch.no_grad()
     def decode(vae, latents: np.ndarray) -> tuple[np.ndarray, bool]:
         """One variant's latents (C, T', H', W') to frames uint8 (T, H, W, 3), and whether all were finite."""
-        device = next(vae.parameters()).device
-        z = torch.from_numpy(latents).unsqueeze(0).to(device, torch.float32)
-        c = vae.config.z_dim
-        mean = torch.tensor(vae.config.latents_mean, device=device).view(1, c, 1, 1, 1)
-        std = torch.tensor(vae.config.latents_std, device=device).view(1, c, 1, 1, 1)
-        video = vae.decode(z * std + mean, return_dict=False)[0][0]  # (3, T, H, W) in [-1, 1]
-        finite = bool(torch.isfinite(video).all())
-        video = torch.nan_to_num(video, nan=-1.0)
-        frames = ((video.permute(1, 2, 3, 0) / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-        return frames.cpu().numpy(), finite
+        import torch
+
+        with torch.no_grad():
+            device = next(vae.parameters()).device
+            z = torch.from_numpy(latents).unsqueeze(0).to(device, torch.float32)
+            c = vae.config.z_dim
+            mean = torch.tensor(vae.config.latents_mean, device=device).view(1, c, 1, 1, 1)
+            std = torch.tensor(vae.config.latents_std, device=device).view(1, c, 1, 1, 1)
+            video = vae.decode(z * std + mean, return_dict=False)[0][0]  # (3, T, H, W) in [-1, 1]
+            finite = bool(torch.isfinite(video).all())
+            video = torch.nan_to_num(video, nan=-1.0)
+            frames = ((video.permute(1, 2, 3, 0) / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+            return frames.cpu().numpy(), finite
 
 
 class NullFamily:

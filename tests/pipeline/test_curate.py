@@ -8,7 +8,8 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from pipeline.job import plan_job, run_job
+from pipeline.job import run_job
+from pipeline.plan import plan_job
 from pipeline.library import read_records
 from pipeline.spec import load_job
 from tests.conftest import job_dict

@@ -73,3 +73,56 @@ def test_folder_and_glob(tmp_path, make_manifest):
     make_manifest([{"id": "b", "prompt": "q"}], name="m/part-1.parquet")
     assert read_manifest(str(tmp_path / "m")).column("id").to_pylist() == ["a", "b"]
     assert read_manifest(str(tmp_path / "m" / "*-1.parquet")).column("id").to_pylist() == ["b"]
+
+
+def test_trailing_newline_in_an_id_is_refused(make_manifest):
+    v = validate(make_manifest([{"id": "a\n", "prompt": "p"}, {"id": "b", "prompt": "p"}]))
+    assert [r["id"] for r in v.valid] == ["b"]
+    assert "id: 'a\\n' must match" in v.invalid[0]["error"]
+
+
+def test_duplicate_ids_across_batches_name_the_first_row():
+    from pipeline.manifest import duplicate_ids
+
+    chunks = [["a", "b", None, "a"], ["bad/id", "c", "b"], ["a", "bad/id"]]
+    assert duplicate_ids(iter(chunks)) == {3: 0, 6: 1, 7: 0}  # 'bad/id' is not an id: no duplicate of it
+
+
+def test_streamed_batches_across_files_equal_the_whole_manifest(tmp_path, make_manifest):
+    from pipeline.manifest import Manifest, RowValidator, duplicate_ids
+
+    (tmp_path / "m").mkdir()
+    make_manifest([{"id": f"a{i}", "prompt": f"p{i}", "campaign": "x"} for i in range(7)], name="m/part-0.parquet")
+    make_manifest([{"id": f"b{i}", "prompt": f"q{i}", "seed": i} for i in range(5)] + [{"id": "a3", "prompt": "again"}],
+                  name="m/part-1.parquet")
+    m = Manifest(str(tmp_path / "m"))
+    assert m.num_rows == 13 and m.columns == ["id", "prompt", "campaign", "seed"]
+    batches = list(m.batches(batch_size=3))
+    assert [t.num_rows for t in batches] == [3, 3, 1, 3, 3]  # never across a file
+    whole = pa.concat_tables(batches)
+    assert whole.column("id").to_pylist() == [f"a{i}" for i in range(7)] + [f"b{i}" for i in range(5)] + ["a3"]
+    assert whole.column("campaign").to_pylist() == ["x"] * 7 + [None] * 6  # missing in part-1: nulls there
+    spec = load_job({"manifest": str(tmp_path / "m"), "output": "o"})
+    dups = duplicate_ids(t.column("id").to_pylist() for t in m.batches(["id"], batch_size=2))
+    validator = RowValidator(spec, m.columns, dups)
+    rows, start = [], 0
+    for t in m.batches(batch_size=3):
+        rows.append(validator.validate(t, start))
+        start += t.num_rows
+    invalid = [r for v in rows for r in v.invalid]
+    assert [(r["row"], r["error"]) for r in invalid] == [(12, "id: 'a3' duplicates row 3")]
+    assert [r["row"] for v in rows for r in v.valid] == list(range(12))
+
+
+def test_files_that_disagree_are_named(tmp_path, make_manifest):
+    from pipeline.manifest import Manifest
+
+    (tmp_path / "m").mkdir()
+    make_manifest([{"id": "a", "prompt": "p"}], name="m/part-0.parquet")
+    make_manifest([{"id": "b", "text": "no prompt"}], name="m/part-1.parquet")
+    with pytest.raises(ManifestError, match=r"missing required column 'prompt' in .*part-1.parquet"):
+        Manifest(str(tmp_path / "m"))
+    make_manifest([{"id": "b", "prompt": "q", "campaign": 3}], name="m/part-1.parquet")
+    make_manifest([{"id": "c", "prompt": "r", "campaign": [1.5]}], name="m/part-2.parquet")
+    with pytest.raises(ManifestError, match="disagree on a column's type"):
+        Manifest(str(tmp_path / "m"))

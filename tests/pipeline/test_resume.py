@@ -72,7 +72,7 @@ def test_changed_parameter_regenerates_only_that_row(library):
 def test_failed_variant_is_retried(library, tmp_path):
     base, out, _ = library
     manifest = write_manifest(tmp_path / "m.parquet", [{"id": "z", "prompt": "a zebra", "seed": 9}])
-    from pipeline.job import plan_job
+    from pipeline.plan import plan_job
 
     plan = plan_job(load_job(job_dict(manifest, out)))
     # The state an earlier run leaves when a worker failed on this variant: a `failed` record.

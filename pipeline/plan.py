@@ -1,0 +1,191 @@
+"""Planning a run without holding its manifest: which variants to generate, streamed to the output.
+
+In: the JobSpec and the library's current state. Out, batch by batch: the invalid rows that need a
+record, and the variants to generate, which `PlanSpill` writes to the output as plan objects of a few
+hundred variants each (`runs/<run_id>/plan/<round>/<seq>.parquet`). Ray Data then reads one plan object
+per task (pipeline.graph), so neither the driver nor Ray's object store ever holds the whole manifest:
+the driver keeps about 16 bytes per manifest row (id digests, for duplicate ids) and the compact library
+state (pipeline.library.LibraryState), whatever the manifest's size.
+
+Per variant, against the current committed record of the same (id, variant):
+- same `params_hash` and accepted/rejected: skipped, no model is loaded for it;
+- `failed` (same parameters): retried;
+- different `params_hash` (new weights, steps, prompt, ...): regenerated;
+- no record: new.
+Invalid rows are recorded once; an unchanged invalid row is not recorded again.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.library import STATUS_CODES, LibraryState, _hex_bytes, record_key
+from pipeline.manifest import Manifest, RowValidator, duplicate_ids
+from pipeline.spec import JobSpec
+from pipeline.storage import filesystem, join, put_atomic, with_retries
+from stages.checkpoints import model_identity
+from stages.expand import ExpandStage
+
+COLUMN = "row"
+MANIFEST_BATCH = 1024  # manifest rows the driver validates and expands at a time
+PLAN_OBJECT_ROWS = 256  # variants per plan object: one Ray Data read task each
+DONE = (STATUS_CODES["accepted"], STATUS_CODES["rejected"])
+
+
+def rows_of(batch: pa.Table) -> list[dict]:
+    return [pickle.loads(b) for b in batch.column(COLUMN).to_pylist()]
+
+
+def table_of(rows: list[dict]) -> pa.Table:
+    """Rows as pickled Python dicts in one binary column: a row's fields change from stage to stage
+    (latents, then frames, then bytes), and Arrow schemas would only get in the way."""
+    return pa.table({COLUMN: pa.array([pickle.dumps(r, protocol=5) for r in rows], pa.large_binary())})
+
+
+@dataclass
+class PlannedBatch:
+    first_row: int
+    valid: int  # valid manifest rows
+    invalid: list[dict]  # every invalid row of the batch
+    to_record: list[dict]  # the invalid rows whose record is missing or says something else
+    variants: int  # variants the valid rows expand to
+    todo: list[dict] = field(default_factory=list)  # variants to generate
+
+
+class Planner:
+    """Streams the manifest through validation, expansion and the resume rule, one batch at a time."""
+
+    def __init__(self, spec: JobSpec, state: LibraryState | None = None, batch_rows: int = MANIFEST_BATCH):
+        self.spec = spec.resolved()
+        self.state = state
+        self.batch_rows = batch_rows
+        self.manifest = Manifest(self.spec.manifest, self.spec.storage_options)
+        m = self.spec.model
+        self.model = model_identity(m.family, m.path, m.revision, m.dtype)
+        enc = self.spec.encode
+        pixel_settings = {"model": self.model,
+                          "encode": {"codec": enc.codec, "crf": enc.crf, "preset": enc.preset},
+                          "batch_invariant": self.spec.sample.batch_invariant}
+        self.expander = ExpandStage(self.spec.expand, pixel_settings)
+        self.work: Counter = Counter()  # variants: new, skipped, retried, regenerated
+
+    def batches(self) -> Iterator[PlannedBatch]:
+        """Reads the manifest twice: once only its `id` column (duplicate ids), then whole, in batches."""
+        duplicates = duplicate_ids(t.column("id").to_pylist()
+                                   for t in self.manifest.batches(["id"], batch_size=8 * self.batch_rows))
+        validator = RowValidator(self.spec, self.manifest.columns, duplicates)
+        start = 0
+        for table in self.manifest.batches(batch_size=self.batch_rows):
+            rows = validator.validate(table, start)
+            variants = self.expander(rows.valid)
+            batch = PlannedBatch(start, len(rows.valid), rows.invalid, self._invalid_to_record(rows.invalid),
+                                 len(variants))
+            batch.todo = self._select(variants)
+            start += table.num_rows
+            yield batch
+
+    def _select(self, variants: list[dict]) -> list[dict]:
+        if self.state is None or not len(self.state):
+            self.work["new"] += len(variants)
+            return variants
+        pos = self.state.find([(v["id"], v["variant"]) for v in variants])
+        planned = np.array([_hex_bytes(v["params_hash"], 32) for v in variants], "S32")
+        todo = []
+        for v, p, h in zip(variants, pos, planned):
+            if p < 0:
+                self.work["new"] += 1
+            elif self.state.params[p] != h:
+                self.work["regenerated"] += 1
+                self.state.superseded[p] = True  # its old video is about to be replaced
+            elif self.state.status[p] in DONE:
+                self.work["skipped"] += 1
+                continue
+            else:
+                self.work["retried"] += 1
+            todo.append(v)
+        return todo
+
+    def _invalid_to_record(self, invalid: list[dict]) -> list[dict]:
+        if self.state is None or not len(self.state) or not invalid:
+            return list(invalid)
+        pos = self.state.find([record_key({**r, "variant": -1}) for r in invalid])
+        errors = np.array([hashlib.blake2b(r["error"].encode(), digest_size=16).digest() for r in invalid], "S16")
+        return [r for r, p, e in zip(invalid, pos, errors) if p < 0 or self.state.errors[p] != e]
+
+
+class PlanSpill:
+    """Variants waiting to be generated, written to the output in objects of `rows_per_object` variants:
+    `runs/<run_id>/plan/<round>/<seq>.parquet`. `uris` lists them, for `pipeline.graph` to read back."""
+
+    def __init__(self, output: str, run_id: str, round_: int, storage_options: dict | None = None,
+                 rows_per_object: int = PLAN_OBJECT_ROWS):
+        self.fs, root = filesystem(output, storage_options)
+        self.folder = join(root, "runs", run_id, "plan", f"{round_:03d}")
+        self.rows_per_object = rows_per_object
+        self.buffer: list[dict] = []
+        self.uris: list[str] = []
+        self.count = 0
+
+    def add(self, rows: list[dict]) -> None:
+        self.buffer += rows
+        self.count += len(rows)
+        while len(self.buffer) >= self.rows_per_object:
+            self._flush(self.buffer[:self.rows_per_object])
+            self.buffer = self.buffer[self.rows_per_object:]
+
+    def close(self) -> list[str]:
+        if self.buffer:
+            self._flush(self.buffer)
+            self.buffer = []
+        return self.uris
+
+    def _flush(self, rows: list[dict]) -> None:
+        buf = io.BytesIO()
+        pq.write_table(table_of(rows), buf)
+        path = join(self.folder, f"{len(self.uris):06d}.parquet")
+        put_atomic(self.fs, path, buf.getvalue())
+        self.uris.append(self.fs.unstrip_protocol(path))
+
+
+def read_plan_object(uri: str, storage_options: dict | None = None) -> pa.Table:
+    fs, path = filesystem(uri, storage_options)
+    return with_retries("read", uri, lambda: pq.read_table(path, filesystem=fs))
+
+
+def remove_plans(output: str, storage_options: dict | None = None, run_id: str = "*") -> int:
+    """Remove the plan objects of run `run_id` (all runs: '*'), once they are no longer read. Returns how
+    many plan folders went. Plans hold no results: removing one never loses work."""
+    fs, root = filesystem(output, storage_options)
+    pattern = join(root, "runs", run_id, "plan")
+    folders = with_retries("list", fs.unstrip_protocol(pattern), lambda: fs.glob(pattern))
+    for folder in folders:
+        with_retries("delete", fs.unstrip_protocol(folder), lambda folder=folder: fs.rm(folder, recursive=True))
+    return len(folders)
+
+
+@dataclass
+class Plan:
+    """A whole plan in memory, ignoring the library's state: for small manifests and tests (runs stream)."""
+    spec: JobSpec
+    model: dict
+    valid_rows: int
+    invalid: list[dict]
+    variants: list[dict]
+
+
+def plan_job(spec: JobSpec) -> Plan:
+    planner = Planner(spec)
+    plan = Plan(planner.spec, planner.model, 0, [], [])
+    for batch in planner.batches():
+        plan.valid_rows += batch.valid
+        plan.invalid += batch.invalid
+        plan.variants += batch.todo
+    return plan
