@@ -50,7 +50,7 @@ class ProcessPoller:
 
     def __init__(self, every_s: float = 0.5):
         self.every_s, self.me = every_s, psutil.Process()
-        self.driver = self.worker = self.workers_total = 0
+        self.driver = self.driver_private = self.worker = self.workers_total = 0
         self.worker_private = (0, "")  # largest heap (RSS less shared pages) of one worker, and its kind
         self.workers_seen: set[int] = set()
         self.cpu_start: dict[int, float] = {}  # pid -> CPU seconds when first seen (0 for processes born later)
@@ -83,7 +83,9 @@ class ProcessPoller:
         return "ray system" if "/ray/" in cmdline else "other"
 
     def poll(self, first: bool = False) -> None:
-        self.driver = max(self.driver, self.me.memory_info().rss)
+        mine = self.me.memory_info()
+        self.driver = max(self.driver, mine.rss)
+        self.driver_private = max(self.driver_private, mine.rss - mine.shared)
         t = self.me.cpu_times()
         self.cpu_start.setdefault(self.me.pid, t.user + t.system if first else 0.0)
         self.cpu_last[self.me.pid] = ("driver", t.user + t.system)
@@ -230,7 +232,7 @@ def main() -> None:
               f"load average {os.getloadavg()[0]:.2f} at the end)")
         print(f"           CPU {sum(cpu.values()) / done * 1000:5.1f} ms/row: "
               + ", ".join(f"{k} {v / done * 1000:.1f}" for k, v in cpu.most_common()))
-        print(f"           peak RSS: driver {mib(procs.driver)}, largest worker {mib(procs.worker)}; worker heaps "
+        print(f"           peak RSS: driver {mib(procs.driver)} (heap {mib(procs.driver_private).strip()}), largest worker {mib(procs.worker)}; worker heaps "
               f"(RSS less shared): largest {mib(procs.worker_private[0])} ({procs.worker_private[1]}), all "
               f"{mib(procs.workers_total)} together ({len(procs.workers_seen)} worker processes)")
         if not a.keep:

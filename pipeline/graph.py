@@ -189,6 +189,21 @@ def wait_for_resources(stages: dict[str, Resources], wait_s: float) -> None:
                            "resources in the job file.")
 
 
+def gpus_crowded(actors: dict[str, Resources]) -> str | None:
+    """A warning when the model stages' smallest pools cannot hold their GPUs at the same time: Ray Data
+    then starts decoding only when sampling has ended, and every latent of the job waits in the object
+    store meanwhile (on a one-GPU machine with 1 GPU asked for each stage, for one)."""
+    need = {name: r.num_gpus * r.replica_range[0] for name, r in actors.items() if r.num_gpus}
+    have = sum(n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"])
+    if len(need) < 2 or sum(need.values()) <= have:
+        return None
+    asks = ", ".join(f"{name} {g:g}" for name, g in need.items())
+    return (f"the model stages ask for {sum(need.values()):g} GPUs together ({asks}; num_gpus x the fewest "
+            f"replicas) but the cluster has {have:g}: they cannot run at the same time, so decoding waits for "
+            f"sampling to finish and holds every latent until then. Give them fractions that fit together "
+            f"(e.g. num_gpus: 0.5 each on one GPU) or add GPUs.")
+
+
 def actor_args(res: Resources, gpus: bool) -> dict:
     lo, hi = res.replica_range
     args = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus if gpus else 0,
@@ -220,6 +235,9 @@ def build_dataset(spec: JobSpec, plan_uris: list[str], model_identity: dict) -> 
     if not gpus:
         actors = {k: r.model_copy(update={"num_gpus": 0.0}) for k, r in actors.items()}
     wait_for_resources({**actors, "encode": Resources(num_cpus=1)}, spec.ray.resource_wait_s)
+    crowded = gpus_crowded(actors)
+    if crowded:
+        log.warning(crowded)
 
     # The ledger lives on the driver's node: it must outlive any worker node.
     ledger = AttemptLedger.options(scheduling_strategy=NodeAffinitySchedulingStrategy(

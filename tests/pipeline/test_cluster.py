@@ -134,3 +134,15 @@ def test_no_node_can_host_the_gpu_actors_fails_in_bounded_time(cluster, make_man
     message = str(err.value)
     assert "sample: no node can host one replica" in message and "GPU=2" in message
     assert "missing: GPU" in message and "ray.resource_wait_s" in message
+
+
+def test_gpu_requests_that_cannot_run_together_are_named(cluster):
+    from pipeline.graph import gpus_crowded
+    from pipeline.spec import Resources
+
+    gpu = lambda n, replicas=1: Resources(num_cpus=1, num_gpus=n, replicas=replicas)  # noqa: E731
+    assert gpus_crowded({"sample": gpu(1), "decode": gpu(1)}) is None  # the two workers have a GPU each
+    assert gpus_crowded({"sample": gpu(1, "1..4"), "decode": gpu(0.5, 2)}) is None
+    warning = gpus_crowded({"sample": gpu(1, "2..4"), "decode": gpu(1)})
+    assert warning.startswith("the model stages ask for 3 GPUs together (sample 2, decode 1;")
+    assert "the cluster has 2" in warning and "num_gpus: 0.5 each" in warning

@@ -17,9 +17,13 @@ def test_twenty_null_rows_each_committed_once_with_videos_of_the_right_length(ra
     manifest = write_manifest(tmp_path / "m.parquet",
                               [{"id": f"n{i:02d}", "prompt": f"a null clip {i}", "seed": i} for i in range(20)])
     out = str(tmp_path / "out")
+    stale = tmp_path / "out/runs/killed-run/plan/000/000000.parquet"  # left by a run whose driver was killed
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"plan")
     job = job_dict(manifest, out, model={"family": "null", "path": "builtin:null"},
                    sampling={"num_frames": 13}, decode={"batch_size": 4}, encode={"batch_size": 4})
     summary = run_job(load_job(job), echo=lambda *_: None)
+    assert not list((tmp_path / "out/runs").glob("*/plan")), "plan objects are removed once read"
 
     recs = pads.dataset(f"{out}/metadata", format="parquet").to_table().to_pylist()
     assert sorted((r["id"], r["variant"]) for r in recs) == [(f"n{i:02d}", 0) for i in range(20)]

@@ -79,3 +79,17 @@ def test_builtin_null_resolves_without_building_anything(monkeypatch):
     ident = model_identity("null", "builtin:null", None, "float32")
     assert ident == {"family": "null", "path": "builtin:null", "revision": None, "dtype": "float32",
                      "weights_hash": "null-v1"}
+
+
+def test_cpu_stages_and_the_pipeline_modules_do_not_import_torch():
+    """Task workers (plan reading, filter, encode, object writes) import these modules; torch would cost
+    each of them seconds of CPU and hundreds of MB."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline.job, pipeline.graph, pipeline.plan, pipeline.cli, stages.filter, stages.encode, "
+            "stages.families; stages.families.family_for('null').sample(None, ['p'], [''], [1], height=16, width=16, "
+            "num_frames=5, num_inference_steps=1, guidance_scale=1.0); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
