@@ -156,7 +156,8 @@ def main() -> None:
            "expand": {"mode": "none"},
            "sample": {"batch_size": 1, "resources": {"num_cpus": 1, "num_gpus": gpus}},
            "decode": {"resources": {"num_cpus": 1, "num_gpus": gpus, "replicas": 2}},
-           "encode": {"keep_rejected": True}}
+           "encode": {"keep_rejected": True},
+           "commit": {"max_wait_s": 0}}  # every block committed as it comes: the commit times are the videos'
     for item in a.set:
         key, _, value = item.partition("=")
         set_key(job, key, yaml.safe_load(value))

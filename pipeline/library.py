@@ -62,7 +62,7 @@ STATUS_CODES = {"accepted": 1, "rejected": 2, "invalid": 3, "failed": 4}
 STATE_COLUMNS = ("id", "variant", "row", "status", "params_hash", "error", "phash", "committed_at")
 
 
-def _hex_bytes(value: str | None, size: int) -> bytes:
+def hex_bytes(value: str | None, size: int) -> bytes:
     try:
         raw = bytes.fromhex(value or "")
     except ValueError:
@@ -110,7 +110,7 @@ class LibraryState:
                 stamps.astype(np.int64),
                 np.arange(ordinal, ordinal + n, dtype=np.int64),
                 np.array([STATUS_CODES.get(x, 0) for x in cols["status"]], np.uint8),
-                np.array([_hex_bytes(x, 32) for x in cols["params_hash"]], "S32"),
+                np.array([hex_bytes(x, 32) for x in cols["params_hash"]], "S32"),
                 np.array([hashlib.blake2b(x.encode(), digest_size=16).digest() if x else b""
                           for x in cols["error"]], "S16"),
                 np.array([(x or "").encode() if with_phash and st == "accepted" else b""

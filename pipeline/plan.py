@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.library import STATUS_CODES, LibraryState, _hex_bytes, record_key
+from pipeline.library import STATUS_CODES, LibraryState, hex_bytes, record_key
 from pipeline.manifest import Manifest, RowValidator, duplicate_ids
 from pipeline.spec import JobSpec
 from pipeline.storage import filesystem, join, put_atomic, with_retries
@@ -97,7 +97,7 @@ class Planner:
             self.work["new"] += len(variants)
             return variants
         pos = self.state.find([(v["id"], v["variant"]) for v in variants])
-        planned = np.array([_hex_bytes(v["params_hash"], 32) for v in variants], "S32")
+        planned = np.array([hex_bytes(v["params_hash"], 32) for v in variants], "S32")
         todo = []
         for v, p, h in zip(variants, pos, planned):
             if p < 0:
