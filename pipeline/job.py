@@ -16,7 +16,7 @@ import yaml
 from pipeline.commit import MetadataWriter, invalid_record, record_schema
 from pipeline.lease import Lease
 from pipeline.library import LibraryState
-from pipeline.plan import PlanSpill, Planner, remove_plans
+from pipeline.plan import PLAN_OBJECT_ROWS, PlanSpill, Planner, remove_plans
 from pipeline.spec import JobSpec
 from pipeline.storage import filesystem, is_local
 
@@ -137,7 +137,7 @@ def run_job(spec: JobSpec, echo=print, force: bool = False) -> Summary:
         summary.spec_uri = writer.save_text(f"runs/{spec.run_id}/job.yaml",
                                             yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
         commits = CommitBuffer(writer, spec.commit.max_records, float("inf"))
-        spill = PlanSpill(spec.output, spec.run_id, 0, spec.storage_options)
+        spill = PlanSpill(spec.output, spec.run_id, 0, spec.storage_options, plan_object_rows(spec))
         valid = invalid = 0
         for batch in planner.batches():
             valid += batch.valid
@@ -182,48 +182,64 @@ def _generate(spec, plan_uris, total, model, state, writer, lease, summary, echo
     """Stream the planned variants through the pipeline and commit their records; with
     `filter.retries_on_reject`, rejected variants go round again with new seeds (one more pass of the
     pipeline per try, planned like the first)."""
-    import ray
-
     from pipeline.curate import Curator
-    from pipeline.graph import build_dataset, rows_of
 
     ensure_ray(spec)
     curator = Curator(spec, state)
     commits = CommitBuffer(writer, spec.commit.max_records, spec.commit.max_wait_s)
+    per_wave = max(1, spec.ray.max_rows_per_dataset // plan_object_rows(spec))  # plan objects per dataset
     round_ = 0
     while plan_uris:
-        ds, ledger = build_dataset(spec, plan_uris, model)
-        again = PlanSpill(spec.output, spec.run_id, round_ + 1, spec.storage_options)
-        try:
-            shown = commits.committed
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                lease.check()
-                records, retry = curator.review(rows_of(batch))
-                again.add(retry)
-                commits.add(records)
-                for rec in records:
-                    summary.counts[rec["status"]] += 1
-                    if rec["status"] == "failed":
-                        echo(f"[rushes] failed {rec['id']}/{rec['variant']}: {rec['error']}")
-                if commits.committed != shown:
-                    shown = commits.committed
-                    _progress(echo, shown, total, summary, again.count, start)
-            commits.flush()
-            if commits.committed != shown:
-                _progress(echo, commits.committed, total, summary, again.count, start)
-        except (ray.exceptions.RayError, ClusterError) as e:
-            commits.flush()  # what finished is kept
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise JobFailed(f"the pipeline stopped after committing {commits.committed} of {total} variants: "
-                            f"{type(e).__name__}: {first}. Committed records are kept; run again to resume.") from e
-        finally:
-            ray.kill(ledger)
+        again = PlanSpill(spec.output, spec.run_id, round_ + 1, spec.storage_options, plan_object_rows(spec))
+        waves = [plan_uris[i:i + per_wave] for i in range(0, len(plan_uris), per_wave)]
+        for number, wave in enumerate(waves, 1):
+            if len(waves) > 1:
+                echo(f"[rushes] wave {number} of {len(waves)}: up to {len(wave) * plan_object_rows(spec)} variants "
+                     f"(ray.max_rows_per_dataset={spec.ray.max_rows_per_dataset})")
+            _run_wave(spec, wave, model, curator, commits, again, lease, summary, echo, start, total)
         round_ += 1
         plan_uris = again.close()
         if plan_uris:
             summary.work["resampled"] += again.count
             echo(f"[rushes] sampling {again.count} rejected variants again with new seeds "
                  f"(try {round_} of filter.retries_on_reject={spec.filter.retries_on_reject})")
+
+
+def plan_object_rows(spec: JobSpec) -> int:
+    return min(PLAN_OBJECT_ROWS, spec.ray.max_rows_per_dataset)
+
+
+def _run_wave(spec, plan_uris, model, curator, commits, again, lease, summary, echo, start, total) -> None:
+    """One Ray Data dataset over `plan_uris`: its records committed, its rejects spilled to `again`."""
+    import ray
+
+    from pipeline.graph import build_dataset, rows_of
+
+    ds, ledger = build_dataset(spec, plan_uris, model)
+    try:
+        shown = commits.committed
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            lease.check()
+            records, retry = curator.review(rows_of(batch))
+            again.add(retry)
+            commits.add(records)
+            for rec in records:
+                summary.counts[rec["status"]] += 1
+                if rec["status"] == "failed":
+                    echo(f"[rushes] failed {rec['id']}/{rec['variant']}: {rec['error']}")
+            if commits.committed != shown:
+                shown = commits.committed
+                _progress(echo, shown, total, summary, again.count, start)
+        commits.flush()
+        if commits.committed != shown:
+            _progress(echo, commits.committed, total, summary, again.count, start)
+    except (ray.exceptions.RayError, ClusterError) as e:
+        commits.flush()  # what finished is kept
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise JobFailed(f"the pipeline stopped after committing {commits.committed} of {total} variants: "
+                        f"{type(e).__name__}: {first}. Committed records are kept; run again to resume.") from e
+    finally:
+        ray.kill(ledger)
 
 
 def _progress(echo, done, total, summary, again, start) -> None:

@@ -214,6 +214,10 @@ class RaySpec(Strict):
     setup_attempts: int = Field(3, ge=1, le=20, description="tries of a stage's setup (model load) per actor")
     resource_wait_s: float = Field(
         300.0, ge=0, description="how long to wait for a node that can host each stage before failing")
+    max_rows_per_dataset: int = Field(
+        100_000, ge=1, description="variants per Ray Data dataset: a longer run goes in waves of this many, "
+                                   "because the driver's Ray Data bookkeeping grows with one dataset's blocks; "
+                                   "the model actors restart (and reload) between waves")
 
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
