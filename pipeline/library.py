@@ -25,11 +25,16 @@ def record_key(rec: dict) -> tuple:
     return (rec["id"], rec["variant"])
 
 
-def read_all_records(output: str, storage_options: dict | None = None) -> pa.Table:
-    """Every committed record of every run, oldest part first."""
+def metadata_parts(output: str, storage_options: dict | None = None) -> tuple:
+    """(filesystem, the library's metadata objects in commit order)."""
     fs, root = filesystem(output, storage_options)
     meta = join(root, "metadata")
-    files = sorted(with_retries("list", fs.unstrip_protocol(meta), lambda: fs.glob(f"{meta}/part-*.parquet")))
+    return fs, sorted(with_retries("list", fs.unstrip_protocol(meta), lambda: fs.glob(f"{meta}/part-*.parquet")))
+
+
+def read_all_records(output: str, storage_options: dict | None = None) -> pa.Table:
+    """Every committed record of every run, oldest part first."""
+    fs, files = metadata_parts(output, storage_options)
     if not files:
         return RECORD_SCHEMA.empty_table()
     tables = [with_retries("read", fs.unstrip_protocol(f), lambda f=f: pq.read_table(f, filesystem=fs))
@@ -53,9 +58,14 @@ def read_records(output: str, storage_options: dict | None = None) -> pa.Table:
     return table.take(sorted(i for _, i in latest.values()))
 
 
+def digest16(text: str) -> bytes:
+    """16 bytes that stand for `text` in the compact state (ids, record keys, error messages)."""
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
 def key_digest(key: tuple) -> bytes:
-    """16 bytes that stand for a record key in the compact state ('#row' cannot start an id)."""
-    return hashlib.blake2b(f"{key[0]}\x00{key[1]}".encode(), digest_size=16).digest()
+    """A record key's digest ('#row' cannot start an id)."""
+    return digest16(f"{key[0]}\x00{key[1]}")
 
 
 STATUS_CODES = {"accepted": 1, "rejected": 2, "invalid": 3, "failed": 4}
@@ -88,9 +98,7 @@ class LibraryState:
 
     @classmethod
     def load(cls, output: str, storage_options: dict | None = None, with_phash: bool = True) -> "LibraryState":
-        fs, root = filesystem(output, storage_options)
-        meta = join(root, "metadata")
-        files = sorted(with_retries("list", fs.unstrip_protocol(meta), lambda: fs.glob(f"{meta}/part-*.parquet")))
+        fs, files = metadata_parts(output, storage_options)
         parts = []
         ordinal = 0
         for f in files:
@@ -111,8 +119,7 @@ class LibraryState:
                 np.arange(ordinal, ordinal + n, dtype=np.int64),
                 np.array([STATUS_CODES.get(x, 0) for x in cols["status"]], np.uint8),
                 np.array([hex_bytes(x, 32) for x in cols["params_hash"]], "S32"),
-                np.array([hashlib.blake2b(x.encode(), digest_size=16).digest() if x else b""
-                          for x in cols["error"]], "S16"),
+                np.array([digest16(x) if x else b"" for x in cols["error"]], "S16"),
                 np.array([(x or "").encode() if with_phash and st == "accepted" else b""
                           for x, st in zip(cols["phash"], cols["status"])], "S64"),
                 pa.array([f"{k[0]}/{k[1]}" for k in keys], pa.large_string()),

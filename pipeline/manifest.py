@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pyarrow.types as pat
 
+from pipeline.library import digest16
 from pipeline.spec import JobSpec
 from pipeline.storage import StorageError, filesystem, is_transient, with_retries
 from stages.families import family_for
@@ -99,7 +100,7 @@ class Manifest:
                 if name in schema.names and not _type_ok(schema.field(name).type, kind):
                     problems.append(f"column '{name}'{where} has type {schema.field(name).type}, expected {kind}")
         if problems:
-            columns = sorted({n for s in schemas for n in s.names}, key=[n for s in schemas for n in s.names].index)
+            columns = list(dict.fromkeys(n for s in schemas for n in s.names))
             raise ManifestError(f"manifest {uri}: " + "; ".join(problems) + f" (columns: {', '.join(columns)})")
         known = set(REQUIRED) | set(OVERRIDES)
         try:
@@ -125,7 +126,7 @@ class Manifest:
 
     def batches(self, columns: list[str] | None = None, batch_size: int = 2048) -> Iterator[pa.Table]:
         """Tables of at most `batch_size` rows, in manifest order (files sorted by name)."""
-        columns = [c for c in (columns or self.columns)]
+        columns = list(columns or self.columns)
         for f in self.files:
             yield from self._file_batches(f, columns, batch_size)
 
@@ -199,17 +200,13 @@ def _check_value(name: str, value, kind: str) -> tuple[object, str | None]:
     return value, None
 
 
-def id_digest(row_id: str) -> bytes:
-    return hashlib.blake2b(row_id.encode(), digest_size=16).digest()
-
-
 def duplicate_ids(ids: Iterator[list]) -> dict[int, int]:
     """{row: first row with the same id} for every repeat of a well-formed id, from the `id` column given in
     order as lists. Holds 16 bytes per row (a digest), not the ids themselves."""
     digests, rows, start = [], [], 0
     for chunk in ids:
         good = [(i, v) for i, v in enumerate(chunk) if isinstance(v, str) and ID_PATTERN.fullmatch(v)]
-        digests.append(np.array([id_digest(v) for _, v in good], dtype="S16"))
+        digests.append(np.array([digest16(v) for _, v in good], dtype="S16"))
         rows.append(np.array([start + i for i, _ in good], dtype=np.int64))
         start += len(chunk)
     if not digests:

@@ -16,7 +16,6 @@ Invalid rows are recorded once; an unchanged invalid row is not recorded again.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 from collections import Counter
@@ -27,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.library import STATUS_CODES, LibraryState, hex_bytes, record_key
+from pipeline.library import STATUS_CODES, LibraryState, digest16, hex_bytes, record_key
 from pipeline.manifest import Manifest, RowValidator, duplicate_ids
 from pipeline.spec import JobSpec
 from pipeline.storage import filesystem, join, put_atomic, with_retries
@@ -117,7 +116,7 @@ class Planner:
         if self.state is None or not len(self.state) or not invalid:
             return list(invalid)
         pos = self.state.find([record_key({**r, "variant": -1}) for r in invalid])
-        errors = np.array([hashlib.blake2b(r["error"].encode(), digest_size=16).digest() for r in invalid], "S16")
+        errors = np.array([digest16(r["error"]) for r in invalid], "S16")
         return [r for r, p, e in zip(invalid, pos, errors) if p < 0 or self.state.errors[p] != e]
 
 
