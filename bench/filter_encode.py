@@ -16,9 +16,8 @@ import time
 import cv2
 import numpy as np
 
-from pipeline.spec import EncodeSpec, FilterSpec
-from stages.encode import EncodeStage
-from stages.filter import FilterStage
+from stages.encode import EncodeOptions, EncodeStage
+from stages.filter import FilterOptions, FilterStage
 
 from machine_info import describe  # noqa: E402 - bench/ is the script's folder
 
@@ -67,30 +66,29 @@ def main() -> None:
     clips = [moving_clip(a.frames, a.height, a.width, seed=i) for i in range(a.videos)]
 
     if a.with_model:
-        from pipeline.spec import DecodeSpec, ExpandSpec, ModelSpec, SampleSpec
-        from stages.decode import DecodeStage
-        from stages.expand import ExpandStage
-        from stages.sample import SampleStage
+        from stages.decode import DecodeOptions, DecodeStage
+        from stages.expand import ExpandOptions, ExpandStage
+        from stages.sample import SampleOptions, SampleStage
 
         model_rows = [{"row": i, "id": f"m{i}", "prompt": "a cat walking on a beach", "negative_prompt": "",
                        "seed": i, "num_variants": 1, "height": a.height, "width": a.width, "num_frames": a.frames,
                        "fps": a.fps, "num_inference_steps": 4, "guidance_scale": 5.0, "style": None, "tags": [],
                        "extra": {}} for i in range(a.videos)]
-        data = ExpandStage(ExpandSpec(), {})(model_rows)
+        data = ExpandStage(ExpandOptions())(model_rows)
         cpu = {"num_gpus": 0}
-        for name, stage in (("sample (tiny, 4 steps)", SampleStage(ModelSpec(), SampleSpec(resources=cpu))),
-                            ("decode (tiny)", DecodeStage(ModelSpec(), DecodeSpec(resources=cpu)))):
+        for name, stage in (("sample (tiny, 4 steps)", SampleStage(SampleOptions(resources=cpu))),
+                            ("decode (tiny)", DecodeStage(DecodeOptions(resources=cpu)))):
             stage.setup()
             data, _ = timed(name, stage, data, a.frames)
 
     # Score only: the synthetic clips should all reach the encoder whatever their metrics say.
-    spec = FilterSpec(score_only=["motion", "flow_residual", "flicker", "scene_cuts", "contrast"])
+    spec = FilterOptions(score_only=["motion", "flow_residual", "flicker", "scene_cuts", "contrast"])
     rows, filter_s = timed("filter", FilterStage(spec), rows_for(clips, a.fps), a.frames)
     print(f"    metrics of the first: { {k: round(v, 2) for k, v in rows[0]['metrics'].items()} }")
     print(f"    statuses: {sorted(r['status'] for r in rows)}")
     walls = {}
     for codec, preset in (("h264", "medium"), ("h264", "veryfast"), ("av1", "medium"), ("vp9", "medium")):
-        stage = EncodeStage(EncodeSpec(codec=codec, preset=preset))
+        stage = EncodeStage(EncodeOptions(codec=codec, preset=preset))
         enc_rows = [dict(r, status="accepted", frames=c, stage_seconds={}) for r, c in zip(rows, clips)]
         out, walls[codec, preset] = timed(f"encode {codec} {preset}", stage, enc_rows, a.frames)
         assert all(r["status"] == "accepted" for r in out), [r.get("error") for r in out]

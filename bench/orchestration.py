@@ -129,31 +129,36 @@ class ProcessPoller:
 def stage_work(a, base: str, n: int = 200) -> dict[str, float]:
     """CPU seconds per row of each stage called directly in this process, without Ray: the work the
     pipeline must do anyway. What a job costs above this is the orchestration's own cost."""
-    from pipeline.commit import ObjectWriter
-    from pipeline.spec import DecodeSpec, EncodeSpec, ExpandSpec, FilterSpec, ModelSpec, SampleSpec
-    from stages.decode import DecodeStage
-    from stages.encode import EncodeStage
-    from stages.expand import ExpandStage
-    from stages.filter import FilterStage
-    from stages.sample import SampleStage
+    from stages.base import ModelSpec, RunContext
+    from stages.decode import DecodeOptions, DecodeStage
+    from stages.encode import EncodeOptions, EncodeStage
+    from stages.expand import ExpandOptions, ExpandStage
+    from stages.filter import FilterOptions, FilterStage
+    from stages.sample import SampleOptions, SampleStage
+    from stages.variant import params_hash
+    from stages.write import WriteStage
 
-    model = ModelSpec(family="null", path="builtin:null")
     identity = {"family": "null", "path": "builtin:null", "revision": None, "dtype": "float32", "weights_hash": "x"}
     rows = [{"row": i, "id": f"w{i}", "prompt": f"a robot arm moves box number {i}", "negative_prompt": "",
              "seed": i, "num_variants": 1, "height": a.height, "width": a.width, "num_frames": a.frames, "fps": 8,
              "num_inference_steps": 4, "guidance_scale": 5.0, "style": None, "tags": [], "extra": {}}
             for i in range(n)]
-    stages = [("expand", ExpandStage(ExpandSpec(), {})),
-              ("sample", SampleStage(model, SampleSpec(batch_size=a.sample_batch))),
-              ("decode", DecodeStage(model, DecodeSpec())),
-              ("filter", FilterStage(FilterSpec())),
-              ("encode", EncodeStage(EncodeSpec(preset="ultrafast"))),
-              ("write", ObjectWriter(f"{base}/stage-work", "bench", identity, "m"))]
+    ctx = RunContext(run_id="bench", output=f"{base}/stage-work", manifest="m",
+                     model=ModelSpec(family="null", path="builtin:null"), identity=identity)
+    stages = [("expand", ExpandStage(ExpandOptions())),
+              ("sample", SampleStage(SampleOptions(batch_size=a.sample_batch), ctx)),
+              ("decode", DecodeStage(DecodeOptions(), ctx)),
+              ("filter", FilterStage(FilterOptions(), ctx)),
+              ("encode", EncodeStage(EncodeOptions(preset="ultrafast"), ctx)),
+              ("write", WriteStage(None, ctx))]
     cost = {}
     for name, stage in stages:
         stage.setup()
         start = time.process_time()
         rows = stage(rows)
+        if name == "expand":  # the planner's part, as a run does it
+            for v in rows:
+                v["params_hash"] = params_hash({"model": identity}, v)
         cost[name] = (time.process_time() - start) / n
     return cost
 

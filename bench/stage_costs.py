@@ -11,12 +11,12 @@ import time
 
 import torch
 
-from pipeline.spec import DecodeSpec, EncodeSpec, ExpandSpec, FilterSpec, ModelSpec, SampleSpec
-from stages.decode import DecodeStage
-from stages.encode import EncodeStage
-from stages.expand import ExpandStage
-from stages.filter import FilterStage
-from stages.sample import SampleStage
+from stages.decode import DecodeOptions, DecodeStage
+from stages.encode import EncodeOptions, EncodeStage
+from stages.expand import ExpandOptions, ExpandStage
+from stages.filter import FilterOptions, FilterStage
+from stages.sample import SampleOptions, SampleStage
+from stages.variant import params_hash
 
 from machine_info import describe  # noqa: E402 - bench/ is the script's folder
 
@@ -36,11 +36,11 @@ def main() -> None:
              "extra": {}} for i in range(a.videos)]
     gpu = 1 if torch.cuda.is_available() else 0
     stages = [
-        ("expand", ExpandStage(ExpandSpec(), {})),
-        ("sample", SampleStage(ModelSpec(), SampleSpec(batch_size=a.batch_size, resources={"num_gpus": gpu}))),
-        ("decode", DecodeStage(ModelSpec(), DecodeSpec(resources={"num_gpus": gpu}))),
-        ("filter", FilterStage(FilterSpec(min_motion=0))),
-        ("encode", EncodeStage(EncodeSpec())),
+        ("expand", ExpandStage(ExpandOptions())),
+        ("sample", SampleStage(SampleOptions(batch_size=a.batch_size, resources={"num_gpus": gpu}))),
+        ("decode", DecodeStage(DecodeOptions(resources={"num_gpus": gpu}))),
+        ("filter", FilterStage(FilterOptions(min_motion=0))),
+        ("encode", EncodeStage(EncodeOptions())),
     ]
     print(describe())
     print(f"{a.videos} videos of {a.width}x{a.height}, {a.frames} frames, {a.steps} steps, "
@@ -50,6 +50,9 @@ def main() -> None:
         stage.setup()
         start = time.perf_counter()
         data = stage(data)
+        if name == "expand":  # the planner's part, as a run does it
+            for v in data:
+                v["params_hash"] = params_hash({}, v)
         per = (time.perf_counter() - start) / a.videos
         print(f"  {name:<7} {per:8.4f} s/video  ({a.frames / per:8.1f} frames/s)")
     print(f"  statuses: {sorted({r['status'] for r in data})}")

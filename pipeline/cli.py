@@ -3,6 +3,7 @@
     rushes validate JOB.yaml [--manifest URI] [--output URI] [--strict]
     rushes run JOB.yaml [--manifest URI] [--output URI] [--run-id ID] [--force]
     rushes status OUTPUT_URI [--storage-option KEY=VALUE ...]
+    rushes compact OUTPUT_URI [--storage-option KEY=VALUE ...] [--target-records N] [--force]
     rushes submit JOB.yaml --address http://HEAD:8265 [--wait] [--manifest URI] [--output URI] [--force]
     rushes status SUBMISSION_ID --address http://HEAD:8265
     rushes logs SUBMISSION_ID --address http://HEAD:8265 [--follow]
@@ -18,11 +19,11 @@ import logging
 import os
 import sys
 
-from pipeline.job import ClusterError, JobFailed
+from pipeline.errors import ClusterError, JobFailed
 from pipeline.lease import LeaseHeld, LeaseLost
 from pipeline.manifest import ManifestError
 from pipeline.spec import JobSpecError, load_job
-from pipeline.storage import StorageError
+from stages.storage import StorageError
 from pipeline.submit import SubmitError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUSY = 0, 1, 2, 3
@@ -98,6 +99,21 @@ def cmd_logs(args) -> int:
     return EXIT_OK
 
 
+def cmd_compact(args) -> int:
+    from pipeline.compact import TARGET_RECORDS, compact
+
+    options = dict(kv.split("=", 1) for kv in args.storage_option)
+    print(compact(args.output, options, args.target_records or TARGET_RECORDS, force=args.force).render())
+    return EXIT_OK
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def cmd_status(args) -> int:
     from collections import Counter
 
@@ -158,11 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", help="the cluster's dashboard URL; makes OUTPUT a submission id")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                    help="fsspec option, e.g. endpoint_url=http://127.0.0.1:9000")
+    p = sub.add_parser("compact", help="rewrite the library's metadata parts into a few large ones, under the lease")
+    p.add_argument("output", help="output URI")
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="fsspec option, e.g. endpoint_url=http://127.0.0.1:9000")
+    p.add_argument("--target-records", type=positive_int, default=None,
+                   help="records per new part (default 100000)")
+    p.add_argument("--force", action="store_true",
+                   help="take over the output's lease even if it has not expired (its holder is dead)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[rushes] %(message)s")
     try:
         commands = {"validate": cmd_validate, "run": cmd_run, "status": cmd_status, "submit": cmd_submit,
-                    "logs": cmd_logs}
+                    "logs": cmd_logs, "compact": cmd_compact}
         return commands[args.command](args)
     except (JobSpecError, ManifestError) as e:
         print(f"rushes: {e}", file=sys.stderr)

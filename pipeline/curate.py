@@ -4,8 +4,9 @@ row: near-duplicates across the library, and sampling a rejected variant again w
 In: records coming back from the pipeline (filtered, encoded, objects written). Out: the records to commit
 now, and the variant rows to send through the pipeline again.
 
-- Near-duplicates: every accepted video's perceptual hash (`phash`, from the filter) is compared with the
-  library's accepted videos and this run's, in commit order. The first is kept; a later one within
+- Near-duplicates: every accepted video's perceptual hash (`phash`, from the filter) is looked up among the
+  library's accepted videos and this run's, in commit order (stages/dedup.py, a multi-index hash: the
+  distance to the nearest is recorded when within twice the threshold, at most 48 bits). The first is kept; a later one within
   `filter.max_duplicate_distance` bits is rejected with a reason naming the other (id/variant), and its
   objects are removed unless `encode.keep_rejected`.
 - `filter.retries_on_reject: N`: a rejected variant is not committed but sampled again with a seed derived
@@ -19,20 +20,17 @@ import hashlib
 
 from pipeline.library import LibraryState
 from pipeline.spec import JobSpec
-from pipeline.storage import filesystem, remove
+from stages.storage import filesystem, remove
 from stages.dedup import NearDuplicateIndex
+from stages.variant import PLANNED_FIELDS
+
+REPORT_RADIUS_MAX = 48  # bits: stages/dedup.py probes buckets up to about here, then scans
 
 
 def retry_seed(seed: int, attempt: int) -> int:
     """A new seed for try `attempt` (1, 2, ...), derived so that a re-run tries the same seeds."""
     digest = hashlib.sha256(f"{seed}/retry/{attempt}".encode()).digest()
     return int.from_bytes(digest[:4], "big") % 2**31
-
-
-# The fields of a record that make it a variant row again (the rest are results, reset for the new try).
-VARIANT_FIELDS = ("row", "id", "prompt", "extra", "variant", "expanded_prompt", "negative_prompt", "height",
-                  "width", "num_frames", "fps", "num_inference_steps", "guidance_scale", "style", "tags",
-                  "params_hash")
 
 
 class Curator:
@@ -43,6 +41,10 @@ class Curator:
         self.retries = spec.filter.retries_on_reject
         distance = spec.filter.max_duplicate_distance
         self.index = NearDuplicateIndex(distance) if distance is not None else None
+        # `duplicate_bits` is recorded when the nearest kept video is within this many bits: twice the
+        # threshold, up to where the index's lookup stops being sublinear (a video further from every
+        # other is no near-duplicate of anything, and its exact distance would cost a scan of the library).
+        self.report_radius = None if distance is None else min(2 * distance, max(distance, REPORT_RADIUS_MAX))
         if self.index is not None and state is not None:
             for name, phash in state.kept_videos():
                 self.index.add(name, phash)
@@ -58,11 +60,11 @@ class Curator:
         rec.update(bytes=None, sha256=None, resolution=None)
 
     def _check_duplicate(self, rec: dict) -> None:
-        """Records `metrics["duplicate_bits"]` (distance to the nearest kept video); rejects unless the
-        metric is score-only."""
+        """Records `metrics["duplicate_bits"]` (distance to the nearest kept video, when within
+        `report_radius`); rejects within `max_duplicate_distance` unless the metric is score-only."""
         if self.index is None or rec["status"] != "accepted" or not rec.get("phash"):
             return
-        found = self.index.nearest(rec["phash"])
+        found = self.index.nearest(rec["phash"], self.report_radius)
         if found:
             rec["metrics"] = {**(rec.get("metrics") or {}), "duplicate_bits": float(found[1])}
         if found and found[1] <= self.index.max_distance and "duplicate" not in self.spec.filter.score_only:
@@ -88,7 +90,7 @@ class Curator:
                 tried = list(rec.get("attempts") or []) + [
                     f"seed {rec['seed']}: {'; '.join(rec.get('reasons') or [])}"]
                 first_seed = rec.get("first_seed", rec["seed"])
-                row = {k: rec.get(k) for k in VARIANT_FIELDS}
+                row = {k: rec.get(k) for k in PLANNED_FIELDS}  # the rest are results, reset for the new try
                 row.update(seed=retry_seed(first_seed, attempt + 1), first_seed=first_seed, attempt=attempt + 1,
                            attempts=tried, status="pending", error=None, reasons=[], metrics={},
                            stage_seconds={k: v for k, v in (rec.get("stage_seconds") or {}).items()

@@ -1,10 +1,11 @@
 """The one place where stages become Ray Data operators, with their resources, retries and failure bounds.
 
-In: the plan objects of the variants to generate (pipeline.plan) and the JobSpec. Out: a Ray Data
-`Dataset` of metadata records, produced by
-    read plan objects (tasks) -> sample (actor pool) -> decode (actor pool) -> filter + encode + write objects (tasks)
-with each stage's CPUs, GPUs, memory and replicas (fixed, or a `min..max` range that Ray Data scales)
-taken from the job file. Expansion runs in the driver (`pipeline.job`).
+In: the plan objects of the variants to generate (pipeline/plan.py), the JobSpec and the run context.
+Out: a Ray Data `Dataset` of metadata records. The graph is a read of the plan objects (tasks), then one
+operator per stage of `pipeline.spec.STAGES`, in order, made from what the stage declares: a stage that
+holds a model becomes an actor pool (its `setup()` once per actor), any other becomes tasks; each with
+its own CPUs, GPUs, memory, batch size and replicas (fixed, or a `min..max` range that Ray Data scales).
+Expansion runs before this, in the driver, while planning (pipeline/plan.py).
 
 Failures, and what bounds them:
 - A worker process that dies (a crash, a lost node) is restarted by Ray and its batch retried; Ray Data
@@ -15,13 +16,15 @@ Failures, and what bounds them:
 - A stage that no node can host fails the job after `ray.resource_wait_s`, naming the resource, instead
   of waiting forever; an autoscaler is asked for one replica's worth meanwhile.
 
-Rows travel between operators as pickled Python dicts in a single binary column (pipeline.plan.table_of),
-in blocks of one sample batch each, so that every free sampler can take the next batch.
+Rows travel between operators in the wire format of pipeline/rows.py, in blocks of one sample batch
+each, so that every free sampler can take the next batch.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import threading
 import time
 
 import pyarrow as pa
@@ -29,30 +32,41 @@ import ray
 import ray.data
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from pipeline.commit import ObjectWriter
-from pipeline.job import ClusterError
-from pipeline.plan import read_plan_object, rows_of, table_of
-from pipeline.spec import JobSpec, Resources
-from stages.decode import DecodeStage
-from stages.encode import EncodeStage
-from stages.filter import FilterStage
-from stages.sample import SampleStage
+from pipeline.errors import ClusterError
+from pipeline.plan import read_plan_object
+from pipeline.rows import rows_of, table_of
+from pipeline.spec import STAGES, JobSpec
+from stages.base import Resources, RunContext, Stage
 
 log = logging.getLogger("rushes")
-__all__ = ["build_dataset", "rows_of", "table_of"]
+
+
+HEARTBEAT_S = 10.0  # a working stage tells the ledger it is alive this often (pipeline/watchdog.py)
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class AttemptLedger:
     """Per (stage, row): how often it died with its worker. A batch that dies makes its rows suspects;
-    only a death while running alone is charged to the row."""
+    only a death while running alone is charged to the row.
+
+    Also each stage's last sign of life (a batch begun or ended, a heartbeat while a batch or a model load
+    runs), which the driver's watchdog reads to tell a slow stage from a stalled run."""
 
     def __init__(self):
         self.suspects: set[str] = set()
         self.alone: dict[str, int] = {}  # starts alone that never ended
+        self.seen: dict[str, float] = {}  # stage -> time.time() of its last sign of life
+
+    def beat(self, stage: str) -> None:
+        self.seen[stage] = time.time()
+
+    def activity(self) -> dict[str, float]:
+        return dict(self.seen)
 
     def begin(self, keys: list[str], alone: bool) -> tuple[dict[str, int], bool]:
         """Deaths so far per key, and whether the keys were started: a batch holding a suspect is not."""
+        for k in keys[:1]:
+            self.seen[k.split("/", 1)[0]] = time.time()
         deaths = {k: self.alone.get(k, 0) for k in keys}
         if alone:
             for k in keys:
@@ -64,35 +78,55 @@ class AttemptLedger:
         return deaths, True
 
     def end(self, keys: list[str]) -> None:
+        for k in keys[:1]:
+            self.seen[k.split("/", 1)[0]] = time.time()
         for k in keys:
             self.suspects.discard(k)
             self.alone.pop(k, None)
 
 
-def stage_name(stage) -> str:
-    return type(stage).__name__.removesuffix("Stage").lower()
+class GuardedStage:
+    """Runs a stage on a batch, charging each worker death to the row that was running."""
 
+    def __init__(self, stage: Stage, ledger, max_row_attempts: int):
+        self.stage, self.ledger, self.max_attempts = stage, ledger, max_row_attempts
+        self.ready = False
 
-class GuardedStages:
-    """Runs stages on a batch, charging each worker death to the row that was running."""
+    def setup(self) -> None:
+        with self.alive():
+            self.stage.setup()
+        self.ready = True
 
-    def __init__(self, stages: list, ledger, max_row_attempts: int):
-        self.stages, self.ledger, self.max_attempts = stages, ledger, max_row_attempts
-        self.name = "+".join(stage_name(s) for s in stages)
+    @contextlib.contextmanager
+    def alive(self):
+        """Heartbeats to the ledger while a batch or a model load runs: a slow stage is not a stalled one."""
+        done = threading.Event()
+
+        def beat():
+            while not done.wait(HEARTBEAT_S):
+                self.ledger.beat.remote(self.stage.name)
+
+        thread = threading.Thread(target=beat, name=f"rushes-{self.stage.name}-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
 
     def key(self, r: dict) -> str:
-        return f"{self.name}/{r['id']}/{r['variant']}/{r['seed']}"
-
-    def run(self, rows: list[dict]) -> list[dict]:
-        for stage in self.stages:
-            rows = stage(rows)
-        return rows
+        return f"{self.stage.name}/{r['id']}/{r['variant']}/{r['seed']}"
 
     def __call__(self, rows: list[dict]) -> list[dict]:
+        if not self.ready:  # a task's copy of the stage: set up once per worker process
+            self.setup()
+        with self.alive():
+            return self.run(rows)
+
+    def run(self, rows: list[dict]) -> list[dict]:
         keys = [self.key(r) for r in rows]
         deaths, started = ray.get(self.ledger.begin.remote(keys, False))
         if started:
-            rows = self.run(rows)
+            rows = self.stage(rows)
             self.ledger.end.remote(keys)
             return rows
         # An earlier try of this batch died with its worker: go one row at a time so that only the row at
@@ -101,39 +135,47 @@ class GuardedStages:
         for r, k in zip(rows, keys):
             if deaths[k] >= self.max_attempts and r["status"] == "pending":
                 r.update(status="failed", error=(
-                    f"{self.name}: the worker process died {deaths[k]} times while running this row alone; "
-                    f"not tried again "
-                    f"(ray.max_row_attempts={self.max_attempts})"))
+                    f"{self.stage.name}: the worker process died {deaths[k]} times while running this row "
+                    f"alone; not tried again (ray.max_row_attempts={self.max_attempts})"))
                 r.pop("latents", None)
                 r.pop("frames", None)
                 out.append(r)
                 continue
             ray.get(self.ledger.begin.remote([k], True))
-            out.extend(self.run([r]))
+            out.extend(self.stage([r]))
             self.ledger.end.remote([k])
         return out
 
 
-def run_stages(batch: pa.Table, guarded: GuardedStages) -> pa.Table:
-    """Task operators: light stages (no model) applied in turn to one batch."""
-    return table_of(guarded(rows_of(batch)))
+def task_function(name: str):
+    """Task operators: a stage without a model, on one batch; named after the stage, so that Ray Data's
+    progress lines and the watchdog's diagnosis say MapBatches(filter), not a generic name."""
+    def run(batch: pa.Table, guarded: GuardedStage) -> pa.Table:
+        return table_of(guarded(rows_of(batch)))
+
+    run.__name__ = run.__qualname__ = name
+    return run
+
+
+def actor_class(name: str) -> type:
+    return type(name, (StageActor,), {"__doc__": StageActor.__doc__})
 
 
 class StageActor:
     """Actor operators: the stage's `setup()` (model loading) runs once per actor, in the actor."""
 
-    def __init__(self, guarded: GuardedStages, setup_attempts: int):
+    def __init__(self, guarded: GuardedStage, setup_attempts: int):
+        name = guarded.stage.name
         for attempt in range(1, setup_attempts + 1):
             try:
-                for stage in guarded.stages:
-                    stage.setup()
+                guarded.setup()
                 break
             except Exception as e:  # noqa: BLE001 - retried, then raised with the count
                 if attempt == setup_attempts:
-                    raise RuntimeError(f"{guarded.name}: setup failed {attempt} times; last error: "
+                    raise RuntimeError(f"{name}: setup failed {attempt} times; last error: "
                                        f"{type(e).__name__}: {e}") from e
                 log.warning("%s: setup failed (try %d of %d), trying again: %s: %s",
-                            guarded.name, attempt, setup_attempts, type(e).__name__, e)
+                            name, attempt, setup_attempts, type(e).__name__, e)
                 time.sleep(random.uniform(0, min(2.0 ** attempt, 30.0)))
         self.guarded = guarded
 
@@ -204,17 +246,54 @@ def gpus_crowded(actors: dict[str, Resources]) -> str | None:
             f"(e.g. num_gpus: 0.5 each on one GPU) or add GPUs.")
 
 
-def actor_args(res: Resources, gpus: bool) -> dict:
-    lo, hi = res.replica_range
-    args = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus if gpus else 0,
-            "compute": ray.data.ActorPoolStrategy(min_size=lo, max_size=hi)}
+def operator_args(stage: Stage, res: Resources) -> dict:
+    """Ray Data's arguments for a stage's operator: an actor pool for a stage that holds a model, else tasks."""
+    args = {"num_cpus": res.num_cpus, "batch_size": stage.options.batch_size, "batch_format": "pyarrow"}
+    if res.num_gpus:
+        args["num_gpus"] = res.num_gpus
     if res.memory_gb:
         args["memory"] = int(res.memory_gb * 2**30)
+    if stage.holds_model:
+        lo, hi = res.replica_range
+        args["compute"] = ray.data.ActorPoolStrategy(min_size=lo, max_size=hi)
     return args
 
 
-def threads(res: Resources) -> int:
-    return max(1, round(res.num_cpus))
+PLAN_READ = "read"  # the task operator that reads plan objects, ahead of the stages
+
+
+def fit_pipeline(stages: list[Stage], asks: dict[str, Resources], cpus: float
+                 ) -> tuple[dict[str, Resources], str | None]:
+    """The whole pipeline against the cluster's CPUs: every actor pool at its fewest replicas plus one
+    task of each task operator (the plan read included) must fit at once, or nothing flows (the actors
+    hold every CPU and no task is ever scheduled). Returns the CPU asks to use, and what was changed.
+
+    The plan read keeps one whole CPU (Ray Data's block repartition after it runs as a task of 1 CPU
+    that cannot be asked for less). The other task operators share what the actor pools leave, in
+    fractions of a CPU; when the actor pools alone fill the rest, they are scaled to three quarters of
+    it. (CPUs are scheduling tokens here: a stage's torch threads still follow its own `num_cpus`.)
+    GPUs are not adapted: pools that cannot hold their GPUs together still progress, one after the
+    other (see `gpus_crowded`)."""
+    asks = {PLAN_READ: Resources(num_cpus=1), **asks}
+    pools = {s.name for s in stages if s.holds_model}
+    count = {name: (res.replica_range[0] if name in pools else 1) for name, res in asks.items()}
+    pool_cpu = sum(count[n] * asks[n].num_cpus for n in pools)
+    task_cpu = sum(asks[n].num_cpus for n in asks if n not in pools and n != PLAN_READ)
+    if 1 + pool_cpu + task_cpu <= cpus + 1e-9:
+        return asks, None
+    rest = cpus - 1
+    if rest <= 0:
+        raise ClusterError(f"the Ray cluster has {cpus:g} CPUs: the pipeline needs more than one (one reads "
+                           "the plan, the rest run the stages)")
+    pool_scale = 1.0 if pool_cpu < rest else 0.75 * rest / pool_cpu
+    task_scale = (rest - pool_cpu * pool_scale) / task_cpu if task_cpu else 1.0
+    fitted = {n: r if n == PLAN_READ else r.model_copy(update={
+              "num_cpus": r.num_cpus * (pool_scale if n in pools else task_scale)}) for n, r in asks.items()}
+    ask = ", ".join(f"{n} {count[n] * r.num_cpus:g}" + (f" ({count[n]} replicas)" if count[n] > 1 else "")
+                    for n, r in asks.items() if r.num_cpus)
+    now = ", ".join(f"{n} {r.num_cpus:.2f}" for n, r in fitted.items() if r.num_cpus)
+    return fitted, (f"the stages ask for {1 + pool_cpu + task_cpu:g} CPUs together ({ask}) but the cluster has "
+                    f"{cpus:g}; so that every stage can run at once, CPUs per replica are now: {now}")
 
 
 def read_plan(batch: pa.Table, storage_options: dict) -> pa.Table:
@@ -222,51 +301,37 @@ def read_plan(batch: pa.Table, storage_options: dict) -> pa.Table:
     return pa.concat_tables([read_plan_object(uri, storage_options) for uri in batch.column("uri").to_pylist()])
 
 
-def build_dataset(spec: JobSpec, plan_uris: list[str], model_identity: dict) -> tuple[ray.data.Dataset, object]:
+def build_dataset(spec: JobSpec, plan_uris: list[str], ctx: RunContext) -> tuple[ray.data.Dataset, object]:
     """The dataset of records, and the ledger actor (the caller kills it when the dataset is consumed)."""
-    gpus = True
-    if single_machine_without_gpus() and (spec.sample.resources.num_gpus or spec.decode.resources.num_gpus
-                                          or (spec.filter.clip_model and spec.filter.resources.num_gpus)):
-        gpus = False
-        log.warning("no GPU on this machine: the model stages run on CPU (their num_gpus requests dropped)")
-    actors = {"sample": spec.sample.resources, "decode": spec.decode.resources}
-    if spec.filter.clip_model:
-        actors["filter"] = spec.filter.resources
-    if not gpus:
-        actors = {k: r.model_copy(update={"num_gpus": 0.0}) for k, r in actors.items()}
-    wait_for_resources({**actors, "encode": Resources(num_cpus=1)}, spec.ray.resource_wait_s)
-    crowded = gpus_crowded(actors)
+    stages = [stage_class(getattr(spec, stage_class.name), ctx) for stage_class in STAGES]
+    asks = {s.name: s.options.resources for s in stages}
+    if single_machine_without_gpus() and any(r.num_gpus for r in asks.values()):
+        asks = {name: r.model_copy(update={"num_gpus": 0.0}) for name, r in asks.items()}
+        log.warning("no GPU on this machine: the stages run on CPU (their num_gpus requests dropped)")
+    wait_for_resources(asks, spec.ray.resource_wait_s)
+    crowded = gpus_crowded({s.name: asks[s.name] for s in stages if s.holds_model})
     if crowded:
         log.warning(crowded)
+    asks, change = fit_pipeline(stages, asks, sum(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]))
+    if change:
+        log.warning(change)
 
     # The ledger lives on the driver's node: it must outlive any worker node.
     ledger = AttemptLedger.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=False)).remote()
-    guard = lambda *stages: GuardedStages(list(stages), ledger, spec.ray.max_row_attempts)  # noqa: E731
 
     # One task per plan object, its rows then split into blocks of one sample batch: each free sampler
     # takes the next batch, so no replica sits idle while another works through a long block.
     ds = ray.data.from_items([{"uri": u} for u in plan_uris], override_num_blocks=len(plan_uris))
     ds = ds.map_batches(read_plan, fn_kwargs={"storage_options": spec.storage_options}, batch_size=1,
-                        batch_format="pyarrow")
+                        batch_format="pyarrow", num_cpus=asks[PLAN_READ].num_cpus)
     ds = ds.repartition(target_num_rows_per_block=spec.sample.batch_size)
-    sample = SampleStage(spec.model, spec.sample, threads(spec.sample.resources))
-    ds = ds.map_batches(StageActor, fn_constructor_args=(guard(sample), spec.ray.setup_attempts),
-                        batch_size=spec.sample.batch_size, batch_format="pyarrow",
-                        **actor_args(actors["sample"], gpus))
-    decode = DecodeStage(spec.model, spec.decode, threads(spec.decode.resources))
-    ds = ds.map_batches(StageActor, fn_constructor_args=(guard(decode), spec.ray.setup_attempts),
-                        batch_size=spec.decode.batch_size, batch_format="pyarrow",
-                        **actor_args(actors["decode"], gpus))
-    writer = ObjectWriter(spec.output, spec.run_id, model_identity, spec.manifest, spec.storage_options)
-    encode = EncodeStage(spec.encode, run_id=spec.run_id, model=model_identity)
-    light = dict(batch_size=spec.encode.batch_size, batch_format="pyarrow")
-    if spec.filter.clip_model:
-        # The CLIP model loads once per actor, not once per task.
-        ds = ds.map_batches(StageActor, fn_constructor_args=(guard(FilterStage(spec.filter)), spec.ray.setup_attempts),
-                            **light, **actor_args(actors.get("filter", spec.filter.resources), gpus))
-        ds = ds.map_batches(run_stages, fn_kwargs={"guarded": guard(encode, writer)}, **light)
-    else:
-        ds = ds.map_batches(run_stages, fn_kwargs={"guarded": guard(FilterStage(spec.filter), encode, writer)},
-                            **light)
+    for stage in stages:
+        guarded = GuardedStage(stage, ledger, spec.ray.max_row_attempts)
+        args = operator_args(stage, asks[stage.name])
+        if stage.holds_model:
+            ds = ds.map_batches(actor_class(stage.name), fn_constructor_args=(guarded, spec.ray.setup_attempts),
+                                **args)
+        else:
+            ds = ds.map_batches(task_function(stage.name), fn_kwargs={"guarded": guarded}, **args)
     return ds, ledger

@@ -1,7 +1,9 @@
-"""Running a job: take the output's lease, plan, stream the work through Ray, commit.
+"""Running a job, in the driver: take the output's lease, plan, stream the work through Ray, commit.
 
 In: a `JobSpec`. Out: a `Summary` (counts by status; how many variants were new, skipped, retried or
-regenerated; throughput; where the outputs are). Planning and the resume rule: pipeline.plan.
+regenerated; throughput; where the outputs are). A `Run` holds what one run needs (spec, library state,
+writers, lease, summary), so no step takes more than a few arguments. Planning and the resume rule:
+pipeline/plan.py; the Ray Data graph: pipeline/graph.py; committing: pipeline/commit.py.
 """
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from pipeline.commit import MetadataWriter, invalid_record, record_schema
+from pipeline.commit import CommitBuffer, MetadataWriter, invalid_record, record_schema
+from pipeline.errors import ClusterError, JobFailed
 from pipeline.lease import Lease
 from pipeline.library import LibraryState
 from pipeline.plan import PLAN_OBJECT_ROWS, PlanSpill, Planner, remove_plans
 from pipeline.spec import JobSpec
-from pipeline.storage import filesystem, is_local
+from stages.base import RunContext
+from stages.storage import filesystem, is_local
 
 log = logging.getLogger("rushes")
 SHOWN_INVALID = 20  # invalid rows echoed one by one; the rest are counted (each has its record)
@@ -82,167 +86,156 @@ def remove_partial_writes(output: str, storage_options: dict) -> int:
     return len(stale)
 
 
-class CommitBuffer:
-    """Records wait here until `commit.max_records` are ready or the oldest has waited `commit.max_wait_s`:
-    one metadata object per few hundred records instead of one per Ray Data block (a block is one
-    sample batch, a few variants), which keeps the library's object count and its read-back time down."""
-
-    def __init__(self, writer: MetadataWriter, max_records: int, max_wait_s: float):
-        self.writer, self.max_records, self.max_wait_s = writer, max_records, max_wait_s
-        self.records: list[dict] = []
-        self.since = 0.0
-        self.committed = 0
-
-    def add(self, records: list[dict]) -> None:
-        if records and not self.records:
-            self.since = time.monotonic()
-        self.records += records
-        if self.records and time.monotonic() - self.since >= self.max_wait_s:
-            self.flush()
-        while len(self.records) >= self.max_records:
-            self._commit(self.max_records)
-        if not self.records:
-            self.since = 0.0
-
-    def flush(self) -> None:
-        while self.records:
-            self._commit(self.max_records)
-
-    def _commit(self, n: int) -> None:
-        self.writer.commit(self.records[:n])
-        self.committed += len(self.records[:n])
-        self.records = self.records[n:]
-        self.since = time.monotonic()
-
-
 def run_job(spec: JobSpec, echo=print, force: bool = False) -> Summary:
-    start = time.perf_counter()
-    spec = spec.resolved()
-    planner = Planner(spec)  # opens the manifest: one that cannot be used is refused before any write
-    lease = Lease(spec.output, spec.run_id, spec.lease_ttl_s, spec.storage_options)
-    taken_from = lease.acquire(force=force)  # also the first write: a bad bucket fails here, before any GPU work
-    try:
-        if taken_from:
-            echo(f"[rushes] took over the lease of run {taken_from}")
-        removed = remove_partial_writes(spec.output, spec.storage_options)
-        if removed:
-            echo(f"[rushes] removed {removed} partial writes left by an interrupted run")
-        remove_plans(spec.output, spec.storage_options)  # left by runs that were killed; this run holds the lease
-        state = LibraryState.load(spec.output, spec.storage_options,
-                                  with_phash=spec.filter.max_duplicate_distance is not None)
-        planner.state = state
-        summary = Summary(spec.run_id, spec.output, planner.manifest.num_rows)
-        writer = MetadataWriter(spec.output, spec.run_id, record_schema(planner.manifest.extra_schema),
-                                spec.storage_options)
-        summary.spec_uri = writer.save_text(f"runs/{spec.run_id}/job.yaml",
-                                            yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-        commits = CommitBuffer(writer, spec.commit.max_records, float("inf"))
-        spill = PlanSpill(spec.output, spec.run_id, 0, spec.storage_options, plan_object_rows(spec))
-        valid = invalid = 0
-        for batch in planner.batches():
-            valid += batch.valid
-            invalid += len(batch.invalid)
-            for rec in batch.to_record:
-                if summary.counts["invalid"] < SHOWN_INVALID:
-                    echo(f"[rushes] invalid row {rec['row']} (id {rec['id']!r}): {rec['error']}")
-                summary.counts["invalid"] += 1
-            commits.add([invalid_record(r) for r in batch.to_record])
-            spill.add(batch.todo)
-        commits.flush()
-        plan_uris = spill.close()
-        if summary.counts["invalid"] > SHOWN_INVALID:
-            echo(f"[rushes] ... and {summary.counts['invalid'] - SHOWN_INVALID} more invalid rows, each recorded "
-                 "with its error (rushes validate lists them all)")
-        summary.work.update(planner.work)
-        w = summary.work
-        echo(f"[rushes] run {spec.run_id}: {valid} valid rows, {invalid} invalid; "
-             f"{spill.count} variants to generate ({w['new']} new, {w['retried']} retried, "
-             f"{w['regenerated']} regenerated), {w['skipped']} already done")
-        if plan_uris:
-            _generate(spec, plan_uris, spill.count, planner.model, state, writer, lease, summary, echo, start)
-        summary.seconds = time.perf_counter() - start
-        writer.save_text(f"runs/{spec.run_id}/summary.txt", summary.render() + "\n")
-        return summary
-    finally:
-        try:
-            remove_plans(spec.output, spec.storage_options, spec.run_id)
-        finally:
-            lease.release()
-
-
-class ClusterError(RuntimeError):
-    """The Ray cluster cannot run the job as declared (a stage no node can host)."""
-
-
-class JobFailed(RuntimeError):
-    """The Ray pipeline stopped; every record committed before it is kept, and a re-run resumes."""
-
-
-def _generate(spec, plan_uris, total, model, state, writer, lease, summary, echo, start) -> None:
-    """Stream the planned variants through the pipeline and commit their records; with
-    `filter.retries_on_reject`, rejected variants go round again with new seeds (one more pass of the
-    pipeline per try, planned like the first)."""
-    from pipeline.curate import Curator
-
-    ensure_ray(spec)
-    curator = Curator(spec, state)
-    commits = CommitBuffer(writer, spec.commit.max_records, spec.commit.max_wait_s)
-    per_wave = max(1, spec.ray.max_rows_per_dataset // plan_object_rows(spec))  # plan objects per dataset
-    round_ = 0
-    while plan_uris:
-        again = PlanSpill(spec.output, spec.run_id, round_ + 1, spec.storage_options, plan_object_rows(spec))
-        waves = [plan_uris[i:i + per_wave] for i in range(0, len(plan_uris), per_wave)]
-        for number, wave in enumerate(waves, 1):
-            if len(waves) > 1:
-                echo(f"[rushes] wave {number} of {len(waves)}: up to {len(wave) * plan_object_rows(spec)} variants "
-                     f"(ray.max_rows_per_dataset={spec.ray.max_rows_per_dataset})")
-            _run_wave(spec, wave, model, curator, commits, again, lease, summary, echo, start, total)
-        round_ += 1
-        plan_uris = again.close()
-        if plan_uris:
-            summary.work["resampled"] += again.count
-            echo(f"[rushes] sampling {again.count} rejected variants again with new seeds "
-                 f"(try {round_} of filter.retries_on_reject={spec.filter.retries_on_reject})")
+    return Run(spec, echo).run(force)
 
 
 def plan_object_rows(spec: JobSpec) -> int:
     return min(PLAN_OBJECT_ROWS, spec.ray.max_rows_per_dataset)
 
 
-def _run_wave(spec, plan_uris, model, curator, commits, again, lease, summary, echo, start, total) -> None:
-    """One Ray Data dataset over `plan_uris`: its records committed, its rejects spilled to `again`."""
-    import ray
+class Run:
+    def __init__(self, spec: JobSpec, echo=print):
+        self.start = time.perf_counter()
+        self.spec = spec = spec.resolved()
+        self.echo = echo
+        self.planner = Planner(spec)  # opens the manifest: one that cannot be used is refused before any write
+        self.lease = Lease(spec.output, spec.run_id, spec.lease_ttl_s, spec.storage_options)
+        self.summary = Summary(spec.run_id, spec.output, self.planner.manifest.num_rows)
+        self.ctx = RunContext(run_id=spec.run_id, output=spec.output, storage_options=spec.storage_options,
+                              manifest=spec.manifest, model=spec.model, identity=self.planner.model)
+        self.state: LibraryState | None = None
+        self.writer: MetadataWriter | None = None
 
-    from pipeline.graph import build_dataset, rows_of
+    def run(self, force: bool = False) -> Summary:
+        spec, echo = self.spec, self.echo
+        taken_from = self.lease.acquire(force=force)  # the first write: a bad bucket fails here, before any GPU work
+        try:
+            if taken_from:
+                echo(f"[rushes] took over the lease of run {taken_from}: {self.lease.takeover_reason}")
+            removed = remove_partial_writes(spec.output, spec.storage_options)
+            if removed:
+                echo(f"[rushes] removed {removed} partial writes left by an interrupted run")
+            remove_plans(spec.output, spec.storage_options)  # left by killed runs; this run holds the lease
+            self.state = LibraryState.load(spec.output, spec.storage_options,
+                                           with_phash=spec.filter.max_duplicate_distance is not None)
+            self.planner.state = self.state
+            self.writer = MetadataWriter(spec.output, spec.run_id,
+                                         record_schema(self.planner.manifest.extra_schema), spec.storage_options)
+            self.summary.spec_uri = self.writer.save_text(
+                f"runs/{spec.run_id}/job.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+            plan_uris, total = self.plan()
+            if plan_uris:
+                self.generate(plan_uris, total)
+            self.summary.seconds = time.perf_counter() - self.start
+            self.writer.save_text(f"runs/{spec.run_id}/summary.txt", self.summary.render() + "\n")
+            return self.summary
+        finally:
+            try:
+                remove_plans(spec.output, spec.storage_options, spec.run_id)
+            finally:
+                self.lease.release()
 
-    ds, ledger = build_dataset(spec, plan_uris, model)
-    try:
-        shown = commits.committed
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            lease.check()
-            records, retry = curator.review(rows_of(batch))
-            again.add(retry)
-            commits.add(records)
-            for rec in records:
-                summary.counts[rec["status"]] += 1
-                if rec["status"] == "failed":
-                    echo(f"[rushes] failed {rec['id']}/{rec['variant']}: {rec['error']}")
-            if commits.committed != shown:
-                shown = commits.committed
-                _progress(echo, shown, total, summary, again.count, start)
+    def plan(self) -> tuple[list[str], int]:
+        """Record the invalid rows and spill the variants to generate; (plan object URIs, variants)."""
+        spec, echo, counts = self.spec, self.echo, self.summary.counts
+        commits = CommitBuffer(self.writer, spec.commit.max_records, float("inf"))
+        spill = PlanSpill(spec.output, spec.run_id, 0, spec.storage_options, plan_object_rows(spec))
+        valid = invalid = 0
+        for batch in self.planner.batches():
+            valid += batch.valid
+            invalid += len(batch.invalid)
+            for rec in batch.to_record:
+                if counts["invalid"] < SHOWN_INVALID:
+                    echo(f"[rushes] invalid row {rec['row']} (id {rec['id']!r}): {rec['error']}")
+                counts["invalid"] += 1
+            commits.add([invalid_record(r) for r in batch.to_record])
+            spill.add(batch.todo)
         commits.flush()
-        if commits.committed != shown:
-            _progress(echo, commits.committed, total, summary, again.count, start)
-    except (ray.exceptions.RayError, ClusterError) as e:
-        commits.flush()  # what finished is kept
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise JobFailed(f"the pipeline stopped after committing {commits.committed} of {total} variants: "
-                        f"{type(e).__name__}: {first}. Committed records are kept; run again to resume.") from e
-    finally:
-        ray.kill(ledger)
+        plan_uris = spill.close()
+        if counts["invalid"] > SHOWN_INVALID:
+            echo(f"[rushes] ... and {counts['invalid'] - SHOWN_INVALID} more invalid rows, each recorded "
+                 "with its error (rushes validate lists them all)")
+        w = self.summary.work
+        w.update(self.planner.work)
+        echo(f"[rushes] run {spec.run_id}: {valid} valid rows, {invalid} invalid; "
+             f"{spill.count} variants to generate ({w['new']} new, {w['retried']} retried, "
+             f"{w['regenerated']} regenerated), {w['skipped']} already done")
+        return plan_uris, spill.count
 
+    def generate(self, plan_uris: list[str], total: int) -> None:
+        """Stream the planned variants through the pipeline and commit their records; with
+        `filter.retries_on_reject`, rejected variants go round again with new seeds (one more pass of the
+        pipeline per try, planned like the first)."""
+        from pipeline.curate import Curator
 
-def _progress(echo, done, total, summary, again, start) -> None:
-    echo(f"[rushes] committed {done}/{total} variants ({summary.generated} videos, "
-         f"{summary.counts['failed']} failed" + (f", {again} to sample again" if again else "")
-         + f") in {time.perf_counter() - start:.0f} s")
+        spec = self.spec
+        ensure_ray(spec)
+        self.total = total
+        self.curator = Curator(spec, self.state)
+        self.commits = CommitBuffer(self.writer, spec.commit.max_records, spec.commit.max_wait_s)
+        per_wave = max(1, spec.ray.max_rows_per_dataset // plan_object_rows(spec))  # plan objects per dataset
+        round_ = 0
+        while plan_uris:
+            self.again = PlanSpill(spec.output, spec.run_id, round_ + 1, spec.storage_options,
+                                   plan_object_rows(spec))
+            waves = [plan_uris[i:i + per_wave] for i in range(0, len(plan_uris), per_wave)]
+            for number, wave in enumerate(waves, 1):
+                if len(waves) > 1:
+                    self.echo(f"[rushes] wave {number} of {len(waves)}: up to {len(wave) * plan_object_rows(spec)} "
+                              f"variants (ray.max_rows_per_dataset={spec.ray.max_rows_per_dataset})")
+                self.run_wave(wave)
+            round_ += 1
+            plan_uris = self.again.close()
+            if plan_uris:
+                self.summary.work["resampled"] += self.again.count
+                self.echo(f"[rushes] sampling {self.again.count} rejected variants again with new seeds "
+                          f"(try {round_} of filter.retries_on_reject={spec.filter.retries_on_reject})")
+
+    def run_wave(self, plan_uris: list[str]) -> None:
+        """One Ray Data dataset over `plan_uris`: its records committed, its rejects spilled to `self.again`."""
+        import ray
+
+        from pipeline.graph import build_dataset
+        from pipeline.rows import rows_of
+        from pipeline.watchdog import Stalled, watched_batches
+
+        commits, counts = self.commits, self.summary.counts
+        ds, ledger = build_dataset(self.spec, plan_uris, self.ctx)
+        try:
+            shown = commits.committed
+            # A finished variant waits at most about commit.max_wait_s, even while no batch arrives.
+            idle = lambda: commits.add([])  # noqa: E731
+            for batch in watched_batches(ds, ledger, self.spec.ray.stall_timeout_s, on_idle=idle):
+                self.lease.check()
+                records, retry = self.curator.review(rows_of(batch))
+                self.again.add(retry)
+                commits.add(records)
+                for rec in records:
+                    counts[rec["status"]] += 1
+                    if rec["status"] == "failed":
+                        self.echo(f"[rushes] failed {rec['id']}/{rec['variant']}: {rec['error']}")
+                if commits.committed != shown:
+                    shown = commits.committed
+                    self.progress()
+            commits.flush()
+            if commits.committed != shown:
+                self.progress()
+        except Stalled as e:
+            commits.flush()  # what finished is kept
+            raise JobFailed(f"{e}\nStopped after committing {commits.committed} of {self.total} variants; they are "
+                            "kept. Fix the cause, then run the same job again (rushes run) to resume.") from None
+        except (ray.exceptions.RayError, ClusterError) as e:
+            commits.flush()  # what finished is kept
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise JobFailed(f"the pipeline stopped after committing {commits.committed} of {self.total} variants: "
+                            f"{type(e).__name__}: {first}. Committed records are kept; run again to resume.") from e
+        finally:
+            ray.kill(ledger)
+
+    def progress(self) -> None:
+        s = self.summary
+        again = self.again.count
+        self.echo(f"[rushes] committed {self.commits.committed}/{self.total} variants ({s.generated} videos, "
+                  f"{s.counts['failed']} failed" + (f", {again} to sample again" if again else "")
+                  + f") in {time.perf_counter() - self.start:.0f} s")

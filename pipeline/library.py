@@ -5,18 +5,25 @@
 
 Every run appends Parquet parts under `metadata/`; a variant regenerated or retried later has several
 records there. `read_records` keeps the latest committed one per key: (id, variant) for generated
-variants, (id, -1) for invalid rows (by manifest row when the id itself is missing).
+variants, (id, -1) for invalid rows (by manifest row when the id itself is missing). Parts are read
+`READ_WORKERS` at a time and kept in commit order; `rushes compact` (pipeline/compact.py) merges them
+into a few large ones.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.commit import RECORD_SCHEMA
-from pipeline.storage import filesystem, join, with_retries
+from stages.variant import RECORD_SCHEMA, STATE_COLUMNS
+from stages.storage import StorageError, filesystem, join, with_retries
 
 
 def record_key(rec: dict) -> tuple:
@@ -25,27 +32,121 @@ def record_key(rec: dict) -> tuple:
     return (rec["id"], rec["variant"])
 
 
+READ_WORKERS = 16  # parts read at once: on S3 a small part costs a round trip, not bandwidth
+COMPACTION_MARKER = "_compaction.json"  # written by pipeline/compact.py while it replaces parts
+CHANGE_RETRIES = 5  # re-reads when a compaction changes the parts under a reader
+
+
+class LibraryChanged(Exception):
+    """The parts changed while they were read (a compaction ran meanwhile): list them again."""
+
+
 def metadata_parts(output: str, storage_options: dict | None = None) -> tuple:
-    """(filesystem, the library's metadata objects in commit order)."""
+    """(filesystem, the library's metadata objects in commit order).
+
+    Honours the marker of a compaction in progress or interrupted (pipeline/compact.py): before it
+    declares its new parts complete they are left out; after, the parts they replace are. The marker
+    is read after the listing, so a listing older than the marker's state shows up as a missing part
+    (LibraryChanged) when it is read, never as a lost or doubled record.
+    """
     fs, root = filesystem(output, storage_options)
     meta = join(root, "metadata")
-    return fs, sorted(with_retries("list", fs.unstrip_protocol(meta), lambda: fs.glob(f"{meta}/part-*.parquet")))
+    fs.invalidate_cache(meta)  # s3fs may answer a listing from its cache, which other processes make stale
+    listed = with_retries("list", fs.unstrip_protocol(meta), lambda: fs.glob(f"{meta}/part-*.parquet"))
+    parts = {p.rsplit("/", 1)[-1]: p for p in listed}
+    marker = read_compaction_marker(fs, meta)
+    if marker:
+        if marker["parts"] is None:  # still writing: its new parts are not all there
+            parts = {n: p for n, p in parts.items() if not n.startswith(f"part-{marker['id']}-")}
+        elif set(marker["parts"]) <= parts.keys():  # written in full: they hold the replaced parts' records
+            parts = {n: p for n, p in parts.items() if n not in set(marker["replaces"])}
+        else:  # written in full, yet not all listed: this listing predates them
+            raise LibraryChanged(f"{fs.unstrip_protocol(meta)}: compaction {marker['id']}'s parts are not all listed")
+    return fs, sorted(parts.values())
 
 
-def read_all_records(output: str, storage_options: dict | None = None) -> pa.Table:
-    """Every committed record of every run, oldest part first."""
-    fs, files = metadata_parts(output, storage_options)
-    if not files:
-        return RECORD_SCHEMA.empty_table()
-    tables = [with_retries("read", fs.unstrip_protocol(f), lambda f=f: pq.read_table(f, filesystem=fs))
-              for f in files]
-    # Runs over different manifests may carry different extra columns: unify, filling nulls.
-    return pa.concat_tables(tables, promote_options="permissive")
+def is_compacted(path: str) -> bool:
+    """Whether a part was written by `rushes compact` (`part-<time>-compact-<hex>-<seq>.parquet`)."""
+    return "-compact-" in path.rsplit("/", 1)[-1]
 
 
-def read_records(output: str, storage_options: dict | None = None) -> pa.Table:
+def read_compaction_marker(fs, meta: str) -> dict | None:
+    path = join(meta, COMPACTION_MARKER)
+
+    def read():
+        try:
+            return fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+    data = with_retries("read", fs.unstrip_protocol(path), read)
+    return json.loads(data) if data else None
+
+
+def read_part(fs, path: str, read):
+    """read(path), retried; a part gone since it was listed raises LibraryChanged."""
+    try:
+        return with_retries("read", fs.unstrip_protocol(path), lambda: read(path))
+    except StorageError as e:
+        if isinstance(e.__cause__, FileNotFoundError):
+            raise LibraryChanged(f"{fs.unstrip_protocol(path)} was removed while the library was read") from e
+        raise
+
+
+def read_in_order(read, paths: list, workers: int = READ_WORKERS):
+    """Yield read(path) for each path, in order, running up to `workers` reads at once.
+
+    At most `workers` results wait to be consumed, so memory stays bounded by `workers` parts."""
+    if workers <= 1:
+        yield from map(read, paths)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="rushes-read") as pool:
+        todo = iter(paths)
+        pending = deque(pool.submit(read, p) for p in islice(todo, workers))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                pending.extend(pool.submit(read, p) for p in islice(todo, 1))
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def fetch(fs, path: str) -> pa.BufferReader:
+    """A whole object in one GET (a range from 0: s3fs's plain cat_file asks for the size first)."""
+    return pa.BufferReader(fs.cat_file(path, start=0))
+
+
+def read_part_tables(fs, files: list, workers: int = READ_WORKERS):
+    """Each part as a whole table, in commit order."""
+    return read_in_order(lambda f: read_part(fs, f, lambda p: pq.read_table(fetch(fs, p))), files, workers)
+
+
+def until_unchanged(output: str, read):
+    """read(), again from the listing while a compaction changes the parts under it."""
+    for attempt in range(CHANGE_RETRIES):
+        try:
+            return read()
+        except LibraryChanged as e:
+            if attempt == CHANGE_RETRIES - 1:
+                raise StorageError(f"read {output} failed: its metadata kept changing ({e})") from e
+            time.sleep(0.2 * 2**attempt)
+
+
+def read_all_records(output: str, storage_options: dict | None = None, workers: int = READ_WORKERS) -> pa.Table:
+    """Every committed record of every run, oldest part first; `workers` parts are read at once."""
+    def read() -> pa.Table:
+        fs, files = metadata_parts(output, storage_options)
+        if not files:
+            return RECORD_SCHEMA.empty_table()
+        # Runs over different manifests may carry different extra columns: unify, filling nulls.
+        return pa.concat_tables(list(read_part_tables(fs, files, workers)), promote_options="permissive")
+    return until_unchanged(output, read)
+
+
+def read_records(output: str, storage_options: dict | None = None, workers: int = READ_WORKERS) -> pa.Table:
     """One current record per (id, variant): the latest committed, as a pyarrow Table."""
-    table = read_all_records(output, storage_options)
+    table = read_all_records(output, storage_options, workers)
     if table.num_rows == 0:
         return table
     cols = table.select(["id", "variant", "row", "committed_at"]).to_pylist()
@@ -69,7 +170,6 @@ def key_digest(key: tuple) -> bytes:
 
 
 STATUS_CODES = {"accepted": 1, "rejected": 2, "invalid": 3, "failed": 4}
-STATE_COLUMNS = ("id", "variant", "row", "status", "params_hash", "error", "phash", "committed_at")
 
 
 def hex_bytes(value: str | None, size: int) -> bytes:
@@ -84,8 +184,8 @@ class LibraryState:
     """The current record of every key of a library, as sorted numpy arrays: what a re-run compares against.
 
     About 70 bytes per record (100 more with perceptual hashes), instead of a Python dict per record: a
-    nightly run over a library of millions of records does not grow its driver by gigabytes. Read one
-    metadata object at a time, only the columns it needs.
+    nightly run over a library of millions of records does not grow its driver by gigabytes. Metadata
+    objects are fetched a few at once (only the columns it needs) and compacted one at a time.
     """
 
     def __init__(self, keys, status, params, errors, phash, names):
@@ -97,40 +197,45 @@ class LibraryState:
         return len(self.keys)
 
     @classmethod
-    def load(cls, output: str, storage_options: dict | None = None, with_phash: bool = True) -> "LibraryState":
-        fs, files = metadata_parts(output, storage_options)
-        parts = []
-        ordinal = 0
-        for f in files:
-            def read(f=f):
-                with fs.open(f, "rb") as fh:
-                    pf = pq.ParquetFile(fh)
-                    return pf.read(columns=[c for c in STATE_COLUMNS if c in pf.schema_arrow.names])
-            t = with_retries("read", fs.unstrip_protocol(f), read)
+    def load(cls, output: str, storage_options: dict | None = None, with_phash: bool = True,
+             workers: int = READ_WORKERS) -> "LibraryState":
+        def to_arrays(t: pa.Table) -> tuple:
             cols = {c: t.column(c).to_pylist() if c in t.column_names else [None] * t.num_rows
                     for c in STATE_COLUMNS if c != "committed_at"}
-            n = t.num_rows
             keys = [record_key({"id": i, "variant": v, "row": r})
                     for i, v, r in zip(cols["id"], cols["variant"], cols["row"])]
-            stamps = t.column("committed_at").cast(pa.int64()).fill_null(0).to_numpy()
-            parts.append((
+            return (
                 np.array([key_digest(k) for k in keys], "S16"),
-                stamps.astype(np.int64),
-                np.arange(ordinal, ordinal + n, dtype=np.int64),
+                t.column("committed_at").cast(pa.int64()).fill_null(0).to_numpy().astype(np.int64),
                 np.array([STATUS_CODES.get(x, 0) for x in cols["status"]], np.uint8),
                 np.array([hex_bytes(x, 32) for x in cols["params_hash"]], "S32"),
                 np.array([digest16(x) if x else b"" for x in cols["error"]], "S16"),
                 np.array([(x or "").encode() if with_phash and st == "accepted" else b""
                           for x, st in zip(cols["phash"], cols["status"])], "S64"),
                 pa.array([f"{k[0]}/{k[1]}" for k in keys], pa.large_string()),
-            ))
-            ordinal += n
+            )
+
+        def read_all() -> list[tuple]:
+            fs, files = metadata_parts(output, storage_options)
+
+            def read(f):
+                # A run's part is one commit batch, small: one GET. A compacted part is large: only the
+                # state columns' byte ranges.
+                with (fs.open(f, "rb") if is_compacted(f) else fetch(fs, f)) as fh:
+                    pf = pq.ParquetFile(fh)
+                    return pf.read(columns=[c for c in STATE_COLUMNS if c in pf.schema_arrow.names])
+            # `workers` parts are fetched at once; each becomes arrays here, in commit order,
+            # before the next is taken, so at most `workers` parts' raw columns are held.
+            return [to_arrays(t) for t in read_in_order(lambda f: read_part(fs, f, read), files, workers)]
+
+        parts = until_unchanged(output, read_all)
         if not parts:
             empty = lambda dt: np.zeros(0, dt)  # noqa: E731
             return cls(empty("S16"), empty(np.uint8), empty("S32"), empty("S16"), empty("S64"),
                        pa.array([], pa.large_string()))
-        keys, stamps, ords, status, params, errors, phash = (np.concatenate([p[i] for p in parts]) for i in range(7))
-        names = pa.concat_arrays([p[7] for p in parts])
+        keys, stamps, status, params, errors, phash = (np.concatenate([p[i] for p in parts]) for i in range(6))
+        names = pa.concat_arrays([p[6] for p in parts])
+        ords = np.arange(len(keys))  # commit order: parts in order, rows in order within each
         del parts
         order = np.lexsort((ords, stamps, keys))  # by key, then commit time, then commit order
         keys = keys[order]

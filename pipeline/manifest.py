@@ -22,8 +22,9 @@ import pyarrow.types as pat
 
 from pipeline.library import digest16
 from pipeline.spec import JobSpec
-from pipeline.storage import StorageError, filesystem, is_transient, with_retries
+from stages.storage import StorageError, filesystem, is_transient, with_retries
 from stages.families import family_for
+from stages.variant import BOUNDS, OVERRIDES
 
 
 class ManifestError(ValueError):
@@ -31,17 +32,7 @@ class ManifestError(ValueError):
 
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-# Optional per-row overrides and the kind of column each must be.
-OVERRIDES = {
-    "negative_prompt": "string", "seed": "int", "num_variants": "int", "height": "int", "width": "int",
-    "num_frames": "int", "fps": "int", "num_inference_steps": "int", "guidance_scale": "float",
-    "style": "string", "tags": "list<string>",
-}
 REQUIRED = {"id": "string", "prompt": "string"}
-# (lower, upper) bounds, both inclusive, for numeric overrides.
-BOUNDS = {"seed": (0, 2**31 - 1), "num_variants": (1, 64), "height": (16, 4096), "width": (16, 4096),
-          "num_frames": (1, 1024), "fps": (1, 120), "num_inference_steps": (1, 1000),
-          "guidance_scale": (0.0, 100.0)}
 
 
 def _type_ok(t: pa.DataType, kind: str) -> bool:
@@ -159,23 +150,11 @@ class Manifest:
                     raise StorageError(f"read manifest {uri} failed: {type(e).__name__}: {e}") from e
                 time.sleep(random.uniform(0, 0.25 * 2**attempt))
 
-    def table(self) -> pa.Table:
-        """The whole manifest in memory: for small manifests and tests; jobs stream `batches()`."""
-        tables = list(self.batches())
-        return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table(
-            {c: pa.array([], pa.string()) for c in self.columns})
-
-
-def read_manifest(uri: str, storage_options: dict | None = None) -> pa.Table:
-    """The whole manifest as one table (checked like `Manifest`): for small manifests and tests."""
-    return Manifest(uri, storage_options).table()
-
 
 @dataclass
 class Validated:
     valid: list[dict] = field(default_factory=list)
     invalid: list[dict] = field(default_factory=list)
-    extra_schema: pa.Schema = field(default_factory=lambda: pa.schema([]))
 
 
 def _derived_seed(row_id: str, base: int) -> int:
@@ -267,9 +246,9 @@ class RowValidator:
             else:
                 row[name] = value
         if not errors:
-            for name in ("height", "width", "num_frames", "fps", "num_inference_steps", "guidance_scale",
-                         "negative_prompt", "num_variants"):
-                row.setdefault(name, self.defaults[name])
+            for name in OVERRIDES:  # the job's default for each one the row leaves unset
+                if name in self.defaults and name != "seed":  # the seed is derived, below
+                    row.setdefault(name, self.defaults[name])
             row.setdefault("style", None)
             row.setdefault("tags", [])
             row.setdefault("seed", _derived_seed(row_id, self.defaults["seed"]))
@@ -281,11 +260,3 @@ class RowValidator:
                           "prompt": prompt if isinstance(prompt, str) else None,
                           "error": "; ".join(errors), "extra": row["extra"]}
         return row, None
-
-
-def validate_rows(table: pa.Table, spec: JobSpec) -> Validated:
-    """Every row of an in-memory manifest table (small manifests and tests; jobs stream, see pipeline.plan)."""
-    validator = RowValidator(spec, table.column_names, duplicate_ids(iter([table.column("id").to_pylist()])))
-    out = validator.validate(table, 0)
-    out.extra_schema = pa.schema([table.schema.field(c) for c in validator.extra_cols])
-    return out

@@ -17,7 +17,6 @@ Invalid rows are recorded once; an unchanged invalid row is not recorded again.
 from __future__ import annotations
 
 import io
-import pickle
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,25 +27,16 @@ import pyarrow.parquet as pq
 
 from pipeline.library import STATUS_CODES, LibraryState, digest16, hex_bytes, record_key
 from pipeline.manifest import Manifest, RowValidator, duplicate_ids
+from pipeline.rows import table_of
 from pipeline.spec import JobSpec
-from pipeline.storage import filesystem, join, put_atomic, with_retries
+from stages.storage import filesystem, join, put_atomic, with_retries
 from stages.checkpoints import model_identity
 from stages.expand import ExpandStage
+from stages.variant import params_hash
 
-COLUMN = "row"
 MANIFEST_BATCH = 1024  # manifest rows the driver validates and expands at a time
 PLAN_OBJECT_ROWS = 256  # variants per plan object: one Ray Data read task each
 DONE = (STATUS_CODES["accepted"], STATUS_CODES["rejected"])
-
-
-def rows_of(batch: pa.Table) -> list[dict]:
-    return [pickle.loads(b) for b in batch.column(COLUMN).to_pylist()]
-
-
-def table_of(rows: list[dict]) -> pa.Table:
-    """Rows as pickled Python dicts in one binary column: a row's fields change from stage to stage
-    (latents, then frames, then bytes), and Arrow schemas would only get in the way."""
-    return pa.table({COLUMN: pa.array([pickle.dumps(r, protocol=5) for r in rows], pa.large_binary())})
 
 
 @dataclass
@@ -69,11 +59,11 @@ class Planner:
         self.manifest = Manifest(self.spec.manifest, self.spec.storage_options)
         m = self.spec.model
         self.model = model_identity(m.family, m.path, m.revision, m.dtype)
-        enc = self.spec.encode
-        pixel_settings = {"model": self.model,
-                          "encode": {"codec": enc.codec, "crf": enc.crf, "preset": enc.preset},
-                          "batch_invariant": self.spec.sample.batch_invariant}
-        self.expander = ExpandStage(self.spec.expand, pixel_settings)
+        # What decides pixels besides the variant's own fields: the model and each stage's pixel options.
+        self.pixel_settings = {"model": self.model}
+        for options in self.spec.stage_options().values():
+            self.pixel_settings.update(options.pixel_settings())
+        self.expander = ExpandStage(self.spec.expand)
         self.work: Counter = Counter()  # variants: new, skipped, retried, regenerated
 
     def batches(self) -> Iterator[PlannedBatch]:
@@ -85,6 +75,8 @@ class Planner:
         for table in self.manifest.batches(batch_size=self.batch_rows):
             rows = validator.validate(table, start)
             variants = self.expander(rows.valid)
+            for v in variants:
+                v["params_hash"] = params_hash(self.pixel_settings, v)
             batch = PlannedBatch(start, len(rows.valid), rows.invalid, self._invalid_to_record(rows.invalid),
                                  len(variants))
             batch.todo = self._select(variants)
@@ -168,23 +160,3 @@ def remove_plans(output: str, storage_options: dict | None = None, run_id: str =
     for folder in folders:
         with_retries("delete", fs.unstrip_protocol(folder), lambda folder=folder: fs.rm(folder, recursive=True))
     return len(folders)
-
-
-@dataclass
-class Plan:
-    """A whole plan in memory, ignoring the library's state: for small manifests and tests (runs stream)."""
-    spec: JobSpec
-    model: dict
-    valid_rows: int
-    invalid: list[dict]
-    variants: list[dict]
-
-
-def plan_job(spec: JobSpec) -> Plan:
-    planner = Planner(spec)
-    plan = Plan(planner.spec, planner.model, 0, [], [])
-    for batch in planner.batches():
-        plan.valid_rows += batch.valid
-        plan.invalid += batch.invalid
-        plan.variants += batch.todo
-    return plan

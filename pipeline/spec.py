@@ -2,6 +2,10 @@
 
 In: a YAML file (or dict). Out: a validated `JobSpec`, or a `JobSpecError` whose message names every bad
 key by its dotted path, says what is allowed, and suggests the closest key for a typo.
+
+Each stage's options live in the stage's own file (stages/*.py); `JobSpec` composes them under the
+stage's name, from `STAGES`, the pipeline's stages in order. Adding a stage is one file in `stages/`
+and one entry in `STAGES`: its job-file section and its Ray Data operator (pipeline/graph.py) follow.
 """
 from __future__ import annotations
 
@@ -10,69 +14,25 @@ import re
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
+
+from stages.base import ModelSpec, Strict
+from stages.decode import DecodeStage
+from stages.encode import EncodeStage
+from stages.expand import ExpandOptions
+from stages.filter import FilterStage
+from stages.sample import SampleStage
+from stages.write import WriteStage
+
+# The stages that run on Ray, in pipeline order. Each one's options are the job-file section of its `name`.
+STAGES = [SampleStage, DecodeStage, FilterStage, EncodeStage, WriteStage]
 
 
 class JobSpecError(ValueError):
     """The job file cannot be used; the message lists each problem with its key path."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-_REPLICAS = re.compile(r"^\s*(\d+)\s*\.\.\s*(\d+)\s*$")
-
-
-class Resources(Strict):
-    """What one replica of a stage asks Ray for, and how many replicas run."""
-
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; fractions share a GPU")
-    memory_gb: float | None = Field(None, gt=0, description="memory reserved per replica, in GiB")
-    replicas: int | str = Field(1, description="actor pool size: a number, or 'min..max' for Ray Data to scale")
-
-    @field_validator("replicas")
-    @classmethod
-    def _replicas(cls, v: int | str) -> int | str:
-        if isinstance(v, str) and v.strip().isdigit():
-            v = int(v)
-        if isinstance(v, int):
-            if v < 1:
-                raise ValueError("must be at least 1")
-            return v
-        m = _REPLICAS.match(v)
-        if not m:
-            raise ValueError("must be a number or a range 'min..max', e.g. '1..8'")
-        lo, hi = int(m.group(1)), int(m.group(2))
-        if not 1 <= lo <= hi:
-            raise ValueError(f"range {v!r} needs 1 <= min <= max")
-        return f"{lo}..{hi}"
-
-    @property
-    def replica_range(self) -> tuple[int, int]:
-        if isinstance(self.replicas, int):
-            return self.replicas, self.replicas
-        lo, hi = self.replicas.split("..")
-        return int(lo), int(hi)
-
-
-class ModelSpec(Strict):
-    family: str = Field("wan", description="built-in family (wan) or 'package.module:ClassName'")
-    path: str = Field("builtin:tiny-wan", description="builtin:tiny-wan, a local folder, or a hub id")
-    revision: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-
-    @field_validator("family")
-    @classmethod
-    def _family_exists(cls, v: str) -> str:
-        from stages.families import family_for
-
-        family_for(v)
-        return v
 
 
 class SamplingSpec(Strict):
@@ -87,115 +47,6 @@ class SamplingSpec(Strict):
     negative_prompt: str = ""
     seed: int = Field(0, ge=0, description="base seed for rows that give none")
     num_variants: int = Field(1, ge=1, le=64)
-
-
-class ExpandSpec(Strict):
-    mode: Literal["template", "none"] = "template"
-    styles: list[str] = Field(default_factory=list, description="styles to draw from; empty = built-in list")
-
-
-class SampleSpec(Strict):
-    batch_size: int = Field(4, ge=1, description="variants per pipeline call (same shape only)")
-    batch_invariant: bool = Field(
-        True, description="denoise each variant in its own forward so batching never changes pixels")
-    resources: Resources = Field(default_factory=lambda: Resources(num_gpus=1.0))
-
-
-class DecodeSpec(Strict):
-    batch_size: int = Field(1, ge=1)
-    resources: Resources = Field(default_factory=lambda: Resources(num_gpus=1.0))
-
-
-class FilterSpec(Strict):
-    """Quality thresholds (stages/filter.py). Every metric is recorded on every record; a threshold of
-    `null`, or a metric named in `score_only`, records it without ever rejecting. Luma is 0..255."""
-
-    black_luma: float = Field(8.0, ge=0, le=255, description="a frame darker than this mean luma is black")
-    max_black_fraction: float | None = Field(0.5, ge=0, le=1, description="share of black frames")
-    max_constant_fraction: float | None = Field(0.5, ge=0, le=1, description="share of one-colour frames")
-    min_motion: float | None = Field(
-        0.2, ge=0, description="fastest 1% of the flow, % of frame width per frame; below = frozen")
-    max_motion: float | None = Field(None, gt=0, description="optical flow above this = chaotic")
-    max_flow_residual: float | None = Field(
-        20.0, gt=0, description="luma change the flow cannot explain; above = chaotic")
-    max_flicker: float | None = Field(15.0, gt=0, description="mean unexplained brightness jump, luma levels")
-    max_scene_cuts: int | None = Field(0, ge=0, description="hard cuts allowed in one clip")
-    min_sharpness: float | None = Field(None, ge=0, description="variance of the Laplacian")
-    min_brightness: float | None = Field(16.0, ge=0, le=255, description="mean luma")
-    max_brightness: float | None = Field(240.0, ge=0, le=255, description="mean luma")
-    max_clipped_low: float | None = Field(0.5, ge=0, le=1, description="share of pixels at luma <= 5")
-    max_clipped_high: float | None = Field(0.25, ge=0, le=1, description="share of pixels at luma >= 250")
-    min_contrast: float | None = Field(4.0, ge=0, description="mean per-frame luma standard deviation")
-    clip_model: str | None = Field(
-        None, description="CLIP for prompt alignment: builtin:tiny-clip, a local folder or a hub id; null = off")
-    min_clip_score: float | None = Field(None, ge=0, le=100, description="100 x cosine(text, frame), mean")
-    max_duplicate_distance: int | None = Field(
-        24, ge=0, le=256, description="pHash Hamming bits within which two videos are duplicates; null = off")
-    retries_on_reject: int = Field(0, ge=0, le=10, description="new seeds to try for a rejected variant")
-    score_only: list[str] = Field(default_factory=list, description="metrics recorded but never rejecting")
-    resources: Resources = Field(default_factory=Resources,
-                                 description="per filter actor; used when clip_model makes the filter an actor pool")
-
-    @field_validator("score_only")
-    @classmethod
-    def _known_metrics(cls, v: list[str]) -> list[str]:
-        from stages.filter import SCORE_ONLY_NAMES
-
-        unknown = [name for name in v if name not in SCORE_ONLY_NAMES]
-        if unknown:
-            raise ValueError(f"unknown metric {', '.join(map(repr, unknown))} "
-                             f"(allowed: {', '.join(SCORE_ONLY_NAMES)})")
-        return v
-
-    @field_validator("clip_model")
-    @classmethod
-    def _known_builtin_clip(cls, v: str | None) -> str | None:
-        from stages.clip_score import BUILTIN_CLIPS
-
-        if v and v.startswith("builtin:") and v.removeprefix("builtin:") not in BUILTIN_CLIPS:
-            raise ValueError(f"unknown builtin model (known: {', '.join('builtin:' + k for k in BUILTIN_CLIPS)})")
-        return v
-
-    @model_validator(mode="after")
-    def _clip_threshold_needs_a_model(self) -> "FilterSpec":
-        if self.min_clip_score is not None and not self.clip_model:
-            raise ValueError("min_clip_score needs filter.clip_model (e.g. builtin:tiny-clip or a CLIP hub id)")
-        return self
-
-
-class EncodeSpec(Strict):
-    """Encoder settings (stages/encode.py). `preset` is libx264's speed scale; for av1 and vp9 it maps
-    onto SVT-AV1's preset and libvpx's cpu-used. An unset `crf` takes the codec's default."""
-
-    codec: Literal["h264", "av1", "vp9"] = Field(
-        "h264", description="h264 (libx264, .mp4), av1 (libsvtav1, .mp4), vp9 (libvpx-vp9, .webm)")
-    crf: int = Field(
-        20, ge=0, le=63, description="quality, lower is better: h264 0..51 (20), av1/vp9 0..63 (35/32)")
-    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
-                    "veryslow"] = "medium"
-    poster_quality: int = Field(90, ge=1, le=95)
-    preview_width: int = Field(256, ge=16, le=1024, description="animated WebP preview width (never upscaled)")
-    preview_frames: int = Field(16, ge=2, le=64, description="most frames in the preview")
-    keep_rejected: bool = Field(False, description="also write videos that the filter rejected")
-    batch_size: int = Field(1, ge=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _codec_default_crf(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("crf") is None:
-            data = {**data, "crf": {"h264": 20, "av1": 35, "vp9": 32}.get(data.get("codec", "h264"), 20)}
-        return data
-
-    @model_validator(mode="after")
-    def _codec_is_usable(self) -> "EncodeSpec":
-        from stages.encode import missing_encoder
-
-        if self.codec == "h264" and self.crf > 51:
-            raise ValueError(f"crf: h264 takes 0..51, got {self.crf}")
-        problem = missing_encoder(self.codec)
-        if problem:
-            raise ValueError(f"codec: {problem}")
-        return self
 
 
 class CommitSpec(Strict):
@@ -214,6 +65,10 @@ class RaySpec(Strict):
     setup_attempts: int = Field(3, ge=1, le=20, description="tries of a stage's setup (model load) per actor")
     resource_wait_s: float = Field(
         300.0, ge=0, description="how long to wait for a node that can host each stage before failing")
+    stall_timeout_s: float = Field(
+        900.0, gt=0, description="stop (exit 1, saying why) when no record is committed and no stage shows a "
+                                 "sign of life for this long; working stages send heartbeats, so a slow model "
+                                 "never trips it")
     max_rows_per_dataset: int = Field(
         100_000, ge=1, description="variants per Ray Data dataset: a longer run goes in waves of this many, "
                                    "because the driver's Ray Data bookkeeping grows with one dataset's blocks; "
@@ -223,7 +78,9 @@ class RaySpec(Strict):
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class JobSpec(Strict):
+class JobBase(Strict):
+    """The job's own keys; `JobSpec` adds one section per stage."""
+
     name: str = Field("rushes-job", min_length=1)
     manifest: str = Field(..., min_length=1, description="Parquet file, folder or glob; local or any fsspec URI")
     output: str = Field(..., min_length=1, description="library root; local folder or fsspec URI")
@@ -233,11 +90,7 @@ class JobSpec(Strict):
     lease_ttl_s: float = Field(120.0, ge=5, description="a dead run's lease expires after this long")
     model: ModelSpec = Field(default_factory=ModelSpec)
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
-    expand: ExpandSpec = Field(default_factory=ExpandSpec)
-    sample: SampleSpec = Field(default_factory=SampleSpec)
-    decode: DecodeSpec = Field(default_factory=DecodeSpec)
-    filter: FilterSpec = Field(default_factory=FilterSpec)
-    encode: EncodeSpec = Field(default_factory=EncodeSpec)
+    expand: ExpandOptions = Field(default_factory=ExpandOptions)
     commit: CommitSpec = Field(default_factory=CommitSpec)
     ray: RaySpec = Field(default_factory=RaySpec)
 
@@ -251,7 +104,7 @@ class JobSpec(Strict):
     @field_validator("storage_options")
     @classmethod
     def _no_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from pipeline.storage import SECRET_OPTIONS
+        from stages.storage import SECRET_OPTIONS
 
         def keys(d: dict, prefix: str = ""):
             for k, val in d.items():
@@ -266,7 +119,7 @@ class JobSpec(Strict):
         return v
 
     @model_validator(mode="after")
-    def _sampling_fits_the_model(self) -> "JobSpec":
+    def _sampling_fits_the_model(self) -> "JobBase":
         from stages.families import family_for
 
         problem = family_for(self.model.family).check_shape(
@@ -275,12 +128,21 @@ class JobSpec(Strict):
             raise ValueError(f"sampling: {problem}")
         return self
 
+    def stage_options(self) -> dict:
+        """{stage name: its options}, in pipeline order."""
+        return {stage.name: getattr(self, stage.name) for stage in STAGES}
+
     def resolved(self) -> "JobSpec":
         """A copy with a run id filled in, as saved beside the outputs."""
         if self.run_id:
             return self.model_copy()
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         return self.model_copy(update={"run_id": f"{stamp}-{uuid.uuid4().hex[:6]}"})
+
+
+JobSpec = create_model(
+    "JobSpec", __base__=JobBase, __doc__="A whole job file: its own keys and one section per stage.",
+    **{stage.name: (stage.Options, Field(default_factory=stage.Options)) for stage in STAGES})
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

@@ -8,31 +8,34 @@ from __future__ import annotations
 
 import time
 
-from pipeline.spec import DecodeSpec, ModelSpec
+from pydantic import Field
+
+from stages.base import Resources, Stage, StageOptions, pick_device, use_threads
 from stages.checkpoints import resolve_model_path
 from stages.families import family_for
-from stages.sample import pick_device
 
 
-class DecodeStage:
-    def __init__(self, model: ModelSpec, spec: DecodeSpec, num_threads: int | None = None):
-        self.model = model
-        self.spec = spec
-        self.family = family_for(model.family)
-        self.num_threads = num_threads
+class DecodeOptions(StageOptions):
+    resources: Resources = Field(default_factory=lambda: Resources(num_gpus=1.0))
+
+
+class DecodeStage(Stage):
+    name = "decode"
+    Options = DecodeOptions
+    holds_model = True
+
+    def __init__(self, options=None, ctx=None):
+        super().__init__(options, ctx)
+        self.family = family_for(self.ctx.model.family)
         self.vae = None
 
     def setup(self) -> None:
-        import torch
-
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
-        self.vae = self.family.load_vae(resolve_model_path(self.model.path), self.model.dtype,
-                                        pick_device(self.spec.resources.num_gpus), revision=self.model.revision)
+        use_threads(self.options.resources)
+        m = self.ctx.model
+        self.vae = self.family.load_vae(resolve_model_path(m.path), m.dtype,
+                                        pick_device(self.options.resources.num_gpus), revision=m.revision)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
-        if self.vae is None:
-            self.setup()
         for r in rows:
             latents = r.pop("latents", None)
             if r["status"] != "pending":

@@ -4,9 +4,9 @@ In: variant rows with `status == "pending"`. Out: the same rows with `latents` (
 (C, T', H', W')), or `status="failed"` and an `error` when sampling broke or produced NaN/Inf.
 Rows in any other state pass through untouched.
 
-Variants that share a shape bucket (height, width, frames, steps, guidance) go through one pipeline call,
-each with its own `torch.Generator`, so that its noise, and with the family's batch-invariant forward
-its pixels, do not depend on which rows it was batched with.
+Variants that share a shape bucket (`stages.variant.BUCKET_FIELDS`) go through one pipeline call, each
+with its own `torch.Generator`, so that its noise, and with the family's batch-invariant forward its
+pixels, do not depend on which rows it was batched with.
 """
 from __future__ import annotations
 
@@ -14,37 +14,41 @@ import time
 from collections import defaultdict
 
 import numpy as np
+from pydantic import Field
 
-from pipeline.spec import ModelSpec, SampleSpec
+from stages.base import Resources, Stage, StageOptions, pick_device, use_threads
 from stages.checkpoints import resolve_model_path
 from stages.families import family_for
-
-BUCKET_FIELDS = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale")
-
-
-def pick_device(num_gpus: float) -> str:
-    import torch
-
-    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+from stages.variant import BUCKET_FIELDS
 
 
-class SampleStage:
-    def __init__(self, model: ModelSpec, spec: SampleSpec, num_threads: int | None = None):
-        self.model = model
-        self.spec = spec
-        self.family = family_for(model.family)
-        self.num_threads = num_threads
+class SampleOptions(StageOptions):
+    batch_size: int = Field(4, ge=1, description="variants per pipeline call (same shape only)")
+    batch_invariant: bool = Field(
+        True, description="denoise each variant in its own forward so batching never changes pixels")
+    resources: Resources = Field(default_factory=lambda: Resources(num_gpus=1.0))
+
+    def pixel_settings(self) -> dict:
+        return {"batch_invariant": self.batch_invariant}
+
+
+class SampleStage(Stage):
+    name = "sample"
+    Options = SampleOptions
+    holds_model = True
+
+    def __init__(self, options=None, ctx=None):
+        super().__init__(options, ctx)
+        self.family = family_for(self.ctx.model.family)
         self.pipe = None
         self.calls = 0  # pipeline calls made, for tests and benchmarks
 
     def setup(self) -> None:
-        import torch
-
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
+        use_threads(self.options.resources)
+        m = self.ctx.model
         self.pipe = self.family.load_pipeline(
-            resolve_model_path(self.model.path), self.model.dtype, pick_device(self.spec.resources.num_gpus),
-            revision=self.model.revision, batch_invariant=self.spec.batch_invariant)
+            resolve_model_path(m.path), m.dtype, pick_device(self.options.resources.num_gpus),
+            revision=m.revision, batch_invariant=self.options.batch_invariant)
 
     def _sample(self, rows: list[dict]) -> np.ndarray:
         self.calls += 1
@@ -53,15 +57,13 @@ class SampleStage:
             [r["seed"] for r in rows], **{k: rows[0][k] for k in BUCKET_FIELDS})
 
     def __call__(self, rows: list[dict]) -> list[dict]:
-        if self.pipe is None:
-            self.setup()
         buckets: dict[tuple, list[dict]] = defaultdict(list)
         for r in rows:
             if r["status"] == "pending":
                 buckets[tuple(r[k] for k in BUCKET_FIELDS)].append(r)
         for group in buckets.values():
-            for i in range(0, len(group), self.spec.batch_size):
-                self._run_batch(group[i:i + self.spec.batch_size])
+            for i in range(0, len(group), self.options.batch_size):
+                self._run_batch(group[i:i + self.options.batch_size])
         return rows
 
     def _run_batch(self, batch: list[dict]) -> None:

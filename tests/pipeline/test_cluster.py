@@ -15,7 +15,8 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from pipeline.job import ClusterError, run_job
+from pipeline.errors import ClusterError
+from pipeline.job import run_job
 from pipeline.spec import load_job
 from tests.conftest import LOCAL_RAY, job_dict, start_local_ray
 
@@ -138,7 +139,7 @@ def test_no_node_can_host_the_gpu_actors_fails_in_bounded_time(cluster, make_man
 
 def test_gpu_requests_that_cannot_run_together_are_named(cluster):
     from pipeline.graph import gpus_crowded
-    from pipeline.spec import Resources
+    from stages.base import Resources
 
     gpu = lambda n, replicas=1: Resources(num_cpus=1, num_gpus=n, replicas=replicas)  # noqa: E731
     assert gpus_crowded({"sample": gpu(1), "decode": gpu(1)}) is None  # the two workers have a GPU each
@@ -146,3 +147,48 @@ def test_gpu_requests_that_cannot_run_together_are_named(cluster):
     warning = gpus_crowded({"sample": gpu(1, "2..4"), "decode": gpu(1)})
     assert warning.startswith("the model stages ask for 3 GPUs together (sample 2, decode 1;")
     assert "the cluster has 2" in warning and "num_gpus: 0.5 each" in warning
+
+
+def test_the_only_gpu_nodes_lost_and_never_replaced_stops_with_a_diagnosis(cluster, make_manifest, tmp_path):
+    """Every GPU node goes away mid-run and none comes back: the sample actors cannot be placed again.
+    The watchdog stops the run after ray.stall_timeout_s, keeps what was committed, and says why."""
+    from pipeline.errors import JobFailed
+
+    c, workers, chaos = cluster
+    prompts = [f"a lantern in the snow {i}" for i in range(6)]
+    prompts[0] += " hold:gate3"
+    prompts[3] += " hold:gate3"
+    spec = chaos_job(make_manifest, tmp_path, prompts, ray={"stall_timeout_s": 10},
+                     sample={"batch_size": 1, "resources": {"num_cpus": 1, "num_gpus": 1, "replicas": 2}})
+    result = {}
+
+    def run():
+        try:
+            run_job(spec, echo=lambda _: None)
+        except JobFailed as e:
+            result["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(chaos.glob("holding-gate3-*"))) < 2:
+            assert thread.is_alive() and time.monotonic() < deadline, "held rows never reached both workers"
+            time.sleep(0.05)
+        start = time.monotonic()
+        while workers:
+            c.remove_node(workers.pop())
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "the run did not stop by itself"
+        assert time.monotonic() - start < 120
+    finally:
+        (chaos / "gate3").touch()
+        while len(workers) < 2:  # the module's cluster as it was
+            workers.append(c.add_node(**WORKER))
+        c.wait_for_nodes()
+    message = str(result["error"])
+    assert "the run stalled" in message and "ray.stall_timeout_s" in message
+    assert "actors waiting to be placed" in message and "MapBatches(sample)" in message
+    assert "GPU" in message and "was lost" in message
+    assert "run the same job again" in message
+

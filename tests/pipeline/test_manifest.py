@@ -1,12 +1,23 @@
 import pyarrow as pa
 import pytest
 
-from pipeline.manifest import ManifestError, read_manifest, validate_rows
+from pipeline.manifest import Manifest, ManifestError, RowValidator, duplicate_ids
 from pipeline.spec import load_job
 
 
 def validate(path):
-    return validate_rows(read_manifest(path), load_job({"manifest": path, "output": "o"}))
+    """Every row of a small manifest through the planner's own checks, in one batch."""
+    manifest = Manifest(path)
+    table = pa.concat_tables(manifest.batches())
+    validator = RowValidator(load_job({"manifest": path, "output": "o"}), manifest.columns,
+                             duplicate_ids(iter([table.column("id").to_pylist()])))
+    out = validator.validate(table, 0)
+    out.extra_schema = manifest.extra_schema
+    return out
+
+
+def ids(path):
+    return [i for t in Manifest(path).batches(["id"]) for i in t.column("id").to_pylist()]
 
 
 def test_valid_rows_get_defaults_and_overrides(make_manifest):
@@ -56,23 +67,23 @@ def test_each_bad_row_is_invalid_with_column_and_problem(make_manifest):
 
 def test_not_a_manifest_is_refused(make_manifest, tmp_path):
     with pytest.raises(ManifestError, match="missing required column 'prompt'"):
-        read_manifest(make_manifest([{"id": "a", "text": "p"}]))
+        Manifest(make_manifest([{"id": "a", "text": "p"}]))
     junk = tmp_path / "junk.parquet"
     junk.write_bytes(b"this is not parquet")
     with pytest.raises(ManifestError, match="not readable as Parquet"):
-        read_manifest(str(junk))
+        Manifest(str(junk))
     with pytest.raises(ManifestError, match="not found"):
-        read_manifest(str(tmp_path / "missing.parquet"))
+        Manifest(str(tmp_path / "missing.parquet"))
     with pytest.raises(ManifestError, match="column 'seed' has type string, expected int"):
-        read_manifest(make_manifest([{"id": "a", "prompt": "p", "seed": "seven"}], name="s.parquet"))
+        Manifest(make_manifest([{"id": "a", "prompt": "p", "seed": "seven"}], name="s.parquet"))
 
 
 def test_folder_and_glob(tmp_path, make_manifest):
     (tmp_path / "m").mkdir()
     make_manifest([{"id": "a", "prompt": "p"}], name="m/part-0.parquet")
     make_manifest([{"id": "b", "prompt": "q"}], name="m/part-1.parquet")
-    assert read_manifest(str(tmp_path / "m")).column("id").to_pylist() == ["a", "b"]
-    assert read_manifest(str(tmp_path / "m" / "*-1.parquet")).column("id").to_pylist() == ["b"]
+    assert ids(str(tmp_path / "m")) == ["a", "b"]
+    assert ids(str(tmp_path / "m" / "*-1.parquet")) == ["b"]
 
 
 def test_trailing_newline_in_an_id_is_refused(make_manifest):

@@ -6,10 +6,10 @@ import tracemalloc
 import pyarrow as pa
 import pytest
 
-from pipeline.commit import MetadataWriter, record_schema
-from pipeline.job import CommitBuffer
+from pipeline.commit import CommitBuffer, MetadataWriter, record_schema
 from pipeline.library import LibraryState, read_all_records, read_records
-from pipeline.plan import PlanSpill, Planner, plan_job, read_plan_object, remove_plans, rows_of
+from pipeline.plan import PlanSpill, Planner, read_plan_object, remove_plans
+from pipeline.rows import rows_of
 from pipeline.spec import load_job
 from tests.conftest import job_dict, write_manifest
 
@@ -25,11 +25,11 @@ def test_planning_in_small_batches_gives_the_same_variants(tmp_path):
     rows[17] = {"id": "r3", "prompt": "a repeat"}
     manifest = write_manifest(tmp_path / "m.parquet", rows)
     spec = null_job(manifest, str(tmp_path / "o"))
-    whole = plan_job(spec)
+    whole = [v for b in Planner(spec).batches() for v in b.todo]
     batches = list(Planner(spec, batch_rows=7).batches())
     assert [b.first_row for b in batches] == list(range(0, 40, 7))
     strip = lambda vs: [{k: x for k, x in v.items() if k != "stage_seconds"} for v in vs]  # noqa: E731 - timings
-    assert strip(v for b in batches for v in b.todo) == strip(whole.variants)
+    assert strip(v for b in batches for v in b.todo) == strip(whole)
     assert [r["error"] for b in batches for r in b.invalid] == ["id: 'r3' duplicates row 3"]
 
 
@@ -68,7 +68,7 @@ def test_resume_decisions_come_from_the_compact_state(tmp_path):
                                                       {"id": "c", "prompt": "r"}, {"id": "bad/", "prompt": "s"}])
     out = str(tmp_path / "lib")
     spec = null_job(manifest, out)
-    planned = {v["id"]: v for v in plan_job(spec).variants}
+    planned = {v["id"]: v for b in Planner(spec).batches() for v in b.todo}
     commit(out, "earlier", [
         {**{k: planned["a"][k] for k in ("id", "variant", "row", "params_hash")}, "status": "accepted"},
         {**{k: planned["b"][k] for k in ("id", "variant", "row", "params_hash")}, "status": "failed"},

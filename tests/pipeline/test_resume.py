@@ -72,11 +72,11 @@ def test_changed_parameter_regenerates_only_that_row(library):
 def test_failed_variant_is_retried(library, tmp_path):
     base, out, _ = library
     manifest = write_manifest(tmp_path / "m.parquet", [{"id": "z", "prompt": "a zebra", "seed": 9}])
-    from pipeline.plan import plan_job
+    from pipeline.plan import Planner
 
-    plan = plan_job(load_job(job_dict(manifest, out)))
+    variants = [v for b in Planner(load_job(job_dict(manifest, out))).batches() for v in b.todo]
     # The state an earlier run leaves when a worker failed on this variant: a `failed` record.
-    failed = dict(plan.variants[0], status="failed", error="sample: CUDA out of memory", variant=0)
+    failed = dict(variants[0], status="failed", error="sample: CUDA out of memory", variant=0)
     MetadataWriter(out, "earlier", record_schema(pa.schema([]))).commit(
         [{k: failed.get(k) for k in ("id", "variant", "row", "status", "error", "params_hash", "prompt")}])
     run = run_job(load_job(job_dict(manifest, out)), **quiet)
@@ -111,7 +111,7 @@ def test_expired_lease_of_a_dead_run_is_taken_over(library):
         json.dump({"run_id": "dead-run", "host": "gone", "pid": 1, "expires_at": time.time() - 1}, f)
     lines = []
     run_job(load_job(job_dict(lease_manifest(base), out)), echo=lines.append)
-    assert "[rushes] took over the lease of run dead-run" in lines
+    assert "[rushes] took over the lease of run dead-run: its lease expired" in lines
     assert Lease(out, "x").holder() is None  # released at the end of the run
 
 

@@ -17,7 +17,7 @@ from pipeline.job import run_job
 from pipeline.lease import LeaseHeld
 from pipeline.library import read_all_records, read_records
 from pipeline.spec import JobSpecError, load_job
-from pipeline.storage import StorageError
+from stages.storage import StorageError
 from tests.conftest import SECRET, job_dict, write_manifest
 from tests.faulty_s3 import FaultyS3, Rule
 

@@ -4,7 +4,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from pipeline.spec import FilterSpec
+from stages.filter import FilterOptions
 from stages.clip_score import ClipScorer, build_tiny_clip, resolve_clip_path
 from stages.filter import FilterStage
 
@@ -44,17 +44,21 @@ def test_unknown_builtin_names_the_known_ones():
     with pytest.raises(ValueError, match="known: builtin:tiny-clip"):
         resolve_clip_path("builtin:huge-clip")
     with pytest.raises(ValueError, match=r"clip_model\n.*unknown builtin model \(known: builtin:tiny-clip\)"):
-        FilterSpec(clip_model="builtin:huge-clip")
+        FilterOptions(clip_model="builtin:huge-clip")
 
 
 def test_filter_records_the_score_and_a_threshold_rejects_with_its_reason():
     moving = np.stack([np.roll(frames()[0], 2 * i, axis=1) for i in range(9)])
     row = {"id": "c", "variant": 0, "status": "pending", "frames": moving, "prompt": "a cat",
            "expanded_prompt": "a cat, cinematic", "stage_seconds": {}}
-    spec = FilterSpec(clip_model="builtin:tiny-clip", min_clip_score=100, score_only=["flow_residual"])
-    r = FilterStage(spec)([dict(row)])[0]
+    spec = FilterOptions(clip_model="builtin:tiny-clip", min_clip_score=100, score_only=["flow_residual"])
+    stage = FilterStage(spec)
+    stage.setup()
+    r = stage([dict(row)])[0]
     assert 0.0 <= r["metrics"]["clip_score"] < 100.0
     assert [x.split(":")[0] for x in r["reasons"]] == ["clip score"] and r["status"] == "rejected"
-    recorded = FilterStage(FilterSpec(clip_model="builtin:tiny-clip"))([dict(row)])[0]
+    unscored = FilterStage(FilterOptions(clip_model="builtin:tiny-clip"))
+    unscored.setup()
+    recorded = unscored([dict(row)])[0]
     assert recorded["metrics"]["clip_score"] == r["metrics"]["clip_score"]  # no threshold: score only
-    assert "clip_score" not in FilterStage(FilterSpec())([dict(row)])[0]["metrics"]
+    assert "clip_score" not in FilterStage(FilterOptions())([dict(row)])[0]["metrics"]

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.spec import EncodeSpec, JobSpecError, load_job
-from stages.encode import (CODECS, EncodeStage, coded_size, encode_preview, encode_video, read_provenance,
-                           verify_video)
+from pipeline.spec import JobSpecError, load_job
+from stages.base import RunContext
+from stages.codecs import CODECS, coded_size, encode_preview, encode_video, read_provenance, verify_video
+from stages.encode import EncodeOptions, EncodeStage
 
 MODEL = {"family": "wan", "path": "builtin:tiny-wan", "revision": None, "dtype": "float32",
          "weights_hash": "w" * 64}
@@ -64,7 +65,7 @@ def test_mp4s_are_faststart_and_h264_is_deterministic():
 
 @pytest.mark.parametrize("codec", ["h264", "av1", "vp9"])
 def test_stage_writes_provenance_poster_and_animated_preview(codec):
-    stage = EncodeStage(EncodeSpec(codec=codec, preset="ultrafast"), run_id="run-1", model=MODEL)
+    stage = EncodeStage(EncodeOptions(codec=codec, preset="ultrafast"), RunContext(run_id="run-1", identity=MODEL))
     r = stage([row(frames=gradient(t=17, h=48, w=64), variant=3)])[0]
     assert r["status"] == "accepted" and "frames" not in r
     assert r["codec"] == codec and r["video_ext"] == CODECS[codec][2] and r["resolution"] == "64x48"
@@ -89,12 +90,12 @@ def test_preview_is_downscaled_and_subsampled():
 
 
 def test_stage_skips_rejected_unless_kept_and_records_odd_size_resolution():
-    out = EncodeStage(EncodeSpec(preset="ultrafast"))([row(), row("rejected")])
+    out = EncodeStage(EncodeOptions(preset="ultrafast"))([row(), row("rejected")])
     assert "video_bytes" in out[0] and "video_bytes" not in out[1]
     assert all("frames" not in r for r in out)
-    kept = EncodeStage(EncodeSpec(keep_rejected=True, preset="ultrafast"))([row("rejected")])[0]
+    kept = EncodeStage(EncodeOptions(keep_rejected=True, preset="ultrafast"))([row("rejected")])[0]
     assert "video_bytes" in kept and kept["status"] == "rejected"
-    odd = EncodeStage(EncodeSpec(preset="ultrafast"))([row(frames=gradient(h=47, w=63))])[0]
+    odd = EncodeStage(EncodeOptions(preset="ultrafast"))([row(frames=gradient(h=47, w=63))])[0]
     assert odd["resolution"] == "64x48" and decode(odd["video_bytes"])[0].shape == (9, 48, 64, 3)
 
 
@@ -109,14 +110,14 @@ def test_verify_catches_truncated_and_mismatched_files():
 
 
 def test_a_row_that_cannot_be_encoded_is_failed_not_raised():
-    r = EncodeStage(EncodeSpec(preset="ultrafast"))([row(frames=np.zeros((0, 8, 8, 3), np.uint8))])[0]
+    r = EncodeStage(EncodeOptions(preset="ultrafast"))([row(frames=np.zeros((0, 8, 8, 3), np.uint8))])[0]
     assert r["status"] == "failed" and r["error"].startswith("encode:") and "video_bytes" not in r
 
 
 def test_codec_settings_are_validated_up_front(monkeypatch):
-    assert EncodeSpec(codec="av1").crf == 35 and EncodeSpec(codec="vp9").crf == 32 and EncodeSpec().crf == 20
+    assert EncodeOptions(codec="av1").crf == 35 and EncodeOptions(codec="vp9").crf == 32 and EncodeOptions().crf == 20
     with pytest.raises(ValueError, match="h264 takes 0..51"):
-        EncodeSpec(crf=60)
+        EncodeOptions(crf=60)
     monkeypatch.setattr(av.codec, "codecs_available", av.codec.codecs_available - {"libsvtav1"})
     with pytest.raises(JobSpecError, match="av1 needs the libsvtav1 encoder"):
         load_job({"manifest": "m.parquet", "output": "o", "encode": {"codec": "av1"}})

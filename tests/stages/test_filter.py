@@ -3,8 +3,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.spec import FilterSpec, JobSpecError, load_job
-from stages.filter import PHASH_FRAMES, FilterStage, phash_distance
+from pipeline.spec import JobSpecError, load_job
+from stages.filter import FilterOptions, FilterStage
+from stages.quality import PHASH_FRAMES, phash_distance
 
 
 def clip(frames, prompt="a test clip"):
@@ -13,7 +14,7 @@ def clip(frames, prompt="a test clip"):
 
 
 def run(frames, **spec):
-    return FilterStage(FilterSpec(**spec))([clip(frames)])[0]
+    return FilterStage(FilterOptions(**spec))([clip(frames)])[0]
 
 
 def words(row):
@@ -166,7 +167,7 @@ def test_null_threshold_and_score_only_record_without_rejecting():
 
 def test_score_only_names_are_checked():
     with pytest.raises(ValueError, match="unknown metric 'motoin'.*allowed: .*motion"):
-        FilterSpec(score_only=["motoin"])
+        FilterOptions(score_only=["motoin"])
     with pytest.raises(JobSpecError, match="min_clip_score needs filter.clip_model"):
         load_job({"manifest": "m.parquet", "output": "o", "filter": {"min_clip_score": 20}})
 
@@ -184,7 +185,7 @@ def test_near_identical_clips_have_close_hashes_and_different_clips_far():
 
 def test_rows_not_pending_pass_through():
     row = dict(clip(panning()), status="failed", error="sample: x")
-    out = FilterStage(FilterSpec())([row])[0]
+    out = FilterStage(FilterOptions())([row])[0]
     assert out["status"] == "failed" and out["metrics"] == {} and "phash" not in out
 
 

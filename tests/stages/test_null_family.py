@@ -6,8 +6,8 @@ import pytest
 
 from stages.checkpoints import model_identity, resolve_model_path
 from stages.families import FAMILIES, NullFamily, family_for
-from stages.filter import FilterStage, phash_distance
-from pipeline.spec import FilterSpec
+from stages.filter import FilterOptions, FilterStage
+from stages.quality import phash_distance
 
 SHAPE = dict(height=64, width=96, num_frames=9, num_inference_steps=2, guidance_scale=5.0)
 
@@ -46,7 +46,7 @@ def test_frames_pass_the_default_filter_and_are_not_duplicates():
     for seed in range(6):
         frames, _ = NullFamily.decode(None, sample([seed])[0])
         rows.append({"status": "pending", "frames": frames, "stage_seconds": {}, "prompt": "p"})
-    rows = FilterStage(FilterSpec())(rows)
+    rows = FilterStage(FilterOptions())(rows)
     assert [r["status"] for r in rows] == ["accepted"] * 6, [r["reasons"] for r in rows]
     hashes = [r["phash"] for r in rows]
     assert min(phash_distance(a, b) for i, a in enumerate(hashes) for b in hashes[i + 1:]) > 24
@@ -88,7 +88,7 @@ def test_cpu_stages_and_the_pipeline_modules_do_not_import_torch():
     import sys
 
     code = ("import sys, pipeline.job, pipeline.graph, pipeline.plan, pipeline.cli, stages.filter, stages.encode, "
-            "stages.families; stages.families.family_for('null').sample(None, ['p'], [''], [1], height=16, width=16, "
+            "stages.write, stages.families; stages.families.family_for('null').sample(None, ['p'], [''], [1], height=16, width=16, "
             "num_frames=5, num_inference_steps=1, guidance_scale=1.0); "
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -3,30 +3,30 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.spec import DecodeSpec, ModelSpec, SampleSpec
+from stages.base import ModelSpec, RunContext
 from stages.checkpoints import resolve_model_path
-from stages.decode import DecodeStage
+from stages.decode import DecodeOptions, DecodeStage
 from stages.expand import ExpandStage
-from stages.sample import SampleStage
+from stages.sample import SampleOptions, SampleStage
 from tests.stages.test_expand import row
 
 
 def variants(n, **kw):
-    from pipeline.spec import ExpandSpec
+    from stages.expand import ExpandOptions
 
     rows = [row(id=f"r{i}", prompt=p, seed=10 + i, **kw)
             for i, p in enumerate(["a cat on a beach", "a red car at night", "a robot arm in a warehouse",
                                    "a whale in the ocean"][:n])]
-    return ExpandStage(ExpandSpec(), {})(rows)
+    return ExpandStage(ExpandOptions())(rows)
 
 
 def cpu(batch_size=4, **kw):
-    return SampleSpec(batch_size=batch_size, resources={"num_gpus": 0}, **kw)
+    return SampleOptions(batch_size=batch_size, resources={"num_gpus": 0}, **kw)
 
 
 @pytest.fixture(scope="module")
 def sampler():
-    stage = SampleStage(ModelSpec(), cpu(batch_size=4))
+    stage = SampleStage(cpu(batch_size=4), RunContext())
     stage.setup()
     return stage
 
@@ -44,7 +44,7 @@ def test_latents_have_the_models_shape(sampler):
 def test_batching_never_changes_a_variants_latents(sampler):
     batched = sampler(variants(3))
     calls = sampler.calls
-    single = SampleStage(ModelSpec(), cpu(batch_size=1))
+    single = SampleStage(cpu(batch_size=1), RunContext())
     single.pipe = sampler.pipe
     alone = [single(variants(3)[i:i + 1])[0] for i in range(3)]
     assert sampler.calls == calls  # the shared pipe did not count these
@@ -77,7 +77,8 @@ def test_nan_weights_give_failed_rows_not_an_exception(tmp_path):
     with torch.no_grad():
         next(pipe.transformer.parameters()).fill_(float("nan"))
     pipe.save_pretrained(tmp_path / "nan-wan")
-    stage = SampleStage(ModelSpec(path=str(tmp_path / "nan-wan")), cpu())
+    stage = SampleStage(cpu(), RunContext(model=ModelSpec(path=str(tmp_path / "nan-wan"))))
+    stage.setup()
     out = stage(variants(2))
     assert [r["status"] for r in out] == ["failed", "failed"]
     assert all("NaN" in r["error"] for r in out)
@@ -86,7 +87,8 @@ def test_nan_weights_give_failed_rows_not_an_exception(tmp_path):
 
 def test_decode_gives_uint8_frames_and_drops_latents(sampler):
     rows = sampler(variants(2))
-    decoder = DecodeStage(ModelSpec(), DecodeSpec(resources={"num_gpus": 0}))
+    decoder = DecodeStage(DecodeOptions(resources={"num_gpus": 0}), RunContext())
+    decoder.setup()
     out = decoder(rows)
     for r in out:
         assert "latents" not in r

@@ -1,0 +1,130 @@
+"""The stage contract, and the few pieces every stage shares.
+
+A stage is a class with
+- `name`: its key in the job file and its operator's name;
+- `Options`: a pydantic model (a `StageOptions`) with its settings, its `batch_size` and its `resources`;
+- `holds_model`: True makes it an actor pool whose `setup()` runs once per actor; False makes it tasks;
+- `__init__(options, ctx)`: cheap, runs in the driver; nothing is loaded here;
+- `setup()`: loads what the stage needs, once per worker, in the worker;
+- `__call__(rows) -> rows`: the work on one batch. A problem with one row becomes that row's `status` and
+  `error`; an exception is for a broken worker, never for a bad row.
+
+`pipeline/graph.py` turns the ordered list of stages into Ray Data operators from these declarations alone.
+Nothing here, or anywhere in `stages/`, imports `pipeline/` or Ray.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Strict(BaseModel):
+    """Job-file models: an unknown key is an error, and so is a bad value set after construction."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+_REPLICAS = re.compile(r"^\s*(\d+)\s*\.\.\s*(\d+)\s*$")
+
+
+class Resources(Strict):
+    """What one replica of a stage asks Ray for, and how many replicas run."""
+
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; fractions share a GPU")
+    memory_gb: float | None = Field(None, gt=0, description="memory reserved per replica, in GiB")
+    replicas: int | str = Field(1, description="actor pool size: a number, or 'min..max' for Ray Data to scale")
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas(cls, v: int | str) -> int | str:
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError("must be at least 1")
+            return v
+        m = _REPLICAS.match(v)
+        if not m:
+            raise ValueError("must be a number or a range 'min..max', e.g. '1..8'")
+        lo, hi = int(m.group(1)), int(m.group(2))
+        if not 1 <= lo <= hi:
+            raise ValueError(f"range {v!r} needs 1 <= min <= max")
+        return f"{lo}..{hi}"
+
+    @property
+    def replica_range(self) -> tuple[int, int]:
+        if isinstance(self.replicas, int):
+            return self.replicas, self.replicas
+        lo, hi = self.replicas.split("..")
+        return int(lo), int(hi)
+
+
+class StageOptions(Strict):
+    """What every stage's options have. A stage's own options subclass this in the stage's file."""
+
+    batch_size: int = Field(1, ge=1, description="rows per call of the stage")
+    resources: Resources = Field(default_factory=Resources)
+
+    def pixel_settings(self) -> dict[str, Any]:
+        """The options that change a video's pixels, folded into every `params_hash` (none by default)."""
+        return {}
+
+
+class ModelSpec(Strict):
+    family: str = Field("wan", description="built-in family (wan) or 'package.module:ClassName'")
+    path: str = Field("builtin:tiny-wan", description="builtin:tiny-wan, a local folder, or a hub id")
+    revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @field_validator("family")
+    @classmethod
+    def _family_exists(cls, v: str) -> str:
+        from stages.families import family_for
+
+        family_for(v)
+        return v
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a stage may know about the run it is part of, besides its own options."""
+
+    run_id: str = ""
+    output: str = ""
+    storage_options: dict = field(default_factory=dict)
+    manifest: str = ""
+    model: ModelSpec = field(default_factory=ModelSpec)
+    identity: dict | None = None  # stages.checkpoints.model_identity(): what decides the model's pixels
+
+
+class Stage:
+    name: ClassVar[str]
+    Options: ClassVar[type[StageOptions]] = StageOptions
+    holds_model: bool = False
+
+    def __init__(self, options: StageOptions | None = None, ctx: RunContext | None = None):
+        self.options = options if options is not None else self.Options()
+        self.ctx = ctx or RunContext()
+
+    def setup(self) -> None:
+        """Load what the stage needs; runs once per worker, in the worker."""
+
+    def __call__(self, rows: list[dict]) -> list[dict]:
+        raise NotImplementedError
+
+
+def pick_device(num_gpus: float) -> str:
+    import torch
+
+    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def use_threads(resources: Resources) -> None:
+    """Torch threads for one replica: the CPUs it asked for, so replicas on one node do not oversubscribe it."""
+    import torch
+
+    torch.set_num_threads(max(1, round(resources.num_cpus)))

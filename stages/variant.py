@@ -1,0 +1,83 @@
+"""A variant's fields, defined once.
+
+Every list that names a variant's fields is derived from `FIELDS` below: the record schema of the
+library, the manifest columns a row may override (with their kinds and bounds), the fields that go
+into `params_hash`, the shape-bucket key that sampling batches on, the fields a retried variant
+carries over, and the columns the library state reads back. Adding a per-variant setting is one line
+here (plus its job-file default in `SamplingSpec` when a row may override it).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+FLOAT_MAP = pa.map_(pa.string(), pa.float64())
+
+
+@dataclass(frozen=True)
+class VariantField:
+    name: str
+    type: pa.DataType
+    override: str | None = None  # a manifest column of this kind may set it per row: int, float, string, list<string>
+    bounds: tuple | None = None  # inclusive (low, high) for a numeric override
+    pixels: bool = False  # decides the pixels: part of params_hash
+    bucket: bool = False  # variants sampled in one pipeline call must agree on it
+    planned: bool = False  # decided when planning (not a result): a retried variant keeps it
+    state: bool = False  # read back into the library state that a re-run compares against
+
+
+V = VariantField
+FIELDS = [
+    V("run_id", pa.string()),
+    V("id", pa.string(), planned=True, state=True),
+    V("variant", pa.int32(), planned=True, state=True),
+    V("row", pa.int64(), planned=True, state=True),
+    V("status", pa.string(), state=True),
+    V("error", pa.string(), state=True),
+    V("reasons", pa.list_(pa.string())),
+    V("prompt", pa.string(), planned=True),
+    V("expanded_prompt", pa.string(), pixels=True, planned=True),
+    V("negative_prompt", pa.string(), override="string", pixels=True, planned=True),
+    V("seed", pa.int64(), override="int", bounds=(0, 2**31 - 1), pixels=True),
+    V("height", pa.int32(), override="int", bounds=(16, 4096), pixels=True, bucket=True, planned=True),
+    V("width", pa.int32(), override="int", bounds=(16, 4096), pixels=True, bucket=True, planned=True),
+    V("num_frames", pa.int32(), override="int", bounds=(1, 1024), pixels=True, bucket=True, planned=True),
+    V("fps", pa.int32(), override="int", bounds=(1, 120), pixels=True, planned=True),
+    V("num_inference_steps", pa.int32(), override="int", bounds=(1, 1000), pixels=True, bucket=True,
+      planned=True),
+    V("guidance_scale", pa.float64(), override="float", bounds=(0.0, 100.0), pixels=True, bucket=True,
+      planned=True),
+    V("num_variants", None, override="int", bounds=(1, 64)),  # a row's setting: no variant has it
+    V("style", pa.string(), override="string", planned=True),
+    V("tags", pa.list_(pa.string()), override="list<string>", planned=True),
+    V("model_family", pa.string()), V("model_path", pa.string()), V("model_revision", pa.string()),
+    V("model_dtype", pa.string()), V("model_weights_hash", pa.string()),
+    V("params_hash", pa.string(), planned=True, state=True),
+    V("video_uri", pa.string()), V("poster_uri", pa.string()), V("preview_uri", pa.string()),
+    V("bytes", pa.int64()), V("sha256", pa.string()),
+    V("duration_s", pa.float64()), V("resolution", pa.string()), V("codec", pa.string()),
+    V("metrics", FLOAT_MAP), V("phash", pa.string(), state=True), V("stage_seconds", FLOAT_MAP),
+    V("attempt", pa.int32()), V("attempts", pa.list_(pa.string())),
+    V("manifest", pa.string()), V("committed_at", pa.timestamp("us", tz="UTC"), state=True),
+]
+del V
+
+RECORD_SCHEMA = pa.schema([(f.name, f.type) for f in FIELDS if f.type is not None])
+OVERRIDES = {f.name: f.override for f in FIELDS if f.override}
+BOUNDS = {f.name: f.bounds for f in FIELDS if f.bounds}
+PIXEL_FIELDS = tuple(f.name for f in FIELDS if f.pixels)
+BUCKET_FIELDS = tuple(f.name for f in FIELDS if f.bucket)
+PLANNED_FIELDS = tuple(f.name for f in FIELDS if f.planned) + ("extra",)  # extra: the manifest's own columns
+STATE_COLUMNS = tuple(f.name for f in FIELDS if f.state)
+STATUSES = ("accepted", "rejected", "invalid", "failed")
+
+
+def params_hash(settings: dict, variant: dict) -> str:
+    """sha256 of the canonical JSON of everything that decides a variant's pixels: the run's pixel
+    settings (model identity, encoder settings, ...) and the variant's own PIXEL_FIELDS."""
+    params = {**settings, **{k: variant[k] for k in PIXEL_FIELDS}}
+    blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()

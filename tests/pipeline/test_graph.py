@@ -1,0 +1,45 @@
+"""The graph's pre-flight fit of the whole pipeline against a cluster's CPUs (no Ray needed)."""
+import pytest
+
+from pipeline.errors import ClusterError
+from pipeline.graph import PLAN_READ, fit_pipeline
+from pipeline.spec import STAGES, load_job
+from stages.base import RunContext
+
+
+def stages_and_asks(**job):
+    spec = load_job({"manifest": "m", "output": "o", **job})
+    stages = [cls(getattr(spec, cls.name), RunContext()) for cls in STAGES]
+    return stages, {s.name: s.options.resources for s in stages}
+
+
+def test_a_pipeline_that_fits_is_left_as_asked():
+    stages, asks = stages_and_asks()
+    fitted, change = fit_pipeline(stages, asks, 8)
+    assert change is None and fitted["sample"] == asks["sample"] and fitted[PLAN_READ].num_cpus == 1
+
+
+def test_model_actors_that_hold_every_cpu_leave_a_share_for_the_tasks():
+    """The starved case: sample and decode actors hold both CPUs of a 2-CPU cluster."""
+    stages, asks = stages_and_asks()
+    fitted, change = fit_pipeline(stages, asks, 2)
+    assert fitted[PLAN_READ].num_cpus == 1  # whole: Ray Data's repartition after it asks for 1
+    assert fitted["sample"].num_cpus == fitted["decode"].num_cpus == pytest.approx(0.375)
+    assert sum(fitted[n].num_cpus for n in ("filter", "encode", "write")) == pytest.approx(0.25)
+    assert sum(r.num_cpus for r in fitted.values()) <= 2 + 1e-9
+    assert "ask for 6 CPUs together" in change and "the cluster has 2" in change
+    assert "sample 0.38" in change and "encode 0.08" in change
+
+
+def test_tasks_share_what_the_pools_leave_and_replicas_count():
+    stages, asks = stages_and_asks(sample={"resources": {"num_cpus": 1, "replicas": "2..4"}})
+    fitted, change = fit_pipeline(stages, asks, 5)  # read 1, pools 2 x 1 + 1 = 3, tasks 3
+    assert fitted["sample"].num_cpus == 1 and fitted["decode"].num_cpus == 1
+    assert fitted["encode"].num_cpus == pytest.approx(1 / 3)
+    assert "sample 2 (2 replicas)" in change
+
+
+def test_no_cpus_is_refused():
+    stages, asks = stages_and_asks()
+    with pytest.raises(ClusterError, match="needs more than one"):
+        fit_pipeline(stages, asks, 1)
