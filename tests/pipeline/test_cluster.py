@@ -158,7 +158,7 @@ def test_the_only_gpu_nodes_lost_and_never_replaced_stops_with_a_diagnosis(clust
     prompts = [f"a lantern in the snow {i}" for i in range(6)]
     prompts[0] += " hold:gate3"
     prompts[3] += " hold:gate3"
-    spec = chaos_job(make_manifest, tmp_path, prompts, ray={"stall_timeout_s": 10},
+    spec = chaos_job(make_manifest, tmp_path, prompts, ray={"stall_timeout_s": 45},
                      sample={"batch_size": 1, "resources": {"num_cpus": 1, "num_gpus": 1, "replicas": 2}})
     result = {}
 
