@@ -104,8 +104,9 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=0.0)
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
-    for k, v in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        os.environ.setdefault(k, v)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Queue()
     server = ctx.Process(target=serve, args=(a.latency_ms / 1000, ready), daemon=True)

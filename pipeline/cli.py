@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("output", help="output URI")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                    help="fsspec option, e.g. endpoint_url=http://127.0.0.1:9000")
-    p.add_argument("--target-records", type=positive_int, default=None,
+    p.add_argument("--target-records", type=positive_int, default=None, metavar="N",
                    help="records per new part (default 100000)")
     p.add_argument("--force", action="store_true",
                    help="take over the output's lease even if it has not expired (its holder is dead)")

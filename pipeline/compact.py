@@ -1,35 +1,37 @@
 """Compaction: rewrite a library's many small metadata parts into a few large ones, losing nothing.
 
-    rushes compact OUTPUT [--storage-option K=V ...] [--target-records N]
+    rushes compact OUTPUT [--storage-option K=V ...] [--target-records N] [--force]
     from pipeline.compact import compact; compact("s3://bucket/library", {"endpoint_url": ...})
 
-Every committed batch of every run is one Parquet part under `metadata/`; after a thousand nightly runs a
-reader pays a thousand GETs. `compact` takes the output's lease (as a run does: a run in progress makes
-it stop with LeaseHeld, and no run starts while it works), reads the parts in commit order and writes
-their records, every one of them (superseded history included) in the same order, into parts of
-`target_records` records. A leading run of full parts from an earlier compaction is kept as it is.
+Every committed batch of every run is one Parquet part under `metadata/`, so after a thousand nightly
+runs a reader pays thousands of GETs. `compact` takes the output's lease as a run does (while a run
+holds it, LeaseHeld; while compact holds it, no run starts). It reads the parts in commit order and
+writes their records into parts of `target_records` records, in the same order. It keeps every record,
+superseded history included, and unifies the extra columns as `read_all_records` does. Full parts left
+by an earlier compaction, at the head of the list, are kept as they are.
 
-New parts are named like a run's, `part-<compaction id>-<seq>.parquet`, with the id
-`<UTC timestamp, to the microsecond>-compact-<6 hex>`: they sort after every part of the runs before (whose ids start with
-an earlier timestamp) and before every part of later runs, so name order stays commit order, which
-decides between records committed at the same instant.
+New parts are named like a run's: `part-<id>-<seq>.parquet`, with the id
+`<UTC time to the microsecond>-compact-<6 hex>`. Run ids start with their UTC start time, so the new
+parts sort after those of earlier runs and before those of later runs. Name order therefore stays
+commit order, which decides between records committed at the same instant.
 
-Crash safety: one small marker, `metadata/_compaction.json`, which readers honour
-(`pipeline.library.metadata_parts`):
+Crash safety. Writing the new parts and then deleting the old ones is not enough on its own: a kill
+between the two would leave every record twice. One small marker, `metadata/_compaction.json`, is what
+readers honour (`pipeline.library.metadata_parts`):
 
-1. `{"id", "replaces": [old part names], "parts": null}` before the first new part is written.
-   Readers leave out every `part-<id>-*`: a kill while writing loses nothing and doubles nothing.
-2. The new parts, each one atomic write.
-3. `{"id", "replaces", "parts": [new part names]}`: the commit point. Readers now leave out the
-   replaced parts instead (and re-list if not all new parts are listed yet).
+1. `{"id", "replaces": [old part names], "parts": null}`, written before the first new part. Readers
+   leave out every `part-<id>-*`, so a kill while writing loses nothing and doubles nothing.
+2. The new parts, each in one atomic write.
+3. `{"id", "replaces", "parts": [new part names]}`: the commit point. From here readers leave out the
+   replaced parts instead. A reader whose listing lacks some of the new parts lists again.
 4. The replaced parts are removed, then the marker.
 
-A compaction killed anywhere leaves the library reading exactly as before, with neither a lost nor a
-doubled record; the next `compact` finishes the job from the marker (after step 3: removes the
-replaced parts; before: removes the partial new parts) before it compacts. A reader that lists
-while a compaction removes parts meets a missing part and reads again. Run ids must stay unique per
-output (the default is a timestamp and a random suffix): a marker left by a killed compaction names
-the parts it replaces.
+A compaction killed at any step leaves the records read exactly as they were. The next `compact` first
+completes (killed after step 3: removes the replaced parts) or undoes (killed before: removes the new
+parts) what the marker describes. Readers read the marker after listing, and list again when a listed
+part has gone. So a reader running during a compaction also gets every record exactly once. Run ids
+must stay unique per output (the default, a timestamp and a random suffix, is): until a killed
+compaction is finished, its marker names the parts it replaces.
 """
 from __future__ import annotations
 

@@ -59,9 +59,11 @@ def metadata_parts(output: str, storage_options: dict | None = None) -> tuple:
         if marker["parts"] is None:  # still writing: its new parts are not all there
             parts = {n: p for n, p in parts.items() if not n.startswith(f"part-{marker['id']}-")}
         elif set(marker["parts"]) <= parts.keys():  # written in full: they hold the replaced parts' records
-            parts = {n: p for n, p in parts.items() if n not in set(marker["replaces"])}
+            replaced = set(marker["replaces"])
+            parts = {n: p for n, p in parts.items() if n not in replaced}
         else:  # written in full, yet not all listed: this listing predates them
-            raise LibraryChanged(f"{fs.unstrip_protocol(meta)}: compaction {marker['id']}'s parts are not all listed")
+            raise LibraryChanged(f"{fs.unstrip_protocol(meta)}: not all of compaction {marker['id']}'s parts "
+                                 "are listed")
     return fs, sorted(parts.values())
 
 

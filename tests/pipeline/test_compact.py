@@ -3,6 +3,7 @@ refused while a run holds the output, safe against a kill at any step, and a run
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from pipeline.commit import MetadataWriter, record_schema
 from pipeline.compact import compact
 from pipeline.job import run_job
 from pipeline.lease import Lease, LeaseHeld
-from pipeline.library import COMPACTION_MARKER, LibraryState, metadata_parts, read_all_records, read_records
+from pipeline.library import (COMPACTION_MARKER, LibraryState, metadata_parts, read_all_records, read_in_order,
+                              read_records)
 from pipeline.spec import load_job
 from stages.storage import filesystem
 from tests.conftest import job_dict, write_manifest
@@ -127,6 +129,21 @@ def test_reads_in_one_worker_and_in_many_agree(library):
     assert files == sorted(files) and len(files) == 16
 
 
+def test_reads_run_ahead_of_their_consumer_by_at_most_the_worker_count():
+    started, consumed, ahead = [], [], []
+    rng = random.Random(3)
+
+    def read(i):
+        started.append(i)
+        time.sleep(rng.uniform(0, 0.002))  # finish out of order
+        return i
+
+    for i in read_in_order(read, list(range(200)), workers=4):
+        ahead.append(len(started) - len(consumed) - 1)  # read or being read, besides the one consumed now
+        consumed.append(i)
+    assert consumed == list(range(200)) and max(ahead) <= 4
+
+
 def test_nothing_to_compact_changes_nothing(tmp_path):
     out = str(tmp_path / "lib")
     assert compact(out).parts_after == 0
@@ -213,17 +230,34 @@ def test_a_compaction_killed_at_random_moments_never_changes_what_is_read(tmp_pa
     out = str(tmp_path / "lib")
     fill(out, {}, runs=12)
     before = snapshot(out, {})
+
+    def start(lib):
+        """A compacting child, once its work has begun (its marker is there)."""
+        child = compact_in_child(lib, {}, target_records=10)
+        while marker(lib, {}) is None and child.poll() is None:
+            time.sleep(0.001)
+        return child, time.monotonic()
+
+    shutil.copytree(out, tmp_path / "copy")  # how long the work takes here, from its marker to its end
+    child, began = start(str(tmp_path / "copy"))
+    child.wait(timeout=60)
+    span = time.monotonic() - began
     rng = random.Random(7)
-    for round_ in range(6):
-        child = compact_in_child(out, {}, target_records=10)
-        time.sleep(rng.uniform(0.5, 2.5))  # imports take most of a second; the work about as long
+    states = []
+    for round_ in range(8):
+        child, _ = start(out)
+        time.sleep(rng.uniform(0, span))  # somewhere in writing the new parts or removing the old ones
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=60)
+        left = marker(out, {})
+        states.append("done" if left is None else "writing" if left["parts"] is None else "committed")
         assert snapshot(out, {}) == before
         compact(out, {}, target_records=10, force=True)
         assert snapshot(out, {}) == before and marker(out, {}) is None
         fill(out, {}, runs=1, first=100 + round_, later=True)  # more parts for the next round
         before = snapshot(out, {})
+    # Kills mostly land while it writes: its deletes are quick here (the tests above kill it there).
+    assert "writing" in states, states
 
 
 def test_readers_during_a_compaction_see_the_same_records(library):
@@ -252,8 +286,7 @@ def test_a_run_after_compaction_skips_everything_done(ray_local, tmp_path):
     rows = [{"id": f"n{i}", "prompt": f"a null clip {i}", "seed": i} for i in range(6)]
     out = str(tmp_path / "out")
     job = lambda m: job_dict(m, out, model={"family": "null", "path": "builtin:null"},  # noqa: E731
-                             sampling={"num_frames": 5}, commit={"max_records": 2},
-                             filter={"max_duplicate_distance": None})
+                             sampling={"num_frames": 5}, commit={"max_records": 2})
     run_job(load_job(job(write_manifest(tmp_path / "m1.parquet", rows))), echo=lambda *_: None)
     rows[0]["seed"] = 100  # regenerated: history
     second = run_job(load_job(job(write_manifest(tmp_path / "m2.parquet", rows))), echo=lambda *_: None)
