@@ -11,8 +11,9 @@
    off so both sample the same prompts, and `encode.keep_rejected` is on so both write every video.
    The job streams one row at a time (`sample.batch_size: 1`) into two decode replicas, the best
    setting found on a 2-core machine, where the tiny model's VAE decode is most of the work;
-   `--set KEY=VALUE` (a YAML value) changes any job key, e.g. `--set sample.batch_size=4
-   --set decode.resources.replicas=1` for the job-file defaults.
+   `--set KEY=VALUE` (a YAML value) changes any job key. `--defaults` leaves every stage setting
+   (resources, replicas, batch sizes) and the commit settings at the job file's defaults, as a new
+   user's job would have them.
 
 Prints the machine and, for each, videos/s end to end (the loop's pipeline load, Rushes' Ray start-up
 and actor model loads included) and after the first video (once each runs full), their ratios, and
@@ -140,6 +141,10 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Rushes job-file override")
     ap.add_argument("--skip-loop", action="store_true", help="run only Rushes (to compare job settings)")
     ap.add_argument("--skip-rushes", action="store_true", help="run only the loop")
+    ap.add_argument("--defaults", action="store_true",
+                    help="Rushes with the job file's defaults as they are: no stage resources, replicas, batch "
+                         "sizes or commit settings set (only the model, the sampling shape, expansion off and "
+                         "keep_rejected, so both sides make the same videos)")
     ap.add_argument("--loop-threads", type=int, help="torch threads of the loop (default: torch's, one per core)")
     a = ap.parse_args()
     if a.loop_threads:
@@ -158,6 +163,9 @@ def main() -> None:
            "decode": {"resources": {"num_cpus": 1, "num_gpus": gpus, "replicas": 2}},
            "encode": {"keep_rejected": True},
            "commit": {"max_wait_s": 0}}  # every block committed as it comes: the commit times are the videos'
+    if a.defaults:
+        for key in ("sample", "decode", "commit"):
+            del job[key]
     for item in a.set:
         key, _, value = item.partition("=")
         set_key(job, key, yaml.safe_load(value))
@@ -168,7 +176,7 @@ def main() -> None:
     print(describe())
     print(f"{a.rows} rows, tiny Wan, {a.width}x{a.height}, {a.frames} frames, {a.steps} steps, CFG 5.0; "
           f"Rushes settings: {', '.join(a.set) or 'as in the job below'}")
-    print("  job: " + yaml.safe_dump({k: job[k] for k in ("sample", "decode", "encode")},
+    print("  job: " + yaml.safe_dump({k: job[k] for k in ("sample", "decode", "encode") if k in job},
                                      default_flow_style=True, width=200).strip())
     loop_rate = None
     if not a.skip_loop:

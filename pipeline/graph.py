@@ -296,6 +296,26 @@ def fit_pipeline(stages: list[Stage], asks: dict[str, Resources], cpus: float
                     f"{cpus:g}; so that every stage can run at once, CPUs per replica are now: {now}")
 
 
+AUTO_CPU_REPLICAS = (1, 4)  # bounds of an 'auto' pool on a cluster without GPUs
+
+
+def auto_replicas(res: Resources, cpus: float, gpus: float) -> Resources:
+    """`replicas: auto`, resolved against the cluster when the run starts.
+
+    - A stage that asks for GPUs: a pool that Ray Data scales from 1 up to as many replicas as the
+      cluster's GPUs hold, so it grows when its input queues up and the GPUs are free.
+    - On CPUs alone: a fixed pool of one replica per two logical CPUs (1 to 4). A model stage on CPU
+      runs each replica with `num_cpus` threads; for the small convolutions of a VAE, two one-thread
+      replicas do more than one two-thread replica, and a fixed pool starts them all at once, where an
+      autoscaling one would add them only after its queue had built up (bench/RESULTS.md, vs_loop)."""
+    if res.replicas != "auto":
+        return res
+    if res.num_gpus:
+        return res.model_copy(update={"replicas": f"1..{max(1, int(gpus // res.num_gpus))}"})
+    lo, hi = AUTO_CPU_REPLICAS
+    return res.model_copy(update={"replicas": min(hi, max(lo, int(cpus // 2)))})
+
+
 def read_plan(batch: pa.Table, storage_options: dict) -> pa.Table:
     """Task operator: the variants of the plan objects named in `batch`."""
     return pa.concat_tables([read_plan_object(uri, storage_options) for uri in batch.column("uri").to_pylist()])
@@ -308,11 +328,14 @@ def build_dataset(spec: JobSpec, plan_uris: list[str], ctx: RunContext) -> tuple
     if single_machine_without_gpus() and any(r.num_gpus for r in asks.values()):
         asks = {name: r.model_copy(update={"num_gpus": 0.0}) for name, r in asks.items()}
         log.warning("no GPU on this machine: the stages run on CPU (their num_gpus requests dropped)")
+    alive = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    cpus, gpus = sum(n.get("CPU", 0) for n in alive), sum(n.get("GPU", 0) for n in alive)
+    asks = {name: auto_replicas(r, cpus, gpus) for name, r in asks.items()}
     wait_for_resources(asks, spec.ray.resource_wait_s)
     crowded = gpus_crowded({s.name: asks[s.name] for s in stages if s.holds_model})
     if crowded:
         log.warning(crowded)
-    asks, change = fit_pipeline(stages, asks, sum(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]))
+    asks, change = fit_pipeline(stages, asks, cpus)
     if change:
         log.warning(change)
 

@@ -70,7 +70,7 @@ class RaySpec(Strict):
                                  "sign of life for this long; working stages send heartbeats, so a slow model "
                                  "never trips it")
     max_rows_per_dataset: int = Field(
-        100_000, ge=1, description="variants per Ray Data dataset: a longer run goes in waves of this many, "
+        25_000, ge=1, description="variants per Ray Data dataset: a longer run goes in waves of this many, "
                                    "because the driver's Ray Data bookkeeping grows with one dataset's blocks; "
                                    "the model actors restart (and reload) between waves")
 

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -36,20 +36,24 @@ class Resources(Strict):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; fractions share a GPU")
     memory_gb: float | None = Field(None, gt=0, description="memory reserved per replica, in GiB")
-    replicas: int | str = Field(1, description="actor pool size: a number, or 'min..max' for Ray Data to scale")
+    replicas: int | str = Field(
+        1, description="actor pool size: a number, 'min..max' for Ray Data to scale, or 'auto' (chosen from the "
+                       "cluster when the run starts: see pipeline/graph.py auto_replicas)")
 
     @field_validator("replicas")
     @classmethod
     def _replicas(cls, v: int | str) -> int | str:
         if isinstance(v, str) and v.strip().isdigit():
             v = int(v)
+        if v == "auto":
+            return v
         if isinstance(v, int):
             if v < 1:
                 raise ValueError("must be at least 1")
             return v
         m = _REPLICAS.match(v)
         if not m:
-            raise ValueError("must be a number or a range 'min..max', e.g. '1..8'")
+            raise ValueError("must be a number, a range 'min..max' (e.g. '1..8'), or 'auto'")
         lo, hi = int(m.group(1)), int(m.group(2))
         if not 1 <= lo <= hi:
             raise ValueError(f"range {v!r} needs 1 <= min <= max")
@@ -59,15 +63,32 @@ class Resources(Strict):
     def replica_range(self) -> tuple[int, int]:
         if isinstance(self.replicas, int):
             return self.replicas, self.replicas
+        if self.replicas == "auto":
+            raise ValueError("replicas 'auto' is resolved against the cluster first (pipeline.graph.auto_replicas)")
         lo, hi = self.replicas.split("..")
         return int(lo), int(hi)
 
 
 class StageOptions(Strict):
-    """What every stage's options have. A stage's own options subclass this in the stage's file."""
+    """What every stage's options have. A stage's own options subclass this in the stage's file.
 
+    `RESOURCE_DEFAULTS` are the stage's own defaults for `resources`; a `resources` block in the job file
+    changes only the keys it names (`sample: {resources: {num_cpus: 4}}` keeps the sampler's GPU)."""
+
+    RESOURCE_DEFAULTS: ClassVar[dict] = {}
     batch_size: int = Field(1, ge=1, description="rows per call of the stage")
     resources: Resources = Field(default_factory=Resources)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_resource_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            given = data.get("resources")
+            if given is None:
+                data = {**data, "resources": dict(cls.RESOURCE_DEFAULTS)}
+            elif isinstance(given, dict):
+                data = {**data, "resources": {**cls.RESOURCE_DEFAULTS, **given}}
+        return data
 
     def pixel_settings(self) -> dict[str, Any]:
         """The options that change a video's pixels, folded into every `params_hash` (none by default)."""

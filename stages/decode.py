@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import time
 
-from pydantic import Field
-
-from stages.base import Resources, Stage, StageOptions, pick_device, use_threads
+from stages.base import Stage, StageOptions, pick_device, use_threads
 from stages.checkpoints import resolve_model_path
 from stages.families import family_for
 
 
 class DecodeOptions(StageOptions):
-    resources: Resources = Field(default_factory=lambda: Resources(num_gpus=1.0))
+    # auto: a pool that grows to the cluster's GPUs, or on CPUs a replica per two CPUs (pipeline/graph.py)
+    RESOURCE_DEFAULTS = {"num_gpus": 1.0, "replicas": "auto"}
 
 
 class DecodeStage(Stage):

@@ -16,17 +16,19 @@ from collections import defaultdict
 import numpy as np
 from pydantic import Field
 
-from stages.base import Resources, Stage, StageOptions, pick_device, use_threads
+from stages.base import Stage, StageOptions, pick_device, use_threads
 from stages.checkpoints import resolve_model_path
 from stages.families import family_for
 from stages.variant import BUCKET_FIELDS
 
 
 class SampleOptions(StageOptions):
-    batch_size: int = Field(4, ge=1, description="variants per pipeline call (same shape only)")
+    # 1: with batch-invariant forwards each variant is denoised in its own forward anyway, and one variant
+    # per call streams the first videos into decoding sooner. Raise it with batch_invariant: false.
+    batch_size: int = Field(1, ge=1, description="variants per pipeline call (same shape only)")
     batch_invariant: bool = Field(
         True, description="denoise each variant in its own forward so batching never changes pixels")
-    resources: Resources = Field(default_factory=lambda: Resources(num_gpus=1.0))
+    RESOURCE_DEFAULTS = {"num_gpus": 1.0}
 
     def pixel_settings(self) -> dict:
         return {"batch_invariant": self.batch_invariant}

@@ -100,7 +100,7 @@ def job_dict(manifest: str, output: str, **overrides) -> dict:
         "output": output,
         "sampling": {"height": 64, "width": 64, "num_frames": 9, "fps": 8, "num_inference_steps": 2},
         "sample": {"batch_size": 4, "resources": {"num_cpus": 1, "num_gpus": 0}},
-        "decode": {"resources": {"num_cpus": 1, "num_gpus": 0}},
+        "decode": {"resources": {"num_cpus": 1, "num_gpus": 0, "replicas": 1}},
         "encode": {"preset": "ultrafast"},
     }
     for key, value in overrides.items():

@@ -8,7 +8,7 @@ from stages.base import RunContext
 
 
 def stages_and_asks(**job):
-    spec = load_job({"manifest": "m", "output": "o", **job})
+    spec = load_job({"manifest": "m", "output": "o", "decode": {"resources": {"replicas": 1}}, **job})
     stages = [cls(getattr(spec, cls.name), RunContext()) for cls in STAGES]
     return stages, {s.name: s.options.resources for s in stages}
 
@@ -43,3 +43,19 @@ def test_no_cpus_is_refused():
     stages, asks = stages_and_asks()
     with pytest.raises(ClusterError, match="needs more than one"):
         fit_pipeline(stages, asks, 1)
+
+
+def test_auto_replicas_follow_the_cluster():
+    from pipeline.graph import auto_replicas
+    from stages.base import Resources
+
+    gpu = Resources(num_gpus=1, replicas="auto")
+    assert auto_replicas(gpu, cpus=64, gpus=8).replica_range == (1, 8)
+    assert auto_replicas(gpu.model_copy(update={"num_gpus": 0.5}), cpus=64, gpus=1).replica_range == (1, 2)
+    cpu = Resources(replicas="auto")
+    assert auto_replicas(cpu, cpus=4, gpus=0).replica_range == (2, 2)
+    assert auto_replicas(cpu, cpus=1, gpus=0).replica_range == (1, 1)
+    assert auto_replicas(cpu, cpus=96, gpus=0).replica_range == (4, 4)
+    assert auto_replicas(Resources(replicas="1..3"), cpus=4, gpus=0).replica_range == (1, 3)
+    with pytest.raises(ValueError, match="resolved against the cluster"):
+        cpu.replica_range

@@ -59,7 +59,7 @@ def test_replicas_take_a_number_or_a_min_max_range():
                      "decode": {"resources": {"replicas": 3}}})
     assert spec.sample.resources.replica_range == (2, 8)
     assert spec.decode.resources.replica_range == (3, 3)
-    for bad, why in (("8..2", "range '8..2' needs 1 <= min <= max"), ("lots", "must be a number or a range 'min..max'"),
+    for bad, why in (("8..2", "range '8..2' needs 1 <= min <= max"), ("lots", "must be a number, a range 'min..max'"),
                      (0, "must be at least 1")):
         with pytest.raises(JobSpecError) as e:
             load_job({"manifest": "m", "output": "o", "sample": {"resources": {"replicas": bad}}})
@@ -73,3 +73,11 @@ def test_model_family_is_built_in_or_an_importable_class():
         load_job({"manifest": "m", "output": "o", "model": {"family": "ltx"}})
     with pytest.raises(JobSpecError, match="model.family: model family 'nope.mod:X' cannot be imported"):
         load_job({"manifest": "m", "output": "o", "model": {"family": "nope.mod:X"}})
+
+
+def test_a_resources_block_changes_only_the_keys_it_names():
+    spec = load_job({"manifest": "m", "output": "o", "sample": {"resources": {"num_cpus": 4}},
+                     "decode": {"resources": {"memory_gb": 8}}})
+    assert spec.sample.resources.num_cpus == 4 and spec.sample.resources.num_gpus == 1  # the sampler's GPU kept
+    assert spec.decode.resources.replicas == "auto" and spec.decode.resources.memory_gb == 8
+    assert spec.sample.batch_size == 1 and spec.encode.resources.num_gpus == 0
