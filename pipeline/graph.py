@@ -336,8 +336,8 @@ def build_dataset(spec: JobSpec, plan_uris: list[str], ctx: RunContext) -> tuple
     if crowded:
         log.warning(crowded)
     asks, change = fit_pipeline(stages, asks, cpus)
-    if change:
-        log.warning(change)
+    if change:  # routine on one machine (a local Ray has max(4, cores) CPUs): said, not warned
+        log.info(change)
 
     # The ledger lives on the driver's node: it must outlive any worker node.
     ledger = AttemptLedger.options(scheduling_strategy=NodeAffinitySchedulingStrategy(

@@ -38,7 +38,7 @@ def test_actors_holding_every_cpu_leave_room_for_the_tasks(two_cpu_head, make_ma
     # sample and decode ask for 1 CPU each: both CPUs of the head.
     spec = load_job(job_dict(manifest, out, model={"family": "null", "path": "builtin:null"},
                              filter={"min_motion": 0.0}, ray={"stall_timeout_s": 60}))
-    with caplog.at_level(logging.WARNING, logger="rushes"):
+    with caplog.at_level(logging.INFO, logger="rushes"):
         summary = run_job(spec, echo=lambda _: None)
     assert summary.generated == 6
     assert sorted(read_records(out).column("id").to_pylist()) == [f"r{i}" for i in range(6)]
