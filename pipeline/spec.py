@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
-from stages.base import ModelSpec, Strict
+from stages.base import ModelSpec, StageOptions, Strict
 from stages.decode import DecodeStage
 from stages.encode import EncodeStage
 from stages.expand import ExpandOptions
@@ -130,7 +130,8 @@ class JobBase(Strict):
 
     def stage_options(self) -> dict:
         """{stage name: its options}, in pipeline order."""
-        return {stage.name: getattr(self, stage.name) for stage in STAGES}
+        return {name: getattr(self, name) for name, field in type(self).model_fields.items()
+                if isinstance(field.annotation, type) and issubclass(field.annotation, StageOptions)}
 
     def resolved(self) -> "JobSpec":
         """A copy with a run id filled in, as saved beside the outputs."""
@@ -140,9 +141,14 @@ class JobBase(Strict):
         return self.model_copy(update={"run_id": f"{stamp}-{uuid.uuid4().hex[:6]}"})
 
 
-JobSpec = create_model(
-    "JobSpec", __base__=JobBase, __doc__="A whole job file: its own keys and one section per stage.",
-    **{stage.name: (stage.Options, Field(default_factory=stage.Options)) for stage in STAGES})
+def job_spec_for(stages: list) -> type[JobBase]:
+    """A job-file model with one section per stage, named after it, in pipeline order."""
+    return create_model(
+        "JobSpec", __base__=JobBase, __doc__="A whole job file: its own keys and one section per stage.",
+        **{stage.name: (stage.Options, Field(default_factory=stage.Options)) for stage in stages})
+
+
+JobSpec = job_spec_for(STAGES)
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
