@@ -208,6 +208,7 @@ class RowValidator:
 
     def __init__(self, spec: JobSpec, columns: list[str], duplicate_of: dict[int, int]):
         self.family = family_for(spec.model.family)
+        self.model_path = spec.model.path
         self.defaults = spec.sampling.model_dump()
         known = set(REQUIRED) | set(OVERRIDES)
         self.extra_cols = [c for c in columns if c not in known]
@@ -252,7 +253,7 @@ class RowValidator:
             row.setdefault("style", None)
             row.setdefault("tags", [])
             row.setdefault("seed", _derived_seed(row_id, self.defaults["seed"]))
-            problem = self.family.check_shape(row["height"], row["width"], row["num_frames"])
+            problem = self.family.check_shape(row["height"], row["width"], row["num_frames"], path=self.model_path)
             if problem:
                 errors.append(problem)
         if errors:

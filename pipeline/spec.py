@@ -123,7 +123,7 @@ class JobBase(Strict):
         from stages.families import family_for
 
         problem = family_for(self.model.family).check_shape(
-            self.sampling.height, self.sampling.width, self.sampling.num_frames)
+            self.sampling.height, self.sampling.width, self.sampling.num_frames, path=self.model.path)
         if problem:
             raise ValueError(f"sampling: {problem}")
         return self

@@ -107,6 +107,23 @@ def resolve_model_path(path: str) -> str:
     return build_once(BUILTIN_MODELS[name], "model_index.json", build_tiny_wan)
 
 
+def checkpoint_on_disk(path: str, revision: str | None = None) -> Path | None:
+    """The folder of a checkpoint that is already here, without building or downloading anything: a local
+    folder, a builtin model already built into the cache, or a hub snapshot already in its cache."""
+    if path.startswith(BUILTIN_PREFIX):
+        name = path[len(BUILTIN_PREFIX):]
+        folder = cache_dir() / "builtin" / BUILTIN_MODELS[name] if name in BUILTIN_MODELS else None
+        return folder if folder and folder.is_dir() else None
+    if Path(path).is_dir():
+        return Path(path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(path, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache (or not a hub id): nothing on disk
+        return None
+
+
 def build_once(folder: str, marker: str, build) -> str:
     """$RUSHES_CACHE/builtin/<folder>, made by `build(path)` unless its `marker` file is already there."""
     target = cache_dir() / "builtin" / folder

@@ -71,9 +71,28 @@ class WanFamily:
     temporal_stride = 4
 
     @classmethod
-    def check_shape(cls, height: int, width: int, num_frames: int) -> str | None:
-        """None when the model can make this shape, else a message naming the field and the rule."""
-        m = cls.spatial_multiple
+    @functools.lru_cache(maxsize=64)  # asked once per manifest row: read the configs once per checkpoint
+    def spatial_multiple_of(cls, path: str | None) -> int:
+        """The checkpoint's own multiple: its VAE's spatial factor times its transformer's patch. 16 for
+        Wan2.1 and Wan2.2 A14B (8 x 2); 32 for Wan2.2 TI2V-5B, whose VAE (z_dim 48) downsamples by 16.
+        Read from the configs when the checkpoint is on disk; else the Wan2.1 rule (16)."""
+        import json
+
+        from stages.checkpoints import checkpoint_on_disk
+
+        folder = checkpoint_on_disk(path) if path else None
+        try:
+            vae = json.loads((folder / "vae" / "config.json").read_text())
+            transformer = json.loads((folder / "transformer" / "config.json").read_text())
+        except (TypeError, OSError, ValueError):
+            return cls.spatial_multiple
+        patch = transformer.get("patch_size") or [1, 2, 2]
+        return int(vae.get("scale_factor_spatial") or 8) * int(patch[-1])
+
+    @classmethod
+    def check_shape(cls, height: int, width: int, num_frames: int, path: str | None = None) -> str | None:
+        """None when the model at `path` can make this shape, else a message naming the field and the rule."""
+        m = cls.spatial_multiple_of(path)
         if height % m:
             return f"height must be a multiple of {m} for family '{cls.name}', got {height}"
         if width % m:
@@ -161,6 +180,10 @@ class NullFamily:
     temporal_stride = WanFamily.temporal_stride
     latent_channels = 16
     check_shape = classmethod(WanFamily.check_shape.__func__)  # Wan's rules, naming this family
+
+    @classmethod
+    def spatial_multiple_of(cls, path: str | None) -> int:
+        return cls.spatial_multiple  # no checkpoint: Wan2.1's rule
 
     @staticmethod
     def load_pipeline(path: str, dtype: str, device: str, revision: str | None = None,

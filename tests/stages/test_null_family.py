@@ -93,3 +93,45 @@ def test_cpu_stages_and_the_pipeline_modules_do_not_import_torch():
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_wan_shape_rule_follows_the_checkpoint(tmp_path):
+    """Wan2.2 TI2V-5B's VAE downsamples by 16, so its sizes are multiples of 32; Wan2.1's are of 16. The
+    rule is read from the checkpoint's configs (here config-only folders in diffusers layout)."""
+    import json
+
+    from stages.families import WanFamily
+
+    def checkpoint(name, vae, patch):
+        for sub, config in (("vae", vae), ("transformer", {"patch_size": patch})):
+            (tmp_path / name / sub).mkdir(parents=True)
+            (tmp_path / name / sub / "config.json").write_text(json.dumps(config))
+        return str(tmp_path / name)
+
+    ti2v = checkpoint("ti2v-5b", {"z_dim": 48, "scale_factor_spatial": 16, "is_residual": True}, [1, 2, 2])
+    wan21 = checkpoint("wan21", {"z_dim": 16}, [1, 2, 2])
+    assert WanFamily.check_shape(704, 1280, 121, path=ti2v) is None
+    assert WanFamily.check_shape(720, 1280, 121, path=ti2v) == "height must be a multiple of 32 for family 'wan', got 720"
+    assert WanFamily.check_shape(720, 1280, 81, path=wan21) is None
+    assert WanFamily.check_shape(720, 1280, 81, path="no/such/checkpoint") is None  # not on disk: Wan2.1's rule
+
+
+def test_a_row_too_small_a_multiple_for_ti2v_is_invalid_naming_the_rule(tmp_path, make_manifest):
+    import json
+
+    from pipeline.manifest import Manifest, RowValidator
+    from pipeline.spec import JobSpecError, load_job
+
+    for sub, config in (("vae", {"z_dim": 48, "scale_factor_spatial": 16}), ("transformer", {"patch_size": [1, 2, 2]})):
+        (tmp_path / "ti2v" / sub).mkdir(parents=True)
+        (tmp_path / "ti2v" / sub / "config.json").write_text(json.dumps(config))
+    path = make_manifest([{"id": "a", "prompt": "p", "width": 400}, {"id": "b", "prompt": "q", "width": 448}])
+    job = {"manifest": path, "output": str(tmp_path / "o"), "model": {"path": str(tmp_path / "ti2v")},
+           "sampling": {"height": 96, "width": 160}}
+    spec = load_job(job)
+    manifest = Manifest(path)
+    out = RowValidator(spec, manifest.columns, {}).validate(next(manifest.batches()), 0)
+    assert [r["id"] for r in out.valid] == ["b"]
+    assert out.invalid[0]["error"] == "width must be a multiple of 32 for family 'wan', got 400"
+    with pytest.raises(JobSpecError, match="sampling: height must be a multiple of 32 for family 'wan', got 240"):
+        load_job({**job, "sampling": {"height": 240, "width": 416}})
