@@ -60,13 +60,17 @@ class AttemptLedger:
     def beat(self, stage: str) -> None:
         self.seen[stage] = time.time()
 
+    def saw(self, keys: list[str]) -> None:
+        """A batch begun or ended: a sign of life of its stage (keys are '<stage>/<id>/<variant>/<seed>')."""
+        if keys:
+            self.beat(keys[0].split("/", 1)[0])
+
     def activity(self) -> dict[str, float]:
         return dict(self.seen)
 
     def begin(self, keys: list[str], alone: bool) -> tuple[dict[str, int], bool]:
         """Deaths so far per key, and whether the keys were started: a batch holding a suspect is not."""
-        for k in keys[:1]:
-            self.seen[k.split("/", 1)[0]] = time.time()
+        self.saw(keys)
         deaths = {k: self.alone.get(k, 0) for k in keys}
         if alone:
             for k in keys:
@@ -78,8 +82,7 @@ class AttemptLedger:
         return deaths, True
 
     def end(self, keys: list[str]) -> None:
-        for k in keys[:1]:
-            self.seen[k.split("/", 1)[0]] = time.time()
+        self.saw(keys)
         for k in keys:
             self.suspects.discard(k)
             self.alone.pop(k, None)
@@ -181,11 +184,6 @@ class StageActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return table_of(self.guarded(rows_of(batch)))
-
-
-def single_machine_without_gpus() -> bool:
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    return len(nodes) == 1 and not nodes[0]["Resources"].get("GPU", 0)
 
 
 def demand(res: Resources) -> dict[str, float]:
@@ -325,11 +323,11 @@ def build_dataset(spec: JobSpec, plan_uris: list[str], ctx: RunContext) -> tuple
     """The dataset of records, and the ledger actor (the caller kills it when the dataset is consumed)."""
     stages = [stage_class(getattr(spec, stage_class.name), ctx) for stage_class in STAGES]
     asks = {s.name: s.options.resources for s in stages}
-    if single_machine_without_gpus() and any(r.num_gpus for r in asks.values()):
-        asks = {name: r.model_copy(update={"num_gpus": 0.0}) for name, r in asks.items()}
-        log.warning("no GPU on this machine: the stages run on CPU (their num_gpus requests dropped)")
     alive = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     cpus, gpus = sum(n.get("CPU", 0) for n in alive), sum(n.get("GPU", 0) for n in alive)
+    if len(alive) == 1 and not gpus and any(r.num_gpus for r in asks.values()):  # one machine, no GPU
+        asks = {name: r.model_copy(update={"num_gpus": 0.0}) for name, r in asks.items()}
+        log.warning("no GPU on this machine: the stages run on CPU (their num_gpus requests dropped)")
     asks = {name: auto_replicas(r, cpus, gpus) for name, r in asks.items()}
     wait_for_resources(asks, spec.ray.resource_wait_s)
     crowded = gpus_crowded({s.name: asks[s.name] for s in stages if s.holds_model})

@@ -81,10 +81,12 @@ class WanFamily:
         from stages.checkpoints import checkpoint_on_disk
 
         folder = checkpoint_on_disk(path) if path else None
+        if folder is None:
+            return cls.spatial_multiple
         try:
             vae = json.loads((folder / "vae" / "config.json").read_text())
             transformer = json.loads((folder / "transformer" / "config.json").read_text())
-        except (TypeError, OSError, ValueError):
+        except (OSError, ValueError):  # not in diffusers layout: the Wan2.1 rule
             return cls.spatial_multiple
         patch = transformer.get("patch_size") or [1, 2, 2]
         return int(vae.get("scale_factor_spatial") or 8) * int(patch[-1])
