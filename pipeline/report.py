@@ -1,0 +1,230 @@
+"""The library's report: a static page, `<output>/report/index.html`, that works opened from disk or
+served from the bucket (no server, no CDN, nothing fetched but its own files and the library's media).
+
+In: the library's current records (`pipeline.library.read_records`) and one run's summary
+(`runs/<run_id>/summary.json`, written by pipeline/job.py when a run ends). Out:
+- `report/index.html`: the run's summary, seconds per stage, reject reasons and each metric's
+  distribution (drawn here, as inline HTML and SVG), the filters, and a compact index of every card
+  (status, campaign, style, tags) that the page filters and pages through in the browser;
+- `report/cards/<n>.js`: the cards themselves, CHUNK at a time, loaded with <script> tags as a page
+  needs them (browsers refuse fetch() of file:// URLs, not scripts), so 100,000 videos stay fast.
+Links to videos and previews are relative (`../previews/<id>/<variant>.webp`), so the library can be
+moved or synced; the report copies no media, and its size is a few hundred bytes per record.
+"""
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+from collections import Counter
+from urllib.parse import quote
+
+import numpy as np
+
+from pipeline.library import read_records
+from pipeline.report_page import fill
+from stages.storage import filesystem, is_local, join, protocols, put_atomic, remove, with_retries
+
+log = logging.getLogger("rushes")
+
+CHUNK = 200  # cards per script file: a page of PAGE_SIZE cards loads a few hundred KB at most
+PAGE_SIZE = 48
+MEDIA_FOLDERS = ("videos", "posters", "previews")
+COLUMNS = ("run_id", "id", "variant", "status", "error", "reasons", "prompt", "expanded_prompt", "style",
+           "tags", "video_uri", "preview_uri", "poster_uri", "metrics", "stage_seconds", "seed", "resolution",
+           "duration_s", "committed_at")
+MIME = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8",
+        "json": "application/json"}
+
+
+def relative_link(uri: str | None, root_uri: str) -> str | None:
+    """A media URI as a link from `report/index.html`: `../previews/<id>/<variant>.webp`.
+
+    Taken from the key under the library root, or, for a library that was moved since the record was
+    written, from the media folder in the URI (keys are deterministic: `<folder>/<id>/<file>`)."""
+    if not uri:
+        return None
+    prefix = root_uri.rstrip("/") + "/"
+    if uri.startswith(prefix):
+        key = uri[len(prefix):]
+    else:
+        parts = uri.split("/")
+        tail = [i for i, p in enumerate(parts[:-2]) if p in MEDIA_FOLDERS]
+        if not tail:
+            return None
+        key = "/".join(parts[tail[-1]:])
+    return "../" + quote(key, safe="/")
+
+
+def short(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
+def reason_word(reason: str) -> str:
+    """The verdict a reason starts with: 'near-duplicate: 3 of 256 bits...' -> 'near-duplicate'."""
+    return reason.split(":", 1)[0].strip() or reason
+
+
+def campaign_column(names: list[str]) -> str | None:
+    return next((c for c in ("campaign", "manifest_campaign") if c in names), None)
+
+
+def card(rec: dict, campaign: str | None, root_uri: str) -> dict:
+    """What one gallery card shows (keys left out when empty, to keep the chunks small)."""
+    c = {"id": rec["id"], "variant": rec["variant"], "status": rec["status"], "prompt": rec["prompt"],
+         "expanded": rec["expanded_prompt"], "style": rec["style"], "tags": rec["tags"],
+         "campaign": None if campaign is None or rec.get(campaign) is None else str(rec[campaign]),
+         "metrics": {k: short(v) for k, v in (rec["metrics"] or []) if v is not None and math.isfinite(v)},
+         "reasons": rec["reasons"], "error": rec["error"], "seed": rec["seed"],
+         "resolution": rec["resolution"], "duration": rec["duration_s"] and round(rec["duration_s"], 2),
+         "video": relative_link(rec["video_uri"], root_uri),
+         "preview": relative_link(rec["preview_uri"], root_uri) or relative_link(rec["poster_uri"], root_uri)}
+    return {k: v for k, v in c.items() if v not in (None, [], {}, "")}
+
+
+def script_json(value) -> str:
+    """JSON that is safe inside a <script> element."""
+    return json.dumps(value, separators=(",", ":")).replace("<", "\\u003c")
+
+
+def load_summary(fs, root: str, run_id: str | None) -> dict | None:
+    if not run_id:
+        return None
+    path = join(root, "runs", run_id, "summary.json")
+    try:
+        return json.loads(with_retries("read", fs.unstrip_protocol(path), lambda: fs.cat_file(path)))
+    except Exception:  # noqa: BLE001 - a run that was killed has none; the page says so
+        return None
+
+
+# --- charts: plain HTML bars and inline SVG -------------------------------------------------------------
+
+def bars(items: list[tuple[str, float, str]]) -> str:
+    """Horizontal bars: (label, value, shown text)."""
+    if not items:
+        return '<p class="muted">none</p>'
+    top = max(v for _, v, _ in items) or 1
+    rows = "".join(f'<div class="bar-row"><span class="bar-label">{html.escape(label)}</span>'
+                   f'<span class="bar" style="width:{100 * v / top:.1f}%"></span>'
+                   f'<span class="bar-value">{html.escape(text)}</span></div>' for label, v, text in items)
+    return f'<div class="bars">{rows}</div>'
+
+
+def histogram_svg(name: str, values: np.ndarray, bins: int = 20) -> str:
+    lo, hi = float(values.min()), float(values.max())
+    counts, _ = np.histogram(values, bins=bins, range=(lo, hi if hi > lo else lo + 1))
+    top = counts.max() or 1
+    w, h = 200, 48
+    rects = "".join(f'<rect x="{i * w / bins:.1f}" y="{h - h * c / top:.1f}" width="{w / bins - 1:.1f}" '
+                    f'height="{h * c / top:.1f}"><title>{c}</title></rect>' for i, c in enumerate(counts))
+    return (f'<figure class="hist"><figcaption>{html.escape(name)} <span class="muted">n={len(values)}, '
+            f'median {short(float(np.median(values)))}</span></figcaption>'
+            f'<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img">{rects}</svg>'
+            f'<div class="axis"><span>{short(lo)}</span><span>{short(hi)}</span></div></figure>')
+
+
+def summary_html(run_id: str | None, summary: dict | None, run_counts: Counter) -> str:
+    if not run_id:
+        return '<p class="muted">no run has committed records yet</p>'
+    if summary is None:
+        counts, work = run_counts, {}
+        note = ('<p class="muted">this run has no summary (it did not finish): its counts are those of its '
+                'records that are still current</p>')
+    else:
+        counts, work, note = summary["counts"], summary["work"], ""
+    cells = [(s, counts.get(s, 0)) for s in ("accepted", "rejected", "invalid", "failed")]
+    cells += [(k, work[k]) for k in ("new", "skipped", "retried", "regenerated") if k in work]
+    if summary:
+        cells += [("seconds", round(summary["seconds"], 1)), ("manifest rows", summary["manifest_rows"])]
+    stats = "".join(f'<div class="stat stat-{html.escape(k)}"><b>{v}</b><span>{html.escape(k)}</span></div>'
+                    for k, v in cells)
+    return f'<p>run <code>{html.escape(run_id)}</code></p><div class="stats">{stats}</div>{note}'
+
+
+def build_page(records: list[dict], campaign: str | None, root_uri: str, run_id: str | None,
+               summary: dict | None) -> tuple[str, list[str]]:
+    """(index.html, the card chunk scripts), from the library's current records."""
+    records = sorted(records, key=lambda r: (-(r["committed_at"].timestamp() if r["committed_at"] else 0),
+                                             r["id"] or "", r["variant"]))
+    cards = [card(r, campaign, root_uri) for r in records]
+    chunks = [f"rushesCards({n},{script_json(cards[i:i + CHUNK])});\n"
+              for n, i in enumerate(range(0, len(cards), CHUNK))]
+
+    def codes(values):  # each card's value as an index into the sorted distinct values (-1: none)
+        names = sorted({v for v in values if v is not None})
+        at = {v: i for i, v in enumerate(names)}
+        return names, [at.get(v, -1) for v in values]
+
+    statuses, status_codes = codes([c["status"] for c in cards])
+    campaigns, campaign_codes = codes([c.get("campaign") for c in cards])
+    styles, style_codes = codes([c.get("style") for c in cards])
+    tag_names = sorted({t for c in cards for t in c.get("tags", [])})
+    tag_at = {t: i for i, t in enumerate(tag_names)}
+    index = {"n": len(cards), "chunk": CHUNK, "pageSize": PAGE_SIZE,
+             "status": status_codes, "statuses": statuses, "campaign": campaign_codes, "campaigns": campaigns,
+             "style": style_codes, "styles": styles, "tags": [[tag_at[t] for t in c.get("tags", [])] for c in cards],
+             "tagNames": tag_names}
+
+    run_records = [r for r in records if r["run_id"] == run_id]
+    stage_totals: Counter = Counter()
+    for r in run_records:
+        for stage, seconds in r["stage_seconds"] or []:
+            stage_totals[stage] += seconds
+    done = sum(1 for r in run_records if r["stage_seconds"])
+    stage_chart = bars([(s, v, f"{v:.1f} s ({v / done:.2f} s per variant)") for s, v in stage_totals.items()])
+    reasons = Counter(reason_word(x) for r in records if r["status"] == "rejected" for x in r["reasons"] or [])
+    reasons_chart = bars([(k, v, str(v)) for k, v in reasons.most_common()])
+    values: dict[str, list[float]] = {}
+    for r in records:
+        for k, v in r["metrics"] or []:
+            if v is not None and math.isfinite(v):
+                values.setdefault(k, []).append(v)
+    metric_charts = "".join(histogram_svg(k, np.array(v)) for k, v in sorted(values.items())) or \
+        '<p class="muted">none</p>'
+    library_counts = Counter(r["status"] for r in records)
+    page = fill(
+        summary=summary_html(run_id, summary, Counter(r["status"] for r in run_records)),
+        library=html.escape(", ".join(f"{s} {library_counts[s]}" for s in ("accepted", "rejected", "invalid",
+                                                                           "failed"))),
+        total=len(records), stages=stage_chart, reasons=reasons_chart, metrics=metric_charts,
+        index=script_json(index))
+    return page, chunks
+
+
+def put_report_file(fs, path: str, text: str) -> None:
+    """One report file, atomically; on S3 with its content type, so the bucket serves it as a page."""
+    data = text.encode()
+    if not is_local(fs) and "s3" in protocols(fs):
+        mime = MIME[path.rsplit(".", 1)[-1]]
+        with_retries("write", fs.unstrip_protocol(path), lambda: fs.pipe_file(path, data, ContentType=mime))
+    else:
+        put_atomic(fs, path, data)
+
+
+def latest_run(records: list[dict]) -> str | None:
+    stamped = [(r["committed_at"], r["run_id"]) for r in records if r["committed_at"] and r["run_id"]]
+    return max(stamped)[1] if stamped else None
+
+
+def write_report(output: str, storage_options: dict | None = None, run_id: str | None = None) -> str:
+    """Write `<output>/report/` for the library's current records and run `run_id` (default: the run
+    that committed last); returns the URI of its index.html."""
+    fs, root = filesystem(output, storage_options)
+    table = read_records(output, storage_options)
+    campaign = campaign_column(table.column_names)
+    records = table.select([c for c in COLUMNS + (campaign,) if c in table.column_names]).to_pylist() \
+        if table.num_rows else []
+    run_id = run_id or latest_run(records)
+    page, chunks = build_page(records, campaign, fs.unstrip_protocol(root), run_id, load_summary(fs, root, run_id))
+    report = join(root, "report")
+    for n, text in enumerate(chunks):  # the cards first: the page that refers to them is written last
+        put_report_file(fs, join(report, "cards", f"{n:06d}.js"), text)
+    index = join(report, "index.html")
+    put_report_file(fs, index, page)
+    fs.invalidate_cache(join(report, "cards"))
+    wanted = {join(report, "cards", f"{n:06d}.js") for n in range(len(chunks))}
+    for path in fs.glob(join(report, "cards", "*.js")):  # left by an earlier report of a larger library
+        if path not in wanted:
+            remove(fs, path)
+    return fs.unstrip_protocol(index)
