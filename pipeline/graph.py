@@ -314,6 +314,41 @@ def auto_replicas(res: Resources, cpus: float, gpus: float) -> Resources:
     return res.model_copy(update={"replicas": min(hi, max(lo, int(cpus // 2)))})
 
 
+def vllm_rewrite(ds: ray.data.Dataset, stage: Stage, res: Resources) -> ray.data.Dataset:
+    """`expand.backend: vllm`: Ray Data's own LLM processor (vLLM engine, `ray.data.llm`) in the expand
+    stage's place. The stage still decides what to rewrite and judges each answer (`ExpandStage.finish`);
+    vLLM batches the prompts continuously across its replicas. Needs `pip install 'rushes[vllm]'`."""
+    import pickle
+
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    from stages.recaption import Rewrite, resolve_llm_path
+
+    o = stage.options
+    config = vLLMEngineProcessorConfig(
+        model_source=resolve_llm_path(o.model), engine_kwargs={"dtype": o.dtype, "revision": o.revision},
+        batch_size=o.batch_size, concurrency=res.replica_range if res.replicas != 1 else 1)
+
+    def pre(row: dict) -> dict:
+        r = pickle.loads(row["row"])
+        todo = stage.to_rewrite(r) and not stage.keep_as_is(r)
+        prompt = r["prompt"] if todo else "-"
+        return {"row": pickle.dumps(r, protocol=5), "todo": todo, "start": time.time(),
+                "messages": stage.chat(prompt),
+                "sampling_params": {"temperature": o.temperature, "top_p": o.top_p, "seed": r.get("expand_seed"),
+                                    "max_tokens": o.max_new_tokens if todo else 1}}
+
+    def post(row: dict) -> dict:
+        r = pickle.loads(row["row"])
+        if row["todo"]:
+            finished = row["num_generated_tokens"] < o.max_new_tokens
+            stage.finish(r, Rewrite(row["generated_text"], finished, row.get("num_input_tokens"),
+                                    row["num_generated_tokens"]), time.time() - row["start"])
+        return {"row": pickle.dumps(r, protocol=5)}
+
+    return build_processor(config, preprocess=pre, postprocess=post)(ds)
+
+
 def read_plan(batch: pa.Table, storage_options: dict) -> pa.Table:
     """Task operator: the variants of the plan objects named in `batch`."""
     return pa.concat_tables([read_plan_object(uri, storage_options) for uri in batch.column("uri").to_pylist()])
@@ -321,7 +356,7 @@ def read_plan(batch: pa.Table, storage_options: dict) -> pa.Table:
 
 def build_dataset(spec: JobSpec, plan_uris: list[str], ctx: RunContext) -> tuple[ray.data.Dataset, object]:
     """The dataset of records, and the ledger actor (the caller kills it when the dataset is consumed)."""
-    stages = [stage_class(getattr(spec, stage_class.name), ctx) for stage_class in STAGES]
+    stages = [s for s in (stage_class(getattr(spec, stage_class.name), ctx) for stage_class in STAGES) if s.on_ray]
     asks = {s.name: s.options.resources for s in stages}
     alive = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     cpus, gpus = sum(n.get("CPU", 0) for n in alive), sum(n.get("GPU", 0) for n in alive)
@@ -348,6 +383,9 @@ def build_dataset(spec: JobSpec, plan_uris: list[str], ctx: RunContext) -> tuple
                         batch_format="pyarrow", num_cpus=asks[PLAN_READ].num_cpus)
     ds = ds.repartition(target_num_rows_per_block=spec.sample.batch_size)
     for stage in stages:
+        if stage.name == "expand" and stage.options.backend == "vllm":
+            ds = vllm_rewrite(ds, stage, asks[stage.name])
+            continue
         guarded = GuardedStage(stage, ledger, spec.ray.max_row_attempts)
         args = operator_args(stage, asks[stage.name])
         if stage.holds_model:
@@ -356,3 +394,11 @@ def build_dataset(spec: JobSpec, plan_uris: list[str], ctx: RunContext) -> tuple
         else:
             ds = ds.map_batches(task_function(stage.name), fn_kwargs={"guarded": guarded}, **args)
     return ds, ledger
+
+
+def show_ray_data_progress(show: bool) -> None:
+    """Ray Data's own progress output: bars on a terminal, a log line per operator every few seconds
+    otherwise. Off while the job draws its own progress line on a terminal (pipeline/progress.py)."""
+    ray.data.DataContext.get_current().enable_progress_bars = show
+    if not show:  # else it warns once that the bars are off
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)

@@ -63,7 +63,7 @@ class Planner:
         self.pixel_settings = {"model": self.model}
         for options in self.spec.stage_options().values():
             self.pixel_settings.update(options.pixel_settings())
-        self.expander = ExpandStage(self.spec.expand)
+        self.expander = ExpandStage(self.spec.expand)  # its variants(); an llm rewrite happens on Ray
         self.work: Counter = Counter()  # variants: new, skipped, retried, regenerated
 
     def batches(self) -> Iterator[PlannedBatch]:
@@ -74,7 +74,7 @@ class Planner:
         start = 0
         for table in self.manifest.batches(batch_size=self.batch_rows):
             rows = validator.validate(table, start)
-            variants = self.expander(rows.valid)
+            variants = self.expander.variants(rows.valid)
             for v in variants:
                 v["params_hash"] = params_hash(self.pixel_settings, v)
             batch = PlannedBatch(start, len(rows.valid), rows.invalid, self._invalid_to_record(rows.invalid),

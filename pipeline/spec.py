@@ -22,13 +22,14 @@ from pydantic import BaseModel, Field, ValidationError, create_model, field_vali
 from stages.base import ModelSpec, StageOptions, Strict
 from stages.decode import DecodeStage
 from stages.encode import EncodeStage
-from stages.expand import ExpandOptions
+from stages.expand import ExpandStage
 from stages.filter import FilterStage
 from stages.sample import SampleStage
 from stages.write import WriteStage
 
 # The stages that run on Ray, in pipeline order. Each one's options are the job-file section of its `name`.
-STAGES = [SampleStage, DecodeStage, FilterStage, EncodeStage, WriteStage]
+# `expand` is on Ray only with `mode: llm`; the template runs in the driver while planning (stages/expand.py).
+STAGES = [ExpandStage, SampleStage, DecodeStage, FilterStage, EncodeStage, WriteStage]
 
 
 class JobSpecError(ValueError):
@@ -90,7 +91,6 @@ class JobBase(Strict):
     lease_ttl_s: float = Field(120.0, ge=5, description="a dead run's lease expires after this long")
     model: ModelSpec = Field(default_factory=ModelSpec)
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
-    expand: ExpandOptions = Field(default_factory=ExpandOptions)
     commit: CommitSpec = Field(default_factory=CommitSpec)
     ray: RaySpec = Field(default_factory=RaySpec)
 

@@ -4,6 +4,7 @@ A stage is a class with
 - `name`: its key in the job file and its operator's name;
 - `Options`: a pydantic model (a `StageOptions`) with its settings, its `batch_size` and its `resources`;
 - `holds_model`: True makes it an actor pool whose `setup()` runs once per actor; False makes it tasks;
+- `on_ray`: False when the job leaves it nothing to do on Ray (no operator is built for it);
 - `__init__(options, ctx)`: cheap, runs in the driver; nothing is loaded here;
 - `setup()`: loads what the stage needs, once per worker, in the worker;
 - `__call__(rows) -> rows`: the work on one batch. A problem with one row becomes that row's `status` and
@@ -79,15 +80,22 @@ class StageOptions(Strict):
     batch_size: int = Field(1, ge=1, description="rows per call of the stage")
     resources: Resources = Field(default_factory=Resources)
 
+    @classmethod
+    def resource_defaults(cls, data: dict) -> dict:
+        """The stage's default `resources` for these options (a stage whose needs depend on its settings
+        overrides this)."""
+        return cls.RESOURCE_DEFAULTS
+
     @model_validator(mode="before")
     @classmethod
     def _stage_resource_defaults(cls, data: Any) -> Any:
         if isinstance(data, dict):
+            defaults = cls.resource_defaults(data)
             given = data.get("resources")
             if given is None:
-                data = {**data, "resources": dict(cls.RESOURCE_DEFAULTS)}
+                data = {**data, "resources": dict(defaults)}
             elif isinstance(given, dict):
-                data = {**data, "resources": {**cls.RESOURCE_DEFAULTS, **given}}
+                data = {**data, "resources": {**defaults, **given}}
         return data
 
     def pixel_settings(self) -> dict[str, Any]:
@@ -130,6 +138,12 @@ class Stage:
     def __init__(self, options: StageOptions | None = None, ctx: RunContext | None = None):
         self.options = options if options is not None else self.Options()
         self.ctx = ctx or RunContext()
+
+    @property
+    def on_ray(self) -> bool:
+        """Whether the stage has work on Ray in this job (a stage whose work was done while planning, like
+        the template expander, has none, and no operator is built for it)."""
+        return True
 
     def setup(self) -> None:
         """Load what the stage needs; runs once per worker, in the worker."""

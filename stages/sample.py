@@ -52,10 +52,25 @@ class SampleStage(Stage):
             resolve_model_path(m.path), m.dtype, pick_device(self.options.resources.num_gpus),
             revision=m.revision, batch_invariant=self.options.batch_invariant)
 
+    def read_by_encoder(self, r: dict) -> str:
+        """The prompt as the text encoder reads it: one longer than the family's token budget is cut there,
+        and the record says so (`prompt_tokens`, `truncated`) instead of the encoder dropping the rest silently."""
+        tokenizer = getattr(self.pipe, "tokenizer", None)
+        text = r["expanded_prompt"]
+        if tokenizer is None:  # a family without a text encoder (null)
+            r.update(prompt_tokens=None, truncated=False)
+            return text
+        budget = int(getattr(self.family, "max_sequence_length", None) or 512)
+        ids = tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"]
+        r.update(prompt_tokens=len(ids), truncated=len(ids) > budget)
+        if len(ids) <= budget:
+            return text
+        return tokenizer.decode(ids[:budget], skip_special_tokens=True)
+
     def _sample(self, rows: list[dict]) -> np.ndarray:
         self.calls += 1
         return self.family.sample(
-            self.pipe, [r["expanded_prompt"] for r in rows], [r["negative_prompt"] for r in rows],
+            self.pipe, [self.read_by_encoder(r) for r in rows], [r["negative_prompt"] for r in rows],
             [r["seed"] for r in rows], **{k: rows[0][k] for k in BUCKET_FIELDS})
 
     def __call__(self, rows: list[dict]) -> list[dict]:

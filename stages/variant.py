@@ -40,6 +40,12 @@ FIELDS = [
     V("reasons", pa.list_(pa.string())),
     V("prompt", pa.string(), planned=True),
     V("expanded_prompt", pa.string(), pixels=True, planned=True),
+    # who rewrote the prompt, and how it went (stages/expand.py); planned: a retried variant keeps its rewrite
+    V("expand_model", pa.string(), planned=True), V("expand_seed", pa.int64(), planned=True),
+    V("expand_error", pa.string(), planned=True), V("expand_seconds", pa.float64(), planned=True),
+    V("expand_input_tokens", pa.int32(), planned=True), V("expand_output_tokens", pa.int32(), planned=True),
+    # what the text encoder read of expanded_prompt (stages/sample.py): its length in tokens, and whether it was cut
+    V("prompt_tokens", pa.int32()), V("truncated", pa.bool_()),
     V("negative_prompt", pa.string(), override="string", pixels=True, planned=True),
     V("seed", pa.int64(), override="int", bounds=(0, 2**31 - 1), pixels=True),
     V("height", pa.int32(), override="int", bounds=(16, 4096), pixels=True, bucket=True, planned=True),
@@ -79,5 +85,7 @@ def params_hash(settings: dict, variant: dict) -> str:
     """sha256 of the canonical JSON of everything that decides a variant's pixels: the run's pixel
     settings (model identity, encoder settings, ...) and the variant's own PIXEL_FIELDS."""
     params = {**settings, **{k: variant[k] for k in PIXEL_FIELDS}}
+    if variant["expanded_prompt"] is None:  # rewritten later (expand.mode llm): the original prompt decides it,
+        params["prompt"] = variant["prompt"]  # with the rewriter's identity in `settings`
     blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()

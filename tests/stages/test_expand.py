@@ -11,7 +11,7 @@ def row(**kw):
 
 def test_one_row_per_variant_with_stable_seeds():
     stage = ExpandStage(ExpandOptions())
-    out = stage([row(num_variants=3)])
+    out = stage.variants([row(num_variants=3)])
     assert [v["variant"] for v in out] == [0, 1, 2]
     assert [v["seed"] for v in out] == [41, 42, 43]
     assert all(v["status"] == "pending" for v in out)
@@ -19,26 +19,26 @@ def test_one_row_per_variant_with_stable_seeds():
 
 
 def test_expansion_is_deterministic_and_enriches_short_prompts():
-    a = ExpandStage(ExpandOptions())([row()])[0]
-    b = ExpandStage(ExpandOptions())([row()])[0]
+    a = ExpandStage(ExpandOptions()).variants([row()])[0]
+    b = ExpandStage(ExpandOptions()).variants([row()])[0]
     assert a["expanded_prompt"] == b["expanded_prompt"]
     assert a["expanded_prompt"].startswith("a cat on a beach, ")
     assert len(a["expanded_prompt"]) > len("a cat on a beach") + 20
     # another seed draws other vocabulary (not guaranteed for one pair, so look across several)
-    prompts = {ExpandStage(ExpandOptions())([row(seed=s)])[0]["expanded_prompt"] for s in range(8)}
+    prompts = {ExpandStage(ExpandOptions()).variants([row(seed=s)])[0]["expanded_prompt"] for s in range(8)}
     assert len(prompts) > 1
 
 
 def test_row_style_and_mode_none():
-    v = ExpandStage(ExpandOptions())([row(style="noir")])[0]
+    v = ExpandStage(ExpandOptions()).variants([row(style="noir")])[0]
     assert v["expanded_prompt"].endswith("noir style.")
-    v = ExpandStage(ExpandOptions(mode="none"))([row()])[0]
+    v = ExpandStage(ExpandOptions(mode="none")).variants([row()])[0]
     assert v["expanded_prompt"] == "a cat on a beach"
 
 
 def test_params_hash_follows_everything_that_decides_pixels():
     def hashed(settings, **kw):
-        return params_hash(settings, ExpandStage(ExpandOptions())([row(**kw)])[0])
+        return params_hash(settings, ExpandStage(ExpandOptions()).variants([row(**kw)])[0])
 
     base = hashed({"model": "m1"})
     assert hashed({"model": "m1"}) == base
@@ -47,3 +47,40 @@ def test_params_hash_follows_everything_that_decides_pixels():
     assert hashed({"model": "m1"}, prompt="a dog") != base
     # tags do not change pixels
     assert hashed({"model": "m1"}, tags=["x"]) == base
+
+
+def expanded(prompt: str, seeds=range(16), **kw) -> list[dict]:
+    return [ExpandStage(ExpandOptions()).variants([row(prompt=prompt, seed=s, **kw)])[0] for s in seeds]
+
+
+def test_template_never_overrides_what_the_prompt_fixes():
+    from stages.expand import CAMERAS, LIGHTING, STYLES
+
+    for v in expanded("a cat walking along a beach at sunset"):
+        assert not any(light in v["expanded_prompt"] for light in LIGHTING), v["expanded_prompt"]
+        assert v["expand_error"] is None and v["expand_model"] == "template"
+    for v in expanded("an aerial drone shot of a city"):
+        added = v["expanded_prompt"].removeprefix("an aerial drone shot of a city")
+        assert not any(camera in added for camera in CAMERAS), v["expanded_prompt"]
+    for v in expanded("a fox in the snow, watercolor"):
+        assert not any(f"{style} style" in v["expanded_prompt"] for style in STYLES), v["expanded_prompt"]
+    # an unfixed prompt still gets all three kinds
+    v = expanded("a cat on a beach", seeds=[41])[0]
+    assert any(light in v["expanded_prompt"] for light in LIGHTING)
+    assert any(camera in v["expanded_prompt"] for camera in CAMERAS)
+
+
+def test_template_keeps_a_prompt_in_another_language_and_says_so():
+    for prompt in ["一只猫在日落时沿着海滩散步", "Кошка идёт по пляжу на закате"]:
+        v = expanded(prompt, seeds=[1])[0]
+        assert v["expanded_prompt"] == prompt
+        assert v["expand_error"].startswith("template did not apply: the prompt is not in English")
+    # Latin-alphabet accents are still English enough for the template
+    assert expanded("a café in Paris", seeds=[1])[0]["expand_error"] is None
+
+
+def test_template_output_is_unchanged_for_prompts_it_did_not_contradict():
+    # every draw is made whatever the prompt fixes: only the words of a fixed kind go
+    v = expanded("a cat on a beach", seeds=[41])[0]
+    w = expanded("a cat on a beach at night", seeds=[41])[0]
+    assert v["expanded_prompt"].split(", ")[1] == w["expanded_prompt"].split(", ")[1]
