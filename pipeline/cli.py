@@ -4,6 +4,7 @@
     rushes run JOB.yaml [--manifest URI] [--output URI] [--run-id ID] [--force]
     rushes status OUTPUT_URI [--storage-option KEY=VALUE ...]
     rushes compact OUTPUT_URI [--storage-option KEY=VALUE ...] [--target-records N] [--force]
+    rushes report OUTPUT_URI [--run RUN_ID] [--storage-option KEY=VALUE ...]
     rushes submit JOB.yaml --address http://HEAD:8265 [--wait] [--manifest URI] [--output URI] [--force]
     rushes status SUBMISSION_ID --address http://HEAD:8265
     rushes logs SUBMISSION_ID --address http://HEAD:8265 [--follow]
@@ -107,6 +108,18 @@ def cmd_compact(args) -> int:
     return EXIT_OK
 
 
+def cmd_report(args) -> int:
+    from pipeline.report import ReportError, write_report
+
+    options = dict(kv.split("=", 1) for kv in args.storage_option)
+    try:
+        print(f"report: {write_report(args.output, options, args.run)}")
+    except ReportError as e:
+        print(f"rushes: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -182,11 +195,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="records per new part (default 100000)")
     p.add_argument("--force", action="store_true",
                    help="take over the output's lease even if it has not expired (its holder is dead)")
+    p = sub.add_parser("report", help="write the library's report, <output>/report/index.html")
+    p.add_argument("output", help="output URI")
+    p.add_argument("--run", help="the run whose summary it shows (default: the run that committed last)")
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="fsspec option, e.g. endpoint_url=http://127.0.0.1:9000")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[rushes] %(message)s")
     try:
         commands = {"validate": cmd_validate, "run": cmd_run, "status": cmd_status, "submit": cmd_submit,
-                    "logs": cmd_logs, "compact": cmd_compact}
+                    "logs": cmd_logs, "compact": cmd_compact, "report": cmd_report}
         return commands[args.command](args)
     except (JobSpecError, ManifestError) as e:
         print(f"rushes: {e}", file=sys.stderr)

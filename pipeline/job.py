@@ -7,10 +7,12 @@ pipeline/plan.py; the Ray Data graph: pipeline/graph.py; committing: pipeline/co
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import yaml
@@ -20,6 +22,7 @@ from pipeline.errors import ClusterError, JobFailed
 from pipeline.lease import Lease
 from pipeline.library import LibraryState
 from pipeline.plan import PLAN_OBJECT_ROWS, PlanSpill, Planner, remove_plans
+from pipeline.progress import ProgressLine, on_terminal
 from pipeline.spec import JobSpec
 from stages.base import RunContext
 from stages.storage import filesystem, is_local
@@ -37,6 +40,7 @@ class Summary:
     work: Counter = field(default_factory=Counter)  # variants: new, skipped, retried, regenerated
     seconds: float = 0.0
     spec_uri: str = ""
+    report_uri: str = ""
 
     @property
     def generated(self) -> int:
@@ -56,7 +60,13 @@ class Summary:
             f"  videos:   {self.output.rstrip('/')}/videos/",
             f"  metadata: {self.output.rstrip('/')}/metadata/  (pipeline.library.read_records)",
             f"  job spec: {self.spec_uri}",
-        ])
+        ] + ([f"  report:   {self.report_uri}"] if self.report_uri else []))
+
+    def to_json(self) -> str:
+        """`runs/<run_id>/summary.json`, which the report reads."""
+        return json.dumps({"run_id": self.run_id, "output": self.output, "manifest_rows": self.manifest_rows,
+                           "counts": dict(self.counts), "work": dict(self.work), "seconds": self.seconds,
+                           "generated": self.generated}, indent=1)
 
 
 def ensure_ray(spec: JobSpec) -> None:
@@ -106,8 +116,17 @@ class Run:
                               manifest=spec.manifest, model=spec.model, identity=self.planner.model)
         self.state: LibraryState | None = None
         self.writer: MetadataWriter | None = None
+        self.metrics = None  # RunMetrics, once Ray is up
+        # On a terminal: one progress line, the messages above it (off a terminal: a line per commit).
+        self.line = ProgressLine() if on_terminal(echo) else None
+        if self.line:
+            self.echo = self.line.echo
 
     def run(self, force: bool = False) -> Summary:
+        with self.line or nullcontext():  # on a terminal, the progress line; it ends on its last state
+            return self._run(force)
+
+    def _run(self, force: bool) -> Summary:
         spec, echo = self.spec, self.echo
         taken_from = self.lease.acquire(force=force)  # the first write: a bad bucket fails here, before any GPU work
         try:
@@ -128,6 +147,8 @@ class Run:
             if plan_uris:
                 self.generate(plan_uris, total)
             self.summary.seconds = time.perf_counter() - self.start
+            self.writer.save_text(f"runs/{spec.run_id}/summary.json", self.summary.to_json() + "\n")
+            self.write_report()
             self.writer.save_text(f"runs/{spec.run_id}/summary.txt", self.summary.render() + "\n")
             return self.summary
         finally:
@@ -135,6 +156,16 @@ class Run:
                 remove_plans(spec.output, spec.storage_options, spec.run_id)
             finally:
                 self.lease.release()
+
+    def write_report(self) -> None:
+        """`<output>/report/index.html`, for this run; a report that cannot be written never fails the run."""
+        from pipeline.report import write_report
+
+        try:
+            self.summary.report_uri = write_report(self.spec.output, self.spec.storage_options, self.spec.run_id)
+        except Exception as e:  # noqa: BLE001 - the records are committed; `rushes report` can write it later
+            log.warning("could not write the report (rushes report %s writes it): %s: %s",
+                        self.spec.output, type(e).__name__, e)
 
     def plan(self) -> tuple[list[str], int]:
         """Record the invalid rows and spill the variants to generate; (plan object URIs, variants)."""
@@ -168,9 +199,16 @@ class Run:
         `filter.retries_on_reject`, rejected variants go round again with new seeds (one more pass of the
         pipeline per try, planned like the first)."""
         from pipeline.curate import Curator
+        from pipeline.metrics import RunMetrics
 
         spec = self.spec
         ensure_ray(spec)
+        if self.line:
+            from pipeline.graph import show_ray_data_progress
+
+            show_ray_data_progress(False)  # the progress line replaces Ray Data's bars on a terminal
+        self.metrics = RunMetrics(spec.name)
+        self.metrics.invalid(self.summary.counts["invalid"])
         self.total = total
         self.curator = Curator(spec, self.state)
         self.commits = CommitBuffer(self.writer, spec.commit.max_records, spec.commit.max_wait_s)
@@ -204,13 +242,16 @@ class Run:
         ds, ledger = build_dataset(self.spec, plan_uris, self.ctx)
         try:
             shown = commits.committed
-            # A finished variant waits at most about commit.max_wait_s, even while no batch arrives.
-            idle = lambda: commits.add([])  # noqa: E731
+            def idle():  # a finished variant waits at most about commit.max_wait_s, even while no batch arrives
+                commits.add([])
+                self.tick()
             for batch in watched_batches(ds, ledger, self.spec.ray.stall_timeout_s, on_idle=idle):
                 self.lease.check()
                 records, retry = self.curator.review(rows_of(batch))
                 self.again.add(retry)
                 commits.add(records)
+                self.metrics.records(records)
+                self.tick()
                 for rec in records:
                     counts[rec["status"]] += 1
                     if rec["status"] == "failed":
@@ -233,7 +274,16 @@ class Run:
         finally:
             ray.kill(ledger)
 
+    def tick(self) -> None:
+        """The live metrics, and the progress line on a terminal."""
+        self.metrics.rows(self.total, self.commits.committed)
+        self.metrics.lease(self.lease.renewals)
+        if self.line:
+            self.line.update(self.commits.committed + len(self.commits.records), self.total)
+
     def progress(self) -> None:
+        if self.line:
+            return self.line.update(self.commits.committed + len(self.commits.records), self.total, force=True)
         s = self.summary
         again = self.again.count
         self.echo(f"[rushes] committed {self.commits.committed}/{self.total} variants ({s.generated} videos, "

@@ -86,6 +86,7 @@ class Lease:
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.renewals = 0  # read by the run's metrics (pipeline/metrics.py)
 
     def _body(self) -> bytes:
         now, stat = time.time(), process_stat(os.getpid())
@@ -138,6 +139,7 @@ class Lease:
                 return
             try:
                 put_atomic(self.fs, self.path, self._body())
+                self.renewals += 1
             except Exception as e:  # noqa: BLE001 - try again next tick; the lease lasts 4 ticks
                 log.warning("could not renew the lease on %s: %s", self.output, e)
 

@@ -38,6 +38,10 @@ MIME = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-
         "json": "application/json"}
 
 
+class ReportError(Exception):
+    """The report cannot be written for what was asked (no such library, no such run)."""
+
+
 def relative_link(uri: str | None, root_uri: str) -> str | None:
     """A media URI as a link from `report/index.html`: `../previews/<id>/<variant>.webp`.
 
@@ -215,6 +219,10 @@ def write_report(output: str, storage_options: dict | None = None, run_id: str |
     campaign = campaign_column(table.column_names)
     records = table.select([c for c in COLUMNS + (campaign,) if c in table.column_names]).to_pylist() \
         if table.num_rows else []
+    if not records and not fs.exists(join(root, "runs")):
+        raise ReportError(f"{output}: no Rushes library there (no records, no runs/)")
+    if run_id and not fs.exists(join(root, "runs", run_id, "job.yaml")):
+        raise ReportError(f"{output}: no run {run_id!r} (no runs/{run_id}/job.yaml)")
     run_id = run_id or latest_run(records)
     page, chunks = build_page(records, campaign, fs.unstrip_protocol(root), run_id, load_summary(fs, root, run_id))
     report = join(root, "report")
