@@ -1,0 +1,191 @@
+"""The report: built from a library's records, checked in headless Chromium from a file:// URL and from
+moto S3 over HTTP; and written by a real run when it ends (slow).
+
+Chromium is Debian's `chromium` package (`make test` installs it); without it the browser tests skip.
+Set RUSHES_SCREENSHOT=docs/report.png to keep the real run's screenshot (the README shows it).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from collections import Counter
+
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from pipeline.commit import MetadataWriter, record_schema
+from pipeline.library import read_records
+from pipeline.report import CHUNK, PAGE_SIZE, ReportError, relative_link, write_report
+from stages.storage import filesystem, join, put_atomic
+from tests.browser import Chromium, find_chromium
+
+RUN = "20261125T120000Z-abcdef"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not find_chromium():
+        pytest.skip("Debian's chromium is not installed (`make test` installs it: apt-get install chromium)")
+    with Chromium() as b:
+        yield b
+
+
+def webp_preview() -> bytes:
+    frames = [Image.new("RGB", (48, 32), (40 * i, 90, 160)) for i in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="WEBP", save_all=True, append_images=frames[1:], duration=120, loop=0)
+    return buf.getvalue()
+
+
+def make_library(output: str, storage_options: dict | None = None, n: int = 130) -> list[dict]:
+    """A library of `n` records of every status, committed through the real writer, with previews of the
+    accepted videos and of the rejected ones kept (every tenth) at their deterministic keys."""
+    fs, root = filesystem(output, storage_options)
+    preview = webp_preview()
+    statuses = ["accepted"] * 7 + ["rejected"] * 3 + ["failed", "invalid"]
+    records = []
+    for i in range(n):
+        status = statuses[i % len(statuses)]
+        rec = {"id": f"clip-{i:04d}", "variant": -1 if status == "invalid" else i % 2, "row": i, "status": status,
+               "prompt": f"a fox <b>number</b> {i} in the snow", "campaign": ["spring", "autumn"][i % 2],
+               "style": ["anime", "documentary", None][i % 3], "tags": [["ad"], ["sim", "night"], []][i % 3],
+               "extra": {"campaign": ["spring", "autumn"][i % 2]}}
+        if status != "invalid":
+            rec.update(expanded_prompt=f"a fox number {i} in the snow, wide shot", seed=i, resolution="48x32",
+                       metrics={"motion": 0.1 * (i % 9), "brightness": 100.0 + i}, duration_s=1.0,
+                       stage_seconds={"sample": 0.5, "decode": 1.5, "encode": 0.25})
+        if status == "rejected":
+            rec["reasons"] = [["frozen: motion 0.1 < 0.2"], ["too dark: brightness 9 < 16", "blurry: 3"],
+                              ["near-duplicate: 3 of 256 hash bits from clip-0000/0"]][i % 3]
+        if status in ("failed", "invalid"):
+            rec["error"] = "sample: NaN in latents" if status == "failed" else "prompt: empty"
+        if status == "accepted" or (status == "rejected" and i % 10 == 7):
+            key = join(root, "previews", rec["id"], f"{rec['variant']}.webp")
+            put_atomic(fs, key, preview)
+            rec["preview_uri"] = fs.unstrip_protocol(key)
+            rec["video_uri"] = fs.unstrip_protocol(join(root, "videos", rec["id"], f"{rec['variant']}.mp4"))
+        records.append(rec)
+    writer = MetadataWriter(output, RUN, record_schema(pa.schema([("campaign", pa.string())])), storage_options)
+    for i in range(0, n, 50):
+        writer.commit([{k: v for k, v in r.items() if k != "campaign"} for r in records[i:i + 50]])
+    writer.save_text(f"runs/{RUN}/job.yaml", "name: test\n")
+    counts = Counter(r["status"] for r in records)
+    writer.save_text(f"runs/{RUN}/summary.json", json.dumps(
+        {"run_id": RUN, "manifest_rows": n, "counts": counts, "seconds": 12.5, "generated": 0,
+         "work": {"new": n - counts["invalid"], "skipped": 0, "retried": 0, "regenerated": 0}}))
+    return records
+
+
+def every_card(browser, url: str) -> tuple[list[tuple], list[int]]:
+    """Open the report and page through it: ((id, variant, status) of every card, each preview's width)."""
+    browser.open(url)
+    browser.wait_for("document.body.dataset.ready === '1'")
+    pages = browser.evaluate("Math.ceil(INDEX.n / INDEX.pageSize)")
+    cards, widths = [], []
+    for page in range(1, pages + 1):
+        browser.evaluate(f"document.body.dataset.ready = ''; location.hash = 'page={page}'")
+        browser.wait_for("document.body.dataset.ready === '1'")
+        cards += [tuple(c) for c in browser.evaluate(
+            "[...document.querySelectorAll('.card')].map(c => [c.dataset.id, +c.dataset.variant, c.dataset.status])")]
+        widths += browser.evaluate(
+            "Promise.all([...document.images].map(i => i.complete ? 0 : new Promise(r => i.onload = i.onerror = r)))"
+            ".then(() => [...document.querySelectorAll('img.preview')].map(i => i.naturalWidth))")
+    return cards, widths
+
+
+def check_report(browser, url: str, records: list[dict], screenshot: str) -> None:
+    cards, widths = every_card(browser, url)
+    assert sorted(cards) == sorted((r["id"], r["variant"], r["status"]) for r in records)
+    assert Counter(s for _, _, s in cards) == Counter(r["status"] for r in records)
+    assert len(widths) == sum(1 for r in records if r.get("preview_uri"))
+    assert widths and all(w == 48 for w in widths)  # every preview loaded, through its relative link
+    browser.evaluate("document.body.dataset.ready = ''; location.hash = 'status=rejected&campaign=autumn'")
+    browser.wait_for("document.body.dataset.ready === '1'")
+    shown = browser.evaluate("[...document.querySelectorAll('.card')].map(c => c.dataset.status + '/' + "
+                             "(+c.dataset.id.slice(5) % 2))")
+    wanted = [r for r in records if r["status"] == "rejected" and r["campaign"] == "autumn"]
+    assert len(shown) == min(len(wanted), PAGE_SIZE) and set(shown) == {"rejected/1"}
+    assert browser.evaluate("document.getElementById('page-info').textContent").startswith(f"{len(wanted)} cards")
+    browser.evaluate("location.hash = ''")
+    browser.screenshot(screenshot)
+    with open(screenshot, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_relative_links_survive_a_moved_library():
+    assert relative_link("file:///lib/previews/a/0.webp", "file:///lib") == "../previews/a/0.webp"
+    assert relative_link("s3://b/lib/videos/a b/1.mp4", "s3://b/lib") == "../videos/a%20b/1.mp4"
+    # written when the library lived elsewhere: the key is taken from the media folder in the URI
+    assert relative_link("file:///old/place/previews/x/videos/0.webp", "file:///new") == "../previews/x/videos/0.webp"
+    assert relative_link("s3://b/lib/posters/a/0.jpg", "file:///copy") == "../posters/a/0.jpg"
+    assert relative_link(None, "file:///lib") is None
+
+
+def test_report_in_chromium_from_a_file_url(browser, tmp_path):
+    records = make_library(str(tmp_path / "lib"), n=130)  # three pages of cards, several chunks
+    uri = write_report(str(tmp_path / "lib"))
+    assert uri == (tmp_path / "lib" / "report" / "index.html").as_uri()
+    page = (tmp_path / "lib" / "report" / "index.html").read_text()
+    assert "http://" not in page and "https://" not in page  # no CDN, nothing remote
+    assert "<b>number</b>" not in page  # prompts reach the page as data, drawn as text
+    assert f"<code>{RUN}</code>" in page and "frozen" in page and "brightness" in page
+    check_report(browser, uri, records, str(tmp_path / "report.png"))
+
+    # the library moved (or synced elsewhere): the report still finds its previews
+    shutil.move(tmp_path / "lib", tmp_path / "moved")
+    cards, widths = every_card(browser, (tmp_path / "moved" / "report" / "index.html").as_uri())
+    assert len(cards) == 130 and all(w == 48 for w in widths)
+
+
+def test_report_holds_no_media_and_drops_stale_chunks(tmp_path):
+    out = str(tmp_path / "lib")
+    make_library(out, n=CHUNK + 10)
+    write_report(out)
+    report = tmp_path / "lib" / "report"
+    files = sorted(p.relative_to(report).as_posix() for p in report.rglob("*") if p.is_file())
+    assert files == ["cards/000000.js", "cards/000001.js", "index.html"]
+    assert sum((report / f).stat().st_size for f in files) < 1500 * (CHUNK + 10)
+    shutil.rmtree(tmp_path / "lib" / "metadata")
+    make_library(out, n=5)
+    write_report(out)
+    assert sorted(p.name for p in (report / "cards").iterdir()) == ["000000.js"]
+
+
+def test_report_of_a_run_and_of_nothing(tmp_path):
+    out = str(tmp_path / "lib")
+    make_library(out, n=12)
+    write_report(out, run_id=RUN)
+    page = (tmp_path / "lib" / "report" / "index.html").read_text()
+    assert '<div class="stat stat-new"><b>11</b>' in page and "12.5" in page
+    with pytest.raises(ReportError, match="no run 'nope'"):
+        write_report(out, run_id="nope")
+    with pytest.raises(ReportError, match="no Rushes library"):
+        write_report(str(tmp_path / "empty"))
+
+
+def test_report_on_s3_served_from_the_bucket(browser, s3, tmp_path):
+    import boto3
+
+    fs, endpoint = s3
+    out, options = "s3://rushes-test/lib", {"endpoint_url": endpoint}
+    # Served from the bucket as a static site would be: anyone may read its objects (moto checks auth).
+    boto3.client("s3", endpoint_url=endpoint).put_bucket_policy(Bucket="rushes-test", Policy=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+                                                "Resource": "arn:aws:s3:::rushes-test/*"}]}))
+    records = make_library(out, options, n=60)
+    assert write_report(out, options) == "s3://rushes-test/lib/report/index.html"
+    assert fs.info("rushes-test/lib/report/index.html")["ContentType"].startswith("text/html")
+    check_report(browser, f"{endpoint}/rushes-test/lib/report/index.html", records, str(tmp_path / "s3.png"))
+    assert len(read_records(out, options)) == 60
+
+
+def test_cli_report(tmp_path, capsys):
+    from pipeline.cli import main
+
+    make_library(str(tmp_path / "lib"), n=3)
+    assert main(["report", str(tmp_path / "lib"), "--run", RUN]) == 0
+    assert "report/index.html" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "lib"), "--run", "nope"]) == 2
