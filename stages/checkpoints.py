@@ -20,7 +20,9 @@ from pathlib import Path
 
 BUILTIN_PREFIX = "builtin:"
 # Bump when the builtin recipe changes: the fingerprint changes with it, so outputs regenerate.
-BUILTIN_MODELS = {"tiny-wan": "tiny-wan-v1"}
+BUILTIN_MODELS = {"tiny-wan": "tiny-wan-v1", "tiny-wan22": "tiny-wan22-v1", "tiny-wan22-ti2v": "tiny-wan22-ti2v-v1",
+                  "tiny-ltx": "tiny-ltx-v1", "tiny-cogvideox": "tiny-cogvideox-v1",
+                  "tiny-hunyuan": "tiny-hunyuan-v1", "tiny-skyreels": "tiny-skyreels-v1"}
 # Builtins without weights (the `null` family's): nothing to build; the version is their fingerprint.
 WEIGHTLESS_BUILTINS = {"null": "null-v1"}
 
@@ -93,6 +95,15 @@ def build_tiny_wan(target: Path) -> None:
     pipe.save_pretrained(target)
 
 
+def builder_for(name: str):
+    """The function that builds the builtin model `name` (the other families' tiny models: stages/tiny_models.py)."""
+    if name == "tiny-wan":
+        return build_tiny_wan
+    from stages import tiny_models
+
+    return getattr(tiny_models, "build_" + name.replace("-", "_"))
+
+
 def resolve_model_path(path: str) -> str:
     """A path that `from_pretrained` accepts; builds the builtin model into the cache on first use."""
     if not path.startswith(BUILTIN_PREFIX):
@@ -104,7 +115,7 @@ def resolve_model_path(path: str) -> str:
         known = [*BUILTIN_MODELS, *WEIGHTLESS_BUILTINS]
         raise ValueError(f"model.path: unknown builtin model '{path}' "
                          f"(known: {', '.join(BUILTIN_PREFIX + k for k in known)})")
-    return build_once(BUILTIN_MODELS[name], "model_index.json", build_tiny_wan)
+    return build_once(BUILTIN_MODELS[name], "model_index.json", builder_for(name))
 
 
 def checkpoint_on_disk(path: str, revision: str | None = None) -> Path | None:

@@ -41,7 +41,9 @@ class DecodeStage(Stage):
                 continue
             start = time.perf_counter()
             try:
-                frames, finite = self.family.decode(self.vae, latents)
+                # LTX's timestep-conditioned VAE mixes in noise: seeded by the variant, like its sampling
+                seed = {"seed": r["seed"]} if getattr(self.family, "decode_uses_seed", False) else {}
+                frames, finite = self.family.decode(self.vae, latents, **seed)
             except Exception as e:  # noqa: BLE001 - recorded on the row
                 r.update(status="failed", error=f"decode: {type(e).__name__}: {e}")
                 continue

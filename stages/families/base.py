@@ -1,0 +1,235 @@
+"""What every diffusers family shares: loading without the VAE, per-item prompt encoding, seeded sampling to
+latents, the batch-invariant forward, and VAE output to uint8 frames.
+
+A family subclasses `DiffusersFamily` and says what differs: its pipeline and VAE classes, its shape rule,
+its recommended settings, how it encodes one prompt, and how its latents are laid out and decoded.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any, ClassVar
+
+import numpy as np
+
+# torch is imported where a model is loaded or run, never at import: CPU-only workers (validation,
+# filter, encode) import this package and would otherwise pay ~3 CPU-s and ~400 MB each for torch.
+
+
+def quiet_loading() -> None:
+    """Loading progress bars and deprecation chatter would flood every actor's log."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _split_batch_forward(module) -> None:
+    """Make `module` run each batch item in its own forward and concatenate the results.
+
+    CPU and GPU kernels (conv, small-M GEMMs) round differently for different batch sizes, so a batched
+    forward would make a video's pixels depend on which other rows shared its batch. One item per forward
+    keeps them identical whatever the batching; the pipeline call around it is still batched.
+
+    With a diffusers cache hook on (first-block cache, TaylorSeer, ...), the hooks keep their state per cache
+    context ("cond", "uncond"), so split items would share one state and each item's cache decisions would
+    read the previous item's residuals. Each item therefore runs in its own context, `<name>#<i>`: the state
+    an item sees is the state it would see alone.
+    """
+    import torch
+
+    forward = module.forward
+
+    @functools.wraps(forward)
+    def per_item(*args: Any, **kwargs: Any):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        n = hidden.shape[0]
+        if n == 1:
+            return forward(*args, **kwargs)
+
+        def item(v: Any, i: int) -> Any:
+            return v[i:i + 1] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v
+
+        context = _cache_context(module)
+        outs = []
+        for i in range(n):
+            if context is not None:
+                _set_context(module, context, f"{context.name}#{i}")
+            outs.append(forward(*[item(a, i) for a in args], **{k: item(v, i) for k, v in kwargs.items()}))
+        if context is not None:
+            _set_context(module, context, context.name)
+        first = outs[0]
+        if isinstance(first, tuple):
+            return tuple(torch.cat([o[j] for o in outs]) for j in range(len(first)))
+        return type(first)(sample=torch.cat([o.sample for o in outs]))
+
+    module.forward = per_item
+
+
+def _cache_context(module):
+    """The cache context the pipeline set around this forward, or None when no cache hook is on."""
+    if not getattr(module, "is_cache_enabled", False):
+        return None
+    from diffusers.hooks.hooks import HookRegistry, StateManager
+
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    for child in (registry, *registry._get_child_registries()):
+        for hook in child.hooks.values():
+            for attr in vars(hook).values():
+                if isinstance(attr, StateManager) and attr._context is not None:
+                    return attr._context
+    return None
+
+
+def _set_context(module, context, name: str) -> None:
+    import dataclasses
+
+    from diffusers.hooks.hooks import _set_cache_context
+
+    _set_cache_context(module, dataclasses.replace(context, name=name))
+
+
+def video_to_frames(video) -> tuple[np.ndarray, bool]:
+    """A VAE's output for one video, (3, T, H, W) in [-1, 1], to uint8 frames (T, H, W, 3) and whether all
+    values were finite (NaN become black rather than garbage, and the row is marked failed)."""
+    import torch
+
+    video = video.float()
+    finite = bool(torch.isfinite(video).all())
+    video = torch.nan_to_num(video, nan=-1.0)
+    frames = ((video.permute(1, 2, 3, 0) / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    return frames.cpu().numpy(), finite
+
+
+def _cat(tensors: list):
+    import torch
+
+    return None if tensors[0] is None else torch.cat(tensors)
+
+
+class DiffusersFamily:
+    """A text-to-video family over one diffusers pipeline class. Subclasses set the class attributes and
+    override `encode_one`, `latents_out` and `decode` where their layout differs."""
+
+    name: ClassVar[str]
+    pipeline_class: ClassVar[str]  # a diffusers class name, imported when a model is loaded
+    vae_class: ClassVar[str]
+    spatial_multiple: ClassVar[int] = 16  # VAE spatial factor x transformer patch
+    temporal_stride: ClassVar[int] = 4  # frames must be stride*k+1
+    frame_examples: ClassVar[str] = "17, 33, 49, 81"
+    transformers: ClassVar[tuple[str, ...]] = ("transformer",)
+    vae_dtype: ClassVar[str | None] = None  # None: the model's dtype
+    decode_uses_seed: ClassVar[bool] = False  # decode adds seeded noise (LTX's timestep-conditioned VAE)
+    # Text tokens the encoder pads to: the pipeline's own default, which its model was trained with
+    # (encode_prompt's own default differs for Wan: 226 vs the pipeline's 512).
+    max_sequence_length: ClassVar[int] = 512
+
+    @classmethod
+    def spatial_multiple_of(cls, path: str | None) -> int:
+        return cls.spatial_multiple
+
+    @classmethod
+    def check_shape(cls, height: int, width: int, num_frames: int, path: str | None = None) -> str | None:
+        """None when the model at `path` can make this shape, else a message naming the field and the rule."""
+        m = cls.spatial_multiple_of(path)
+        if height % m:
+            return f"height must be a multiple of {m} for family '{cls.name}', got {height}"
+        if width % m:
+            return f"width must be a multiple of {m} for family '{cls.name}', got {width}"
+        if (num_frames - 1) % cls.temporal_stride:
+            return (f"num_frames must be {cls.temporal_stride}*k+1 (e.g. {cls.frame_examples}) for family "
+                    f"'{cls.name}', got {num_frames}")
+        return None
+
+    # -- sampling ---------------------------------------------------------------------------------------
+    @classmethod
+    def load_pipeline(cls, path: str, dtype: str, device: str, revision: str | None = None,
+                      batch_invariant: bool = True):
+        import diffusers
+
+        quiet_loading()
+        # The VAE is loaded by the decode stage alone; the sampler never holds it.
+        pipe = getattr(diffusers, cls.pipeline_class).from_pretrained(
+            path, vae=None, torch_dtype=torch_dtype(dtype), revision=revision)
+        cls.after_load(pipe, path, revision)
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        if batch_invariant:
+            for name in cls.transformers:
+                if getattr(pipe, name, None) is not None:
+                    _split_batch_forward(getattr(pipe, name))
+        return pipe
+
+    @classmethod
+    def after_load(cls, pipe, path: str, revision: str | None) -> None:
+        """Fix-ups a pipeline loaded without its VAE needs (its VAE-derived factors)."""
+
+    @classmethod
+    def encode_one(cls, pipe, prompt: str, negative: str, cfg: bool, device) -> dict:
+        """One prompt's embeddings as keyword arguments of the pipeline call (batch of one)."""
+        pos, neg = pipe.encode_prompt(prompt=[prompt], negative_prompt=[negative], do_classifier_free_guidance=cfg,
+                                      max_sequence_length=cls.max_sequence_length, device=device)
+        return {"prompt_embeds": pos, "negative_prompt_embeds": neg if cfg else None}
+
+    @classmethod
+    def call_kwargs(cls, pipe, settings: dict) -> dict:
+        """Family-specific arguments of the pipeline call, from the variant's settings."""
+        return {}
+
+    @classmethod
+    def latents_out(cls, pipe, latents, *, height: int, width: int, num_frames: int):
+        """The pipeline's latents as this family keeps them between sample and decode."""
+        return latents
+
+    @classmethod
+    def sample(cls, pipe, prompts: list[str], negative_prompts: list[str], seeds: list[int], *,
+               height: int, width: int, num_frames: int, num_inference_steps: int,
+               guidance_scale: float, **settings: Any) -> np.ndarray:
+        """Latents for a batch of same-shape variants, float32, one per seed (layout: the family's own)."""
+        import torch
+
+        device = pipe._execution_device
+        # Prompts are encoded one at a time for the same reason the denoiser runs per item.
+        cfg = guidance_scale > 1.0
+        encoded = [cls.encode_one(pipe, p, n, cfg, device) for p, n in zip(prompts, negative_prompts)]
+        embeds = {k: _cat([e[k] for e in encoded]) for k in encoded[0]}
+        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        out = pipe(**embeds, height=height, width=width, num_frames=num_frames,
+                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generators,
+                   output_type="latent", **cls.call_kwargs(pipe, settings))
+        z = cls.latents_out(pipe, out.frames, height=height, width=width, num_frames=num_frames)
+        return z.float().cpu().numpy()
+
+    # -- decoding ---------------------------------------------------------------------------------------
+    @classmethod
+    def load_vae(cls, path: str, dtype: str, device: str, revision: str | None = None):
+        import diffusers
+
+        quiet_loading()
+        vae = getattr(diffusers, cls.vae_class).from_pretrained(
+            path, subfolder="vae", torch_dtype=torch_dtype(cls.vae_dtype or dtype), revision=revision)
+        return vae.to(device).eval()
+
+    @classmethod
+    def decode(cls, vae, latents: np.ndarray, seed: int = 0) -> tuple[np.ndarray, bool]:
+        """One variant's latents to frames uint8 (T, H, W, 3), and whether all were finite."""
+        import torch
+
+        with torch.no_grad():
+            p = next(vae.parameters())
+            z = torch.from_numpy(latents).unsqueeze(0).to(p.device, torch.float32)
+            video = cls.decode_video(vae, z, seed)  # (1, 3, T, H, W) in [-1, 1]
+            return video_to_frames(video[0])
+
+    @classmethod
+    def decode_video(cls, vae, z, seed: int):
+        """Batch-of-one latents (float32, on the VAE's device) to the VAE's video output."""
+        raise NotImplementedError

@@ -1,0 +1,30 @@
+"""HunyuanVideo (`HunyuanVideoPipeline`: a Llama text encoder with a prompt template, CLIP for the pooled
+embedding, `AutoencoderKLHunyuanVideo`).
+
+HunyuanVideo is guidance-distilled: `guidance_scale` is embedded into the transformer, there is no second
+(negative) pass, so the negative prompt is not used. Latents: (C, T', H', W') scaled by `scaling_factor`.
+"""
+from __future__ import annotations
+
+from stages.families.base import DiffusersFamily
+
+
+class HunyuanFamily(DiffusersFamily):
+    name = "hunyuan"
+    pipeline_class = "HunyuanVideoPipeline"
+    vae_class = "AutoencoderKLHunyuanVideo"
+    spatial_multiple = 16  # VAE 8x, transformer patch 2
+    temporal_stride = 4
+    frame_examples = "17, 33, 61, 129"
+    max_sequence_length = 256
+
+    @classmethod
+    def encode_one(cls, pipe, prompt: str, negative: str, cfg: bool, device) -> dict:
+        pos, pooled, mask = pipe.encode_prompt(prompt=[prompt], prompt_2=[prompt], device=device,
+                                                max_sequence_length=cls.max_sequence_length)
+        return {"prompt_embeds": pos, "pooled_prompt_embeds": pooled, "prompt_attention_mask": mask}
+
+    @classmethod
+    def decode_video(cls, vae, z, seed: int):
+        dtype = next(vae.parameters()).dtype
+        return vae.decode((z / vae.config.scaling_factor).to(dtype), return_dict=False)[0]

@@ -1,0 +1,53 @@
+"""A whole job per model family on a real local Ray instance: each tiny model is built, saved, loaded with
+`from_pretrained` in the actors, and every MP4 it makes decodes back with PyAV to the requested shape."""
+import io
+
+import av
+import fsspec
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+
+from pipeline.job import run_job
+from pipeline.spec import load_job
+from tests.conftest import job_dict, write_manifest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+ROWS = [
+    {"id": "cat", "prompt": "a cat walking on a beach", "seed": 1},
+    {"id": "car", "prompt": "a red car at night", "seed": 2},
+    {"id": "odd", "prompt": "frames against the family's rule", "seed": 3, "num_frames": 11},
+]
+MODELS = [
+    ("wan", "builtin:tiny-wan22"), ("wan", "builtin:tiny-wan22-ti2v"), ("ltx", "builtin:tiny-ltx"),
+    ("cogvideox", "builtin:tiny-cogvideox"), ("hunyuan", "builtin:tiny-hunyuan"),
+    ("skyreels", "builtin:tiny-skyreels"),
+]
+
+
+def decode(uri):
+    with fsspec.open(uri, "rb") as f, av.open(io.BytesIO(f.read())) as c:
+        return np.stack([fr.to_ndarray(format="rgb24") for fr in c.decode(c.streams.video[0])])
+
+
+@pytest.mark.parametrize("family,path", MODELS, ids=[p.removeprefix("builtin:") for _, p in MODELS])
+def test_a_job_runs_with_the_familys_tiny_model(ray_local, tmp_path, family, path):
+    manifest = write_manifest(tmp_path / "m.parquet", ROWS)
+    # keep_rejected: the tiny random models paint noise that the quality filter may reject; every video
+    # is written anyway so that each one can be decoded back here.
+    job = job_dict(manifest, str(tmp_path / "out"), model={"family": family, "path": path},
+                   encode={"preset": "ultrafast", "keep_rejected": True})
+    summary = run_job(load_job(job), echo=lambda *_: None)
+    recs = {r["id"]: r for r in pads.dataset(f"{tmp_path}/out/metadata", format="parquet").to_table().to_pylist()}
+    assert sorted(recs) == ["car", "cat", "odd"]
+    assert recs["odd"]["status"] == "invalid"
+    assert f"for family '{family}', got 11" in recs["odd"]["error"]
+    assert summary.counts["accepted"] + summary.counts["rejected"] == 2
+    for rid in ("cat", "car"):
+        r = recs[rid]
+        assert r["status"] in ("accepted", "rejected"), r["error"]
+        assert r["model_family"] == family and r["model_path"] == path and r["model_weights_hash"]
+        frames = decode(r["video_uri"])
+        assert frames.shape == (9, 64, 64, 3)
+    assert not np.array_equal(decode(recs["cat"]["video_uri"]), decode(recs["car"]["video_uri"]))
