@@ -272,6 +272,7 @@ class Run:
             raise JobFailed(f"the pipeline stopped after committing {commits.committed} of {self.total} variants: "
                             f"{type(e).__name__}: {first}. Committed records are kept; run again to resume.") from e
         finally:
+            self.tick()  # the gauges end on what was committed
             ray.kill(ledger)
 
     def tick(self) -> None:

@@ -138,7 +138,7 @@ def summary_html(run_id: str | None, summary: dict | None, run_counts: Counter) 
     else:
         counts, work, note = summary["counts"], summary["work"], ""
     cells = [(s, counts.get(s, 0)) for s in ("accepted", "rejected", "invalid", "failed")]
-    cells += [(k, work[k]) for k in ("new", "skipped", "retried", "regenerated") if k in work]
+    cells += [(k, work.get(k, 0)) for k in ("new", "skipped", "retried", "regenerated") if summary]
     if summary:
         cells += [("seconds", round(summary["seconds"], 1)), ("manifest rows", summary["manifest_rows"])]
     stats = "".join(f'<div class="stat stat-{html.escape(k)}"><b>{v}</b><span>{html.escape(k)}</span></div>'

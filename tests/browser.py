@@ -139,8 +139,10 @@ class Chromium:
                 raise BrowserError(f"timed out waiting for {expression!r}")
             time.sleep(0.1)
 
-    def screenshot(self, path: str) -> None:
-        data = self.send("Page.captureScreenshot", format="png")["data"]
+    def screenshot(self, path: str, height: int | None = None) -> None:
+        """A PNG of the page's top `height` pixels (default: the window's)."""
+        clip = {"x": 0, "y": 0, "width": self.width, "height": height or self.height, "scale": 1}
+        data = self.send("Page.captureScreenshot", format="png", clip=clip, captureBeyondViewport=True)["data"]
         with open(path, "wb") as f:
             f.write(base64.b64decode(data))
 

@@ -189,3 +189,37 @@ def test_cli_report(tmp_path, capsys):
     assert main(["report", str(tmp_path / "lib"), "--run", RUN]) == 0
     assert "report/index.html" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "lib"), "--run", "nope"]) == 2
+
+
+@pytest.fixture(scope="module")
+def demo_run(ray_local, tmp_path_factory):
+    """The demo's manifest, run small: what `make demo` writes, in a few seconds per clip."""
+    from pipeline.job import run_job
+    from pipeline.spec import load_job
+    from tests.conftest import job_dict
+
+    out = str(tmp_path_factory.mktemp("report-run") / "demo")
+    job = job_dict("manifests/demo.parquet", out, sampling={"height": 96, "width": 160, "num_frames": 9,
+                                                            "fps": 8, "num_inference_steps": 2})
+    return out, run_job(load_job(job), echo=lambda *_: None)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_run_ends_by_writing_its_report(demo_run, browser, tmp_path):
+    out, summary = demo_run
+    index = os.path.join(out, "report", "index.html")
+    assert summary.report_uri == f"file://{index}" and f"report:   file://{index}" in summary.render()
+    saved = json.loads(open(os.path.join(out, "runs", summary.run_id, "summary.json")).read())
+    assert saved["counts"] == dict(summary.counts) and saved["work"]["new"] == summary.work["new"]
+    records = read_records(out).to_pylist()
+    assert summary.counts["invalid"] == 2 and summary.generated == 11
+    shot = os.environ.get("RUSHES_SCREENSHOT") or str(tmp_path / "report.png")
+    cards, widths = every_card(browser, f"file://{index}")
+    assert sorted(cards) == sorted((r["id"], r["variant"], r["status"]) for r in records)
+    assert len(widths) == sum(1 for r in records if r["preview_uri"]) >= 10 and all(w > 0 for w in widths)
+    browser.evaluate("location.hash = ''")
+    browser.wait_for("document.body.dataset.ready === '1'")
+    browser.evaluate("Promise.all([...document.images].map(i => i.complete || new Promise(r => i.onload = r)))")
+    browser.screenshot(shot, height=1900)  # the summary, the charts and the first two rows of clips
+    assert os.path.getsize(shot) > 10_000
