@@ -14,6 +14,7 @@ import time
 from collections import deque
 
 RATE_WINDOW_S = 60.0  # the rate is measured over about the last minute, so the ETA follows changes
+LOGGERS = ("", "ray", "ray.data")  # loggers with handlers of their own (Ray's do not propagate to the root)
 CLEAR = "\r\x1b[K"  # to the line's start, then erase it
 
 
@@ -43,6 +44,7 @@ class ProgressLine:
         self.text = ""
         self.drawn_at = float("-inf")
         self._filter = _ClearBeforeLogging(self)
+        self._filtered: set = set()
 
     def rate(self) -> float | None:
         """Variants per second over the window, counted from the first variant done (start-up is not work)."""
@@ -58,6 +60,7 @@ class ProgressLine:
             while len(self.samples) > 2 and now - self.samples[1][0] > RATE_WINDOW_S:
                 self.samples.popleft()
         if force or now - self.drawn_at >= self.min_interval_s:
+            self._filter_logging()  # again: Ray Data sets its handlers up when it is first used
             self.text = format_line(done, total, self.rate())
             self.stream.write(CLEAR + self.text)
             self.stream.flush()
@@ -76,14 +79,22 @@ class ProgressLine:
             self.stream.write(self.text)
         self.stream.flush()
 
+    def _filter_logging(self) -> None:
+        """Log records are printed above the line too: each handler clears it first."""
+        for name in LOGGERS:
+            for handler in logging.getLogger(name).handlers:
+                if handler not in self._filtered and not isinstance(handler, logging.FileHandler):
+                    handler.addFilter(self._filter)
+                    self._filtered.add(handler)
+
     def __enter__(self) -> "ProgressLine":
-        for handler in logging.getLogger().handlers:  # log records are printed above the line too
-            handler.addFilter(self._filter)
+        self._filter_logging()
         return self
 
     def __exit__(self, *exc) -> None:
-        for handler in logging.getLogger().handlers:
+        for handler in self._filtered:
             handler.removeFilter(self._filter)
+        self._filtered.clear()
         if self.text:
             self.stream.write("\n")
             self.stream.flush()

@@ -9,6 +9,8 @@ import pty
 import subprocess
 import sys
 
+import pytest
+
 from pipeline.progress import CLEAR, ProgressLine, clock_text, format_line, on_terminal
 
 
@@ -84,3 +86,43 @@ def test_only_on_a_terminal():
         chunks.append(data)
     os.waitpid(pid, 0)
     assert b"True" in b"".join(chunks)
+
+
+def read_pty(argv: list[str], env: dict) -> tuple[str, int]:
+    """Run `argv` with a pty as its terminal; (everything it wrote, its exit status)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(argv[0], argv, env)
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # the child closed the pty
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    return b"".join(chunks).decode(errors="replace"), os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_run_on_a_terminal_shows_one_progress_line(tmp_path, model_cache):
+    import yaml
+
+    from tests.conftest import job_dict, write_manifest
+
+    rows = [{"id": f"fox-{i}", "prompt": f"a fox number {i}", "seed": i} for i in range(3)] + [{"id": "bad id",
+                                                                                               "prompt": "x"}]
+    job = job_dict(write_manifest(tmp_path / "m.parquet", rows), str(tmp_path / "out"), ray={"num_cpus": 4})
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    rushes = os.path.join(os.path.dirname(sys.executable), "rushes")
+    text, code = read_pty([rushes, "run", str(tmp_path / "job.yaml")], dict(os.environ))
+    assert code == 0, text[-3000:]
+    assert CLEAR + "[rushes] 3/3 variants (100%)" in text
+    assert "[rushes] invalid row 3 (id 'bad id')" in text  # messages still printed, above the line
+    assert "report:   file://" in text
+    # Ray Data's own progress (per-operator log lines, or bars) is off on a terminal
+    assert "Total Progress" not in text and "MapBatches(sample): " not in text and "Running Dataset" not in text
+    assert "[rushes] committed " not in text  # the line per commit is for log files
