@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; an unpinned torch pulls several GB of CUDA wheels.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test browser bench clean
 
 install: $(VENV)/.installed
 
@@ -18,8 +18,15 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/rushes run manifests/demo.yaml
 
-test: install
+test: install browser
 	$(VENV)/bin/python -m pytest -q
+
+# The report's tests open it in Debian's chromium (Playwright cannot download its own browser here).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
+	  echo "make: chromium could not be installed; the report's browser tests will be skipped"
 
 bench: install
 	$(PY) bench/stage_costs.py
