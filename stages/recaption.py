@@ -122,8 +122,10 @@ def build_tiny_qwen(target: Path) -> None:
         hidden = model.model(input_ids=torch.randint(3, len(tok) - 2, (8, 60), generator=g)).last_hidden_state
         mean = hidden.reshape(-1, hidden.shape[-1]).mean(0)
         model.lm_head.weight[tok.eos_token_id] = 0.5 * mean / mean.dot(mean)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
+    # Sampling settings as real instruct models ship them (servers such as `transformers serve` sample only
+    # when the checkpoint says so)
+    model.generation_config.update(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, do_sample=True,
+                                   temperature=0.7, top_p=0.9)
     model.save_pretrained(target)
     tok.save_pretrained(target)
 

@@ -13,6 +13,10 @@ import pytest
 SECRET = "rushes-test-secret-7Qz9-never-log-me"
 os.environ.update(AWS_ACCESS_KEY_ID="rushes-test-key-id", AWS_SECRET_ACCESS_KEY=SECRET,
                   AWS_DEFAULT_REGION="us-east-1")
+# The API key of the test's language-model endpoint (expand.api_key_env), set before Ray starts for the same
+# reason, and a marker in the same way.
+LLM_KEY_ENV, LLM_KEY = "RUSHES_TEST_LLM_KEY", "rushes-llm-key-Hx81-never-log-me"
+os.environ[LLM_KEY_ENV] = LLM_KEY
 
 
 @pytest.fixture(scope="session")
@@ -109,3 +113,25 @@ def job_dict(manifest: str, output: str, **overrides) -> dict:
         else:
             job[key] = value
     return job
+
+
+@pytest.fixture(scope="session")
+def llm_server(model_cache, tmp_path_factory):
+    """`transformers serve` on 127.0.0.1 serving builtin:tiny-qwen (built into the session's cache)."""
+    from stages.recaption import resolve_llm_path
+    from tests.faulty_llm import LLMServer
+
+    pytest.importorskip("fastapi", reason="needs transformers' serving extra (pip install 'transformers[serving]')")
+    server = LLMServer(resolve_llm_path("builtin:tiny-qwen"), tmp_path_factory.mktemp("llm") / "serve.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def faulty_llm(llm_server):
+    """A fault-injecting proxy in front of the session's LLM server; a fresh one per test."""
+    from tests.faulty_llm import FaultyLLM
+
+    proxy = FaultyLLM(llm_server.port)
+    yield proxy
+    proxy.stop()
