@@ -199,7 +199,8 @@ def demo_run(ray_local, tmp_path_factory):
     from tests.conftest import job_dict
 
     out = str(tmp_path_factory.mktemp("report-run") / "demo")
-    job = job_dict("manifests/demo.parquet", out, sampling={"height": 96, "width": 160, "num_frames": 9,
+    demo = os.path.join(os.path.dirname(__file__), "..", "..", "manifests", "demo.parquet")
+    job = job_dict(demo, out, sampling={"height": 96, "width": 160, "num_frames": 9,
                                                             "fps": 8, "num_inference_steps": 2})
     return out, run_job(load_job(job), echo=lambda *_: None)
 
