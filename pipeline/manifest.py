@@ -209,7 +209,7 @@ class RowValidator:
     def __init__(self, spec: JobSpec, columns: list[str], duplicate_of: dict[int, int]):
         self.family = family_for(spec.model.family)
         self.model_path = spec.model.path
-        self.defaults = spec.sampling.model_dump()
+        self.defaults = spec.sampling_defaults()  # the family's recommendations where the job file is silent
         known = set(REQUIRED) | set(OVERRIDES)
         self.extra_cols = [c for c in columns if c not in known]
         self.duplicate_of = duplicate_of
@@ -254,6 +254,8 @@ class RowValidator:
             row.setdefault("tags", [])
             row.setdefault("seed", _derived_seed(row_id, self.defaults["seed"]))
             problem = self.family.check_shape(row["height"], row["width"], row["num_frames"], path=self.model_path)
+            if not problem and hasattr(self.family, "check_settings"):
+                problem = self.family.check_settings(row, path=self.model_path)
             if problem:
                 errors.append(problem)
         if errors:

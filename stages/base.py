@@ -104,8 +104,10 @@ class StageOptions(Strict):
 
 
 class ModelSpec(Strict):
-    family: str = Field("wan", description="built-in family (wan) or 'package.module:ClassName'")
-    path: str = Field("builtin:tiny-wan", description="builtin:tiny-wan, a local folder, or a hub id")
+    family: str = Field("wan", description="built-in family (wan, ltx, cogvideox, hunyuan, skyreels, null) or "
+                                           "'package.module:ClassName'")
+    path: str = Field("", description="builtin:tiny-<family>, a local folder, or a hub id; unset: the family's "
+                                      "builtin tiny model (builtin:tiny-wan, builtin:tiny-ltx, ...)")
     revision: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
@@ -116,6 +118,15 @@ class ModelSpec(Strict):
 
         family_for(v)
         return v
+
+    @model_validator(mode="after")
+    def _family_tiny_model_by_default(self) -> "ModelSpec":
+        if not self.path:
+            # a user's family ('package.module:Class'): tiny Wan, the default before families had their own
+            tiny = ("builtin:null" if self.family == "null" else "builtin:tiny-wan" if ":" in self.family
+                    else f"builtin:tiny-{self.family}")
+            object.__setattr__(self, "path", tiny)
+        return self
 
 
 @dataclass(frozen=True)

@@ -71,13 +71,13 @@ class SampleStage(Stage):
         self.calls += 1
         return self.family.sample(
             self.pipe, [self.read_by_encoder(r) for r in rows], [r["negative_prompt"] for r in rows],
-            [r["seed"] for r in rows], **{k: rows[0][k] for k in BUCKET_FIELDS})
+            [r["seed"] for r in rows], **{k: rows[0].get(k) for k in BUCKET_FIELDS})
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         buckets: dict[tuple, list[dict]] = defaultdict(list)
         for r in rows:
             if r["status"] == "pending":
-                buckets[tuple(r[k] for k in BUCKET_FIELDS)].append(r)
+                buckets[tuple(r.get(k) for k in BUCKET_FIELDS)].append(r)
         for group in buckets.values():
             for i in range(0, len(group), self.options.batch_size):
                 self._run_batch(group[i:i + self.options.batch_size])

@@ -27,6 +27,7 @@ class VariantField:
     bucket: bool = False  # variants sampled in one pipeline call must agree on it
     planned: bool = False  # decided when planning (not a result): a retried variant keeps it
     state: bool = False  # read back into the library state that a re-run compares against
+    hash_if_set: bool = False  # in params_hash only when not None (added later: older hashes stay valid)
 
 
 V = VariantField
@@ -51,11 +52,16 @@ FIELDS = [
     V("height", pa.int32(), override="int", bounds=(16, 4096), pixels=True, bucket=True, planned=True),
     V("width", pa.int32(), override="int", bounds=(16, 4096), pixels=True, bucket=True, planned=True),
     V("num_frames", pa.int32(), override="int", bounds=(1, 1024), pixels=True, bucket=True, planned=True),
-    V("fps", pa.int32(), override="int", bounds=(1, 120), pixels=True, planned=True),
+    V("fps", pa.int32(), override="int", bounds=(1, 120), pixels=True, bucket=True, planned=True),  # LTX reads it
     V("num_inference_steps", pa.int32(), override="int", bounds=(1, 1000), pixels=True, bucket=True,
       planned=True),
     V("guidance_scale", pa.float64(), override="float", bounds=(0.0, 100.0), pixels=True, bucket=True,
       planned=True),
+    # Wan2.2 A14B's low-noise expert's guidance; the scheduler's flow shift (None: the checkpoint's own)
+    V("guidance_scale_2", pa.float64(), override="float", bounds=(0.0, 100.0), pixels=True, bucket=True,
+      planned=True, hash_if_set=True),
+    V("flow_shift", pa.float64(), override="float", bounds=(0.0, 100.0), pixels=True, bucket=True, planned=True,
+      hash_if_set=True),
     V("num_variants", None, override="int", bounds=(1, 64)),  # a row's setting: no variant has it
     V("style", pa.string(), override="string", planned=True),
     V("tags", pa.list_(pa.string()), override="list<string>", planned=True),
@@ -75,6 +81,7 @@ RECORD_SCHEMA = pa.schema([(f.name, f.type) for f in FIELDS if f.type is not Non
 OVERRIDES = {f.name: f.override for f in FIELDS if f.override}
 BOUNDS = {f.name: f.bounds for f in FIELDS if f.bounds}
 PIXEL_FIELDS = tuple(f.name for f in FIELDS if f.pixels)
+HASH_IF_SET = frozenset(f.name for f in FIELDS if f.hash_if_set)
 BUCKET_FIELDS = tuple(f.name for f in FIELDS if f.bucket)
 PLANNED_FIELDS = tuple(f.name for f in FIELDS if f.planned) + ("extra",)  # extra: the manifest's own columns
 STATE_COLUMNS = tuple(f.name for f in FIELDS if f.state)
@@ -84,7 +91,8 @@ STATUSES = ("accepted", "rejected", "invalid", "failed")
 def params_hash(settings: dict, variant: dict) -> str:
     """sha256 of the canonical JSON of everything that decides a variant's pixels: the run's pixel
     settings (model identity, encoder settings, ...) and the variant's own PIXEL_FIELDS."""
-    params = {**settings, **{k: variant[k] for k in PIXEL_FIELDS}}
+    params = {**settings, **{k: variant[k] for k in PIXEL_FIELDS if k not in HASH_IF_SET},
+              **{k: variant[k] for k in HASH_IF_SET if variant.get(k) is not None}}
     if variant["expanded_prompt"] is None:  # rewritten later (expand.mode llm): the original prompt decides it,
         params["prompt"] = variant["prompt"]  # with the rewriter's identity in `settings`
     blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)

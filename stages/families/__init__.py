@@ -16,7 +16,7 @@ hold no Ray code.
 """
 from __future__ import annotations
 
-from stages.families.base import DiffusersFamily, quiet_loading, torch_dtype, video_to_frames  # noqa: F401
+from stages.families.base import TINY, DiffusersFamily, quiet_loading, torch_dtype, video_to_frames  # noqa: F401
 from stages.families.cogvideox import CogVideoXFamily
 from stages.families.hunyuan import HunyuanFamily
 from stages.families.ltx import LTXFamily

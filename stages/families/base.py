@@ -115,6 +115,16 @@ def _cat(tensors: list):
     return None if tensors[0] is None else torch.cat(tensors)
 
 
+# The settings a family recommends when the job file leaves them unset. `None` for `flow_shift`: the
+# checkpoint's own scheduler config; for `guidance_scale_2`: none (only Wan2.2 A14B has a second expert).
+SETTINGS = ("height", "width", "num_frames", "fps", "num_inference_steps", "guidance_scale", "guidance_scale_2",
+            "flow_shift")
+# The builtin tiny models' settings: small enough for a CPU, and the Wan defaults Rushes had before families
+# recommended their own (so that tiny-wan's params_hash values did not change).
+TINY = dict(height=96, width=160, num_frames=17, fps=8, num_inference_steps=4, guidance_scale=5.0,
+            guidance_scale_2=None, flow_shift=None)
+
+
 class DiffusersFamily:
     """A text-to-video family over one diffusers pipeline class. Subclasses set the class attributes and
     override `encode_one`, `latents_out` and `decode` where their layout differs."""
@@ -131,6 +141,33 @@ class DiffusersFamily:
     # Text tokens the encoder pads to: the pipeline's own default, which its model was trained with
     # (encode_prompt's own default differs for Wan: 226 vs the pipeline's 512).
     max_sequence_length: ClassVar[int] = 512
+    # The real model's recommended settings (its model card / diffusers' docs); see `recommended`.
+    RECOMMENDED: ClassVar[dict] = {}
+    shifted: ClassVar[bool] = False  # a flow-matching scheduler with a fixed shift that `flow_shift` sets
+
+    @classmethod
+    def recommended(cls, path: str | None) -> dict:
+        """Every sampling setting this model recommends, for those the job file leaves unset."""
+        if path and path.startswith("builtin:"):
+            return {**TINY, **cls.tiny_overrides(path)}
+        return {**TINY, "guidance_scale_2": None, "flow_shift": None, **cls.RECOMMENDED}
+
+    @classmethod
+    def tiny_overrides(cls, path: str) -> dict:
+        return {}
+
+    @classmethod
+    def check_settings(cls, settings: dict, path: str | None = None) -> str | None:
+        """None when the family can use these settings, else a message naming the setting."""
+        if settings.get("guidance_scale_2") is not None and not cls.has_second_expert(path):
+            return "guidance_scale_2: only a two-expert model (Wan2.2 A14B) has a second guidance scale"
+        if settings.get("flow_shift") is not None and not cls.shifted:
+            return f"flow_shift: family '{cls.name}' has no flow shift to set (its scheduler is not shifted)"
+        return None
+
+    @classmethod
+    def has_second_expert(cls, path: str | None) -> bool:
+        return False
 
     @classmethod
     def spatial_multiple_of(cls, path: str | None) -> int:
@@ -185,6 +222,20 @@ class DiffusersFamily:
         return {}
 
     @classmethod
+    def set_flow_shift(cls, pipe, flow_shift: float | None) -> None:
+        """The scheduler with this shift, or with the checkpoint's own config when None (every call sets it, so
+        one variant's shift never carries over to the next)."""
+        if not cls.shifted:
+            return
+        if not hasattr(pipe, "_rushes_scheduler_config"):
+            pipe._rushes_scheduler_config = dict(pipe.scheduler.config)
+        config = dict(pipe._rushes_scheduler_config)
+        if flow_shift is not None:  # UniPC (Wan's and SkyReels' checkpoints) calls it flow_shift, FlowMatchEuler shift
+            config["flow_shift" if "flow_shift" in config else "shift"] = flow_shift
+        if dict(pipe.scheduler.config) != config:
+            pipe.scheduler = type(pipe.scheduler).from_config(config)
+
+    @classmethod
     def latents_out(cls, pipe, latents, *, height: int, width: int, num_frames: int):
         """The pipeline's latents as this family keeps them between sample and decode."""
         return latents
@@ -202,6 +253,7 @@ class DiffusersFamily:
         encoded = [cls.encode_one(pipe, p, n, cfg, device) for p, n in zip(prompts, negative_prompts)]
         embeds = {k: _cat([e[k] for e in encoded]) for k in encoded[0]}
         generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        cls.set_flow_shift(pipe, settings.get("flow_shift"))
         out = pipe(**embeds, height=height, width=width, num_frames=num_frames,
                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generators,
                    output_type="latent", **cls.call_kwargs(pipe, settings))

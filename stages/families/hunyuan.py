@@ -17,6 +17,10 @@ class HunyuanFamily(DiffusersFamily):
     temporal_stride = 4
     frame_examples = "17, 33, 61, 129"
     max_sequence_length = 256
+    shifted = True
+    # HunyuanVideo (tencent/HunyuanVideo, 720p): 129 frames at 24 fps, embedded guidance 6, flow shift 7.
+    RECOMMENDED = dict(height=720, width=1280, num_frames=129, fps=24, num_inference_steps=50, guidance_scale=6.0,
+                       flow_shift=7.0)
 
     @classmethod
     def encode_one(cls, pipe, prompt: str, negative: str, cfg: bool, device) -> dict:

@@ -23,6 +23,13 @@ class LTXFamily(DiffusersFamily):
     decode_timestep = 0.05
     decode_noise_scale = 0.025
     max_sequence_length = 128
+    # LTX-Video (Lightricks/LTX-Video model card, diffusers' LTX docs): 480x704, 161 frames at 25 fps (the
+    # pipeline's `frame_rate`, which scales its rotary positions), guidance 3. Its scheduler shifts dynamically.
+    RECOMMENDED = dict(height=480, width=704, num_frames=161, fps=25, num_inference_steps=50, guidance_scale=3.0)
+
+    @classmethod
+    def call_kwargs(cls, pipe, settings: dict) -> dict:
+        return {"frame_rate": settings["fps"]} if settings.get("fps") else {}
 
     @classmethod
     def encode_one(cls, pipe, prompt: str, negative: str, cfg: bool, device) -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.families.base import DiffusersFamily
+from stages.families.base import TINY, DiffusersFamily
 from stages.families.wan import WanFamily
 
 
@@ -23,6 +23,14 @@ class NullFamily:
     @classmethod
     def spatial_multiple_of(cls, path: str | None) -> int:
         return cls.spatial_multiple  # no checkpoint: Wan2.1's rule
+
+    @classmethod
+    def recommended(cls, path: str | None) -> dict:
+        return dict(TINY)
+
+    @classmethod
+    def check_settings(cls, settings: dict, path: str | None = None) -> str | None:
+        return None  # no model: every setting is accepted and ignored
 
     @staticmethod
     def load_pipeline(path: str, dtype: str, device: str, revision: str | None = None,

@@ -21,6 +21,65 @@ class WanFamily(DiffusersFamily):
     temporal_stride = 4
     transformers = ("transformer", "transformer_2")
     vae_dtype = "float32"  # Wan's VAE is numerically fragile in half precision; diffusers' examples keep it fp32
+    shifted = True
+    # Wan2.1 T2V at 480p (Wan-AI/Wan2.1-T2V-14B-Diffusers model card, diffusers' Wan docs: shift 3.0 at 480p).
+    RECOMMENDED = dict(height=480, width=832, num_frames=81, fps=16, num_inference_steps=50, guidance_scale=5.0,
+                       flow_shift=3.0)
+    # Wan2.2 T2V-A14B: two guidance scales, one per expert; its scheduler config carries its shift.
+    RECOMMENDED_A14B = dict(height=720, width=1280, num_frames=81, fps=16, num_inference_steps=40,
+                            guidance_scale=4.0, guidance_scale_2=3.0)
+    # Wan2.2 TI2V-5B: 720p at 24 fps, sizes multiples of 32.
+    RECOMMENDED_TI2V = dict(height=704, width=1280, num_frames=121, fps=24, num_inference_steps=50,
+                            guidance_scale=5.0)
+
+    @classmethod
+    @functools.lru_cache(maxsize=64)
+    def kind_of(cls, path: str | None) -> str:
+        """'a14b' (two experts), 'ti2v' (48-channel VAE) or '2.1', from the checkpoint's model_index.json when it
+        is on disk, else from its name (Wan2.2 ... TI2V / Wan2.2 ... A14B)."""
+        import json
+
+        from stages.checkpoints import checkpoint_on_disk
+
+        folder = checkpoint_on_disk(path) if path else None
+        if folder is not None:
+            try:
+                index = json.loads((folder / "model_index.json").read_text())
+            except (OSError, ValueError):
+                index = {}
+            if (index.get("transformer_2") or [None])[0] is not None:
+                return "a14b"
+            if index.get("expand_timesteps"):
+                return "ti2v"
+            return "2.1"
+        name = (path or "").lower()
+        if "wan2.2" in name or "wan22" in name:
+            return "ti2v" if "ti2v" in name else "a14b"
+        return "2.1"
+
+    @classmethod
+    def has_second_expert(cls, path: str | None) -> bool:
+        return cls.kind_of(path) == "a14b"
+
+    @classmethod
+    def recommended(cls, path: str | None) -> dict:
+        base = super().recommended(path)
+        if path and path.startswith("builtin:"):
+            return base
+        kind = cls.kind_of(path)
+        extra = {"a14b": cls.RECOMMENDED_A14B, "ti2v": cls.RECOMMENDED_TI2V}.get(kind, {})
+        return {**base, **({"flow_shift": None} if extra else {}), **extra}
+
+    @classmethod
+    def tiny_overrides(cls, path: str) -> dict:
+        # tiny-wan22 shows both guidance scales the way the real A14B uses them
+        return {"guidance_scale": 4.0, "guidance_scale_2": 3.0} if path == "builtin:tiny-wan22" else {}
+
+    @classmethod
+    def call_kwargs(cls, pipe, settings: dict) -> dict:
+        if getattr(pipe, "transformer_2", None) is not None and settings.get("guidance_scale_2") is not None:
+            return {"guidance_scale_2": settings["guidance_scale_2"]}
+        return {}
 
     @classmethod
     @functools.lru_cache(maxsize=64)  # asked once per manifest row: read the configs once per checkpoint
@@ -68,3 +127,18 @@ class SkyReelsFamily(WanFamily):
     name = "skyreels"
     pipeline_class = "SkyReelsV2Pipeline"
     transformers = ("transformer",)
+    # SkyReels-V2-T2V-14B-540P (model card): 544x960, 97 frames at 24 fps, guidance 6, shift 8.
+    RECOMMENDED = dict(height=544, width=960, num_frames=97, fps=24, num_inference_steps=50, guidance_scale=6.0,
+                       flow_shift=8.0)
+
+    @classmethod
+    def recommended(cls, path: str | None) -> dict:
+        return DiffusersFamily.recommended.__func__(cls, path)
+
+    @classmethod
+    def tiny_overrides(cls, path: str) -> dict:
+        return {}
+
+    @classmethod
+    def has_second_expert(cls, path: str | None) -> bool:
+        return False

@@ -50,4 +50,7 @@ def test_a_job_runs_with_the_familys_tiny_model(ray_local, tmp_path, family, pat
         assert r["model_family"] == family and r["model_path"] == path and r["model_weights_hash"]
         frames = decode(r["video_uri"])
         assert frames.shape == (9, 64, 64, 3)
+        # the settings the job file left unset are the family's, and the record says which were used
+        assert (r["fps"], r["guidance_scale"]) == (8, 4.0 if path == "builtin:tiny-wan22" else 5.0)
+        assert r["guidance_scale_2"] == (3.0 if path == "builtin:tiny-wan22" else None)
     assert not np.array_equal(decode(recs["cat"]["video_uri"]), decode(recs["car"]["video_uri"]))

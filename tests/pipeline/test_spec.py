@@ -69,8 +69,8 @@ def test_replicas_take_a_number_or_a_min_max_range():
 def test_model_family_is_built_in_or_an_importable_class():
     spec = load_job({"manifest": "m", "output": "o", "model": {"family": "tests.chaos.family:ChaosWan"}})
     assert spec.model.family == "tests.chaos.family:ChaosWan"
-    with pytest.raises(JobSpecError, match="model.family: unknown model family 'ltx'"):
-        load_job({"manifest": "m", "output": "o", "model": {"family": "ltx"}})
+    with pytest.raises(JobSpecError, match="model.family: unknown model family 'sora'"):
+        load_job({"manifest": "m", "output": "o", "model": {"family": "sora"}})
     with pytest.raises(JobSpecError, match="model.family: model family 'nope.mod:X' cannot be imported"):
         load_job({"manifest": "m", "output": "o", "model": {"family": "nope.mod:X"}})
 

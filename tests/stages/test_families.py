@@ -130,3 +130,63 @@ def test_a_job_file_names_every_family():
     with pytest.raises(ValueError, match="num_frames must be 8\\*k\\+1"):
         load_job({"manifest": "m.parquet", "output": "out", "model": {"family": "ltx", "path": "builtin:tiny-ltx"},
                   "sampling": {"height": 64, "width": 64, "num_frames": 17 + 4}})
+
+
+def test_unset_settings_take_the_familys_recommendation_and_rows_record_them():
+    from pipeline.spec import load_job
+
+    def defaults(model, **sampling):
+        return load_job({"manifest": "m", "output": "o", "model": model, "sampling": sampling}).sampling_defaults()
+
+    tiny = defaults({"family": "wan"})
+    assert {k: tiny[k] for k in ("height", "width", "num_frames", "fps", "num_inference_steps", "guidance_scale")} \
+        == dict(height=96, width=160, num_frames=17, fps=8, num_inference_steps=4, guidance_scale=5.0)
+    assert tiny["guidance_scale_2"] is None and tiny["flow_shift"] is None
+    assert defaults({"family": "wan", "path": "builtin:tiny-wan22"})["guidance_scale_2"] == 3.0
+    wan21 = defaults({"family": "wan", "path": "Wan-AI/Wan2.1-T2V-14B-Diffusers"})
+    assert (wan21["num_frames"], wan21["fps"], wan21["num_inference_steps"], wan21["flow_shift"]) == (81, 16, 50, 3.0)
+    a14b = defaults({"family": "wan", "path": "Wan-AI/Wan2.2-T2V-A14B-Diffusers"})
+    assert (a14b["guidance_scale"], a14b["guidance_scale_2"], a14b["num_inference_steps"]) == (4.0, 3.0, 40)
+    assert defaults({"family": "wan", "path": "Wan-AI/Wan2.2-TI2V-5B-Diffusers"})["height"] == 704
+    ltx = defaults({"family": "ltx", "path": "Lightricks/LTX-Video"}, num_inference_steps=8)
+    assert (ltx["num_frames"], ltx["fps"], ltx["guidance_scale"], ltx["num_inference_steps"]) == (161, 25, 3.0, 8)
+    assert defaults({"family": "cogvideox", "path": "THUDM/CogVideoX-5b"})["guidance_scale"] == 6.0
+    assert defaults({"family": "hunyuan", "path": "hunyuanvideo-community/HunyuanVideo"})["flow_shift"] == 7.0
+    assert defaults({"family": "skyreels", "path": "Skywork/SkyReels-V2-T2V-14B-540P-Diffusers"})["height"] == 544
+    assert load_job({"manifest": "m", "output": "o", "model": {"family": "ltx"}}).model.path == "builtin:tiny-ltx"
+
+
+def test_settings_a_family_cannot_use_are_errors():
+    from pipeline.spec import JobSpecError, load_job
+
+    with pytest.raises(JobSpecError, match="guidance_scale_2: only a two-expert model"):
+        load_job({"manifest": "m", "output": "o", "model": {"family": "wan"}, "sampling": {"guidance_scale_2": 2.0}})
+    with pytest.raises(JobSpecError, match="flow_shift: family 'cogvideox' has no flow shift"):
+        load_job({"manifest": "m", "output": "o", "model": {"family": "cogvideox"}, "sampling": {"flow_shift": 5.0}})
+
+
+def test_tiny_wan_params_hash_unchanged_by_the_new_optional_settings():
+    """The optional settings stay out of params_hash while unset, so tiny-wan libraries made before them skip."""
+    import hashlib
+    import json
+
+    from stages.variant import HASH_IF_SET, PIXEL_FIELDS, params_hash
+
+    v = dict(expanded_prompt="a cat", negative_prompt="", seed=1, height=96, width=160, num_frames=17, fps=8,
+             num_inference_steps=4, guidance_scale=5.0, guidance_scale_2=None, flow_shift=None)
+    old = {k: v[k] for k in PIXEL_FIELDS if k not in HASH_IF_SET}  # the fields before families' settings
+    blob = json.dumps({"model": "m", **old}, sort_keys=True, separators=(",", ":"), default=str)
+    assert params_hash({"model": "m"}, v) == hashlib.sha256(blob.encode()).hexdigest()
+    assert params_hash({"model": "m"}, dict(v, flow_shift=5.0)) != params_hash({"model": "m"}, v)
+
+
+def test_wan22_second_guidance_and_flow_shift_change_the_latents():
+    stage = sampler("wan", "builtin:tiny-wan22", batch_size=1)
+    stage.setup()
+    base = stage(rows(1, guidance_scale_2=3.0))[0]["latents"]
+    assert np.array_equal(base, stage(rows(1, guidance_scale_2=3.0))[0]["latents"])
+    assert not np.array_equal(base, stage(rows(1, guidance_scale_2=1.5))[0]["latents"])
+    shifted = stage(rows(1, guidance_scale_2=3.0, flow_shift=3.0))[0]["latents"]
+    assert not np.array_equal(base, shifted)
+    # the shift is set per call: the next variant without one gets the checkpoint's scheduler again
+    assert np.array_equal(base, stage(rows(1, guidance_scale_2=3.0))[0]["latents"])
