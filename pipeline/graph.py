@@ -325,9 +325,10 @@ def vllm_rewrite(ds: ray.data.Dataset, stage: Stage, res: Resources) -> ray.data
     from stages.recaption import Rewrite, resolve_llm_path
 
     o = stage.options
+    lo, hi = res.replica_range
     config = vLLMEngineProcessorConfig(
         model_source=resolve_llm_path(o.model), engine_kwargs={"dtype": o.dtype, "revision": o.revision},
-        batch_size=o.batch_size, concurrency=res.replica_range if res.replicas != 1 else 1)
+        batch_size=o.batch_size, concurrency=lo if lo == hi else (lo, hi))
 
     def pre(row: dict) -> dict:
         r = pickle.loads(row["row"])

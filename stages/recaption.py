@@ -176,6 +176,10 @@ class LocalRewriter:
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id]
         self.stop = set(eos) | {self.tokenizer.eos_token_id}
+        # transformers 5 names the KV cache `cache`; 4.x named it `past_key_values`
+        import inspect
+
+        self.cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def rewrite(self, chats: list[list[dict]], seeds: list[int], temperature: float, top_p: float,
                 max_new_tokens: int) -> list[Rewrite]:
@@ -194,9 +198,9 @@ class LocalRewriter:
         step_ids = ids
         with torch.inference_mode():
             for _ in range(max_new_tokens):
-                out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                                 past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                                 **{self.cache_arg: past})
+                past = getattr(out, self.cache_arg)
                 logits = out.logits[:, -1].float().cpu()
                 nxt = []
                 for i in range(n):
