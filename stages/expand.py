@@ -253,7 +253,9 @@ class ExpandStage(Stage):
 
     def keep_as_is(self, r: dict) -> bool:
         """A prompt that is already detailed is not rewritten (its own words are the best caption)."""
-        words = len(r["prompt"].split()) if r["prompt"].isascii() else len(r["prompt"]) // 2
+        from stages.recaption import word_count
+
+        words = word_count(r["prompt"])
         if words < self.options.keep_over_words:
             return False
         r.update(expanded_prompt=r["prompt"], expand_input_tokens=None, expand_output_tokens=None,

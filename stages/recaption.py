@@ -66,6 +66,15 @@ def messages_for(prompt: str, system_prompt: str, examples: list[tuple[str, str]
     return msgs + [{"role": "user", "content": prompt}]
 
 
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+def word_count(text: str) -> int:
+    """Words separated by spaces, plus about one word per two CJK characters (those scripts use no spaces)."""
+    cjk = len(_CJK.findall(text))
+    return len(_CJK.sub(" ", text).split()) + (cjk + 1) // 2
+
+
 def _shingles(text: str, n: int = 6) -> set[tuple[str, ...]]:
     words = re.findall(r"\w+", text.lower())
     if len(words) < n and words and not text.isascii():  # unspaced scripts: characters stand for words
@@ -87,7 +96,7 @@ def check_rewrite(rewrite: Rewrite, system_prompt: str, max_words: int, max_new_
         return None, f"refusal: {text[:80]!r}"
     if _shingles(system_prompt) & _shingles(text):
         return None, "echo of the instructions"
-    words = len(text.split()) if text.isascii() else len(text) // 2  # ~2 CJK characters per English word
+    words = word_count(text)
     if words > max_words:
         return None, f"over-long output: {words} words > max_words={max_words}"
     return text, None
