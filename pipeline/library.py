@@ -119,9 +119,14 @@ def fetch(fs, path: str) -> pa.BufferReader:
     return pa.BufferReader(fs.cat_file(path, start=0))
 
 
-def read_part_tables(fs, files: list, workers: int = READ_WORKERS):
-    """Each part as a whole table, in commit order."""
-    return read_in_order(lambda f: read_part(fs, f, lambda p: pq.read_table(fetch(fs, p))), files, workers)
+def read_part_tables(fs, files: list, workers: int = READ_WORKERS, columns: list[str] | None = None):
+    """Each part as a table, in commit order: whole, or only those of `columns` that it has."""
+    def read(path):
+        if columns is None:
+            return pq.read_table(fetch(fs, path))
+        part = pq.ParquetFile(fetch(fs, path))
+        return part.read(columns=[c for c in columns if c in part.schema_arrow.names])
+    return read_in_order(lambda f: read_part(fs, f, read), files, workers)
 
 
 def until_unchanged(output: str, read):
@@ -135,20 +140,27 @@ def until_unchanged(output: str, read):
             time.sleep(0.2 * 2**attempt)
 
 
-def read_all_records(output: str, storage_options: dict | None = None, workers: int = READ_WORKERS) -> pa.Table:
-    """Every committed record of every run, oldest part first; `workers` parts are read at once."""
+def read_all_records(output: str, storage_options: dict | None = None, workers: int = READ_WORKERS,
+                     columns: list[str] | None = None) -> pa.Table:
+    """Every committed record of every run, oldest part first; `workers` parts are read at once.
+    `columns`: only these (those that no part has are left out)."""
     def read() -> pa.Table:
         fs, files = metadata_parts(output, storage_options)
         if not files:
-            return RECORD_SCHEMA.empty_table()
+            empty = RECORD_SCHEMA.empty_table()
+            return empty.select([c for c in columns if c in empty.column_names]) if columns else empty
         # Runs over different manifests may carry different extra columns: unify, filling nulls.
-        return pa.concat_tables(list(read_part_tables(fs, files, workers)), promote_options="permissive")
+        return pa.concat_tables(list(read_part_tables(fs, files, workers, columns)), promote_options="permissive")
     return until_unchanged(output, read)
 
 
-def read_records(output: str, storage_options: dict | None = None, workers: int = READ_WORKERS) -> pa.Table:
-    """One current record per (id, variant): the latest committed, as a pyarrow Table."""
-    table = read_all_records(output, storage_options, workers)
+def read_records(output: str, storage_options: dict | None = None, workers: int = READ_WORKERS,
+                 columns: list[str] | None = None) -> pa.Table:
+    """One current record per (id, variant): the latest committed, as a pyarrow Table (with `columns`: only
+    those, plus the key and commit time)."""
+    if columns is not None:
+        columns = list(dict.fromkeys([*columns, "id", "variant", "row", "committed_at"]))
+    table = read_all_records(output, storage_options, workers, columns)
     if table.num_rows == 0:
         return table
     cols = table.select(["id", "variant", "row", "committed_at"]).to_pylist()

@@ -17,10 +17,14 @@ import html
 import json
 import logging
 import math
-from collections import Counter
+from array import array
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.library import read_records
 from pipeline.report_page import fill
@@ -30,6 +34,7 @@ log = logging.getLogger("rushes")
 
 CHUNK = 200  # cards per script file: a page of PAGE_SIZE cards loads a few hundred KB at most
 PAGE_SIZE = 48
+WRITERS = 16  # chunk files written at once: on S3 each is a round trip
 MEDIA_FOLDERS = ("videos", "posters", "previews")
 COLUMNS = ("run_id", "id", "variant", "status", "error", "reasons", "prompt", "expanded_prompt", "style",
            "tags", "video_uri", "preview_uri", "poster_uri", "metrics", "stage_seconds", "seed", "resolution",
@@ -146,54 +151,63 @@ def summary_html(run_id: str | None, summary: dict | None, run_counts: Counter) 
     return f'<p>run <code>{html.escape(run_id)}</code></p><div class="stats">{stats}</div>{note}'
 
 
-def build_page(records: list[dict], campaign: str | None, root_uri: str, run_id: str | None,
-               summary: dict | None) -> tuple[str, list[str]]:
-    """(index.html, the card chunk scripts), from the library's current records."""
-    records = sorted(records, key=lambda r: (-(r["committed_at"].timestamp() if r["committed_at"] else 0),
-                                             r["id"] or "", r["variant"]))
-    cards = [card(r, campaign, root_uri) for r in records]
-    chunks = [f"rushesCards({n},{script_json(cards[i:i + CHUNK])});\n"
-              for n, i in enumerate(range(0, len(cards), CHUNK))]
+class ReportBuilder:
+    """Takes the library's current records CHUNK at a time, newest first, and turns each batch into a card
+    chunk at once; it keeps only the index (a few small integers per card) and the charts' sums and values,
+    so a large library is never held as Python objects all at once."""
 
-    def codes(values):  # each card's value as an index into the sorted distinct values (-1: none)
-        names = sorted({v for v in values if v is not None})
-        at = {v: i for i, v in enumerate(names)}
-        return names, [at.get(v, -1) for v in values]
+    def __init__(self, campaign: str | None, root_uri: str, run_id: str | None):
+        self.campaign, self.root_uri, self.run_id = campaign, root_uri, run_id
+        self.n = 0
+        self.codes: dict[str, dict] = {"status": {}, "campaign": {}, "style": {}, "tags": {}}
+        self.columns: dict[str, list] = {"status": [], "campaign": [], "style": [], "tags": []}
+        self.library: Counter = Counter()
+        self.run: Counter = Counter()  # the run's records, by status
+        self.stage_totals: Counter = Counter()
+        self.timed = 0  # the run's records with stage seconds
+        self.reasons: Counter = Counter()
+        self.values: dict[str, array] = {}
 
-    statuses, status_codes = codes([c["status"] for c in cards])
-    campaigns, campaign_codes = codes([c.get("campaign") for c in cards])
-    styles, style_codes = codes([c.get("style") for c in cards])
-    tag_names = sorted({t for c in cards for t in c.get("tags", [])})
-    tag_at = {t: i for i, t in enumerate(tag_names)}
-    index = {"n": len(cards), "chunk": CHUNK, "pageSize": PAGE_SIZE,
-             "status": status_codes, "statuses": statuses, "campaign": campaign_codes, "campaigns": campaigns,
-             "style": style_codes, "styles": styles, "tags": [[tag_at[t] for t in c.get("tags", [])] for c in cards],
-             "tagNames": tag_names}
+    def code(self, key: str, value) -> int:
+        """A value as a small integer, numbered in order of first appearance (-1: none)."""
+        return -1 if value is None else self.codes[key].setdefault(value, len(self.codes[key]))
 
-    run_records = [r for r in records if r["run_id"] == run_id]
-    stage_totals: Counter = Counter()
-    for r in run_records:
-        for stage, seconds in r["stage_seconds"] or []:
-            stage_totals[stage] += seconds
-    done = sum(1 for r in run_records if r["stage_seconds"])
-    stage_chart = bars([(s, v, f"{v:.1f} s ({v / done:.2f} s per variant)") for s, v in stage_totals.items()])
-    reasons = Counter(reason_word(x) for r in records if r["status"] == "rejected" for x in r["reasons"] or [])
-    reasons_chart = bars([(k, v, str(v)) for k, v in reasons.most_common()])
-    values: dict[str, list[float]] = {}
-    for r in records:
-        for k, v in r["metrics"] or []:
-            if v is not None and math.isfinite(v):
-                values.setdefault(k, []).append(v)
-    metric_charts = "".join(histogram_svg(k, np.array(v)) for k, v in sorted(values.items())) or \
-        '<p class="muted">none</p>'
-    library_counts = Counter(r["status"] for r in records)
-    page = fill(
-        summary=summary_html(run_id, summary, Counter(r["status"] for r in run_records)),
-        library=html.escape(", ".join(f"{s} {library_counts[s]}" for s in ("accepted", "rejected", "invalid",
-                                                                           "failed"))),
-        total=len(records), stages=stage_chart, reasons=reasons_chart, metrics=metric_charts,
-        index=script_json(index))
-    return page, chunks
+    def add(self, records: list[dict]) -> str:
+        """One chunk's records; returns its script."""
+        cards = [card(r, self.campaign, self.root_uri) for r in records]
+        for r, c in zip(records, cards):
+            self.library[r["status"]] += 1
+            for key in ("status", "campaign", "style"):
+                self.columns[key].append(self.code(key, c.get(key)))
+            self.columns["tags"].append([self.code("tags", t) for t in c.get("tags", [])])
+            if r["run_id"] == self.run_id:
+                self.run[r["status"]] += 1
+                self.timed += bool(r["stage_seconds"])
+                for stage, seconds in r["stage_seconds"] or []:
+                    self.stage_totals[stage] += seconds
+            if r["status"] == "rejected":
+                self.reasons.update(reason_word(x) for x in r["reasons"] or [])
+            for k, v in r["metrics"] or []:
+                if v is not None and math.isfinite(v):
+                    self.values.setdefault(k, array("d")).append(v)
+        text = f"rushesCards({self.n // CHUNK},{script_json(cards)});\n"
+        self.n += len(cards)
+        return text
+
+    def page(self, summary: dict | None) -> str:
+        names = {key: list(codes) for key, codes in self.codes.items()}
+        index = {"n": self.n, "chunk": CHUNK, "pageSize": PAGE_SIZE, **self.columns, "statuses": names["status"],
+                 "campaigns": names["campaign"], "styles": names["style"], "tagNames": names["tags"]}
+        stage_chart = bars([(s, v, f"{v:.1f} s ({v / self.timed:.2f} s per variant)")
+                            for s, v in self.stage_totals.items()])
+        reasons_chart = bars([(k, v, str(v)) for k, v in self.reasons.most_common()])
+        metric_charts = "".join(histogram_svg(k, np.frombuffer(v)) for k, v in sorted(self.values.items()))
+        return fill(
+            summary=summary_html(self.run_id, summary, self.run),
+            library=html.escape(", ".join(f"{s} {self.library[s]}" for s in ("accepted", "rejected", "invalid",
+                                                                             "failed"))),
+            total=self.n, stages=stage_chart, reasons=reasons_chart,
+            metrics=metric_charts or '<p class="muted">none</p>', index=script_json(index))
 
 
 def put_report_file(fs, path: str, text: str) -> None:
@@ -206,32 +220,45 @@ def put_report_file(fs, path: str, text: str) -> None:
         put_atomic(fs, path, data)
 
 
-def latest_run(records: list[dict]) -> str | None:
-    stamped = [(r["committed_at"], r["run_id"]) for r in records if r["committed_at"] and r["run_id"]]
-    return max(stamped)[1] if stamped else None
+def latest_run(table: pa.Table) -> str | None:
+    """The run that committed last."""
+    if not table.num_rows:
+        return None
+    return table.column("run_id")[pc.index(table.column("committed_at"), pc.max(table.column("committed_at")))
+                                  .as_py()].as_py()
 
 
 def write_report(output: str, storage_options: dict | None = None, run_id: str | None = None) -> str:
     """Write `<output>/report/` for the library's current records and run `run_id` (default: the run
     that committed last); returns the URI of its index.html."""
     fs, root = filesystem(output, storage_options)
-    table = read_records(output, storage_options)
-    campaign = campaign_column(table.column_names)
-    records = table.select([c for c in COLUMNS + (campaign,) if c in table.column_names]).to_pylist() \
-        if table.num_rows else []
-    if not records and not fs.exists(join(root, "runs")):
+    table = read_records(output, storage_options, columns=[*COLUMNS, "campaign", "manifest_campaign"])
+    if not table.num_rows and not fs.exists(join(root, "runs")):
         raise ReportError(f"{output}: no Rushes library there (no records, no runs/)")
     if run_id and not fs.exists(join(root, "runs", run_id, "job.yaml")):
         raise ReportError(f"{output}: no run {run_id!r} (no runs/{run_id}/job.yaml)")
-    run_id = run_id or latest_run(records)
-    page, chunks = build_page(records, campaign, fs.unstrip_protocol(root), run_id, load_summary(fs, root, run_id))
+    run_id = run_id or latest_run(table)
+    campaign = campaign_column(table.column_names)
+    table = table.select([c for c in COLUMNS + (campaign,) if c in table.column_names])
+    if table.num_rows:  # newest first
+        table = table.sort_by([("committed_at", "descending"), ("id", "ascending"), ("variant", "ascending")])
+    builder = ReportBuilder(campaign, fs.unstrip_protocol(root), run_id)
     report = join(root, "report")
-    for n, text in enumerate(chunks):  # the cards first: the page that refers to them is written last
-        put_report_file(fs, join(report, "cards", f"{n:06d}.js"), text)
+    chunks = []
+    with ThreadPoolExecutor(WRITERS, thread_name_prefix="rushes-report") as pool:
+        pending: deque = deque()
+        for start in range(0, table.num_rows, CHUNK):  # the cards first: the page that refers to them is last
+            path = join(report, "cards", f"{len(chunks):06d}.js")
+            chunks.append(path)
+            pending.append(pool.submit(put_report_file, fs, path, builder.add(table.slice(start, CHUNK).to_pylist())))
+            while len(pending) > WRITERS:  # a bounded number of chunks wait to be written
+                pending.popleft().result()
+        for future in pending:
+            future.result()
     index = join(report, "index.html")
-    put_report_file(fs, index, page)
+    put_report_file(fs, index, builder.page(load_summary(fs, root, run_id)))
     fs.invalidate_cache(join(report, "cards"))
-    wanted = {join(report, "cards", f"{n:06d}.js") for n in range(len(chunks))}
+    wanted = set(chunks)
     for path in fs.glob(join(report, "cards", "*.js")):  # left by an earlier report of a larger library
         if path not in wanted:
             remove(fs, path)

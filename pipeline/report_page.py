@@ -108,7 +108,8 @@ function setUpFilters() {
   for (const [key, names] of FILTERS) {
     const sel = document.getElementById("f-" + key), c = counts(key);
     sel.add(new Option("all", ""));
-    INDEX[names].forEach((name, i) => sel.add(new Option(name + " (" + (c[i] || 0) + ")", name)));
+    INDEX[names].map((name, i) => [name, i]).sort()
+      .forEach(([name, i]) => sel.add(new Option(name + " (" + (c[i] || 0) + ")", name)));
     sel.onchange = () => show({page: 1});
   }
 }

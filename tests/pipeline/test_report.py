@@ -224,3 +224,35 @@ def test_a_run_ends_by_writing_its_report(demo_run, browser, tmp_path):
     browser.evaluate("Promise.all([...document.images].map(i => i.complete || new Promise(r => i.onload = r)))")
     browser.screenshot(shot, height=1900)  # the summary, the charts and the first two rows of clips
     assert os.path.getsize(shot) > 10_000
+
+
+@pytest.mark.slow
+def test_a_library_of_100000_videos_stays_fast(browser, tmp_path):
+    import time
+
+    out, n = str(tmp_path / "big"), 100_000
+    writer = MetadataWriter(out, RUN, record_schema(pa.schema([("campaign", pa.string())])))
+    for first in range(0, n, 20_000):
+        writer.commit([{"id": f"v-{i:06d}", "variant": 0, "row": i, "status": ["accepted", "rejected"][i % 2],
+                        "prompt": f"a slow pan over a harbour at dawn, shot {i}", "style": ["anime", None][i % 2],
+                        "expanded_prompt": f"a slow pan over a harbour at dawn, shot {i}, wide shot, soft light",
+                        "tags": [["sim"], ["ad", "night"]][i % 2], "metrics": {"motion": i % 97 / 10},
+                        "reasons": ["frozen: motion 0.1 < 0.2"] if i % 2 else [],
+                        "preview_uri": f"{tmp_path.as_uri()}/big/previews/v-{i:06d}/0.webp",
+                        "extra": {"campaign": f"c{i % 7}"}} for i in range(first, first + 20_000)])
+    writer.save_text(f"runs/{RUN}/job.yaml", "name: big\n")
+    started = time.monotonic()
+    write_report(out)
+    assert time.monotonic() - started < 60
+    report = tmp_path / "big" / "report"
+    assert (report / "index.html").stat().st_size < 20 * n + 100_000  # the index: a few bytes per card
+    assert len(list((report / "cards").iterdir())) == n // CHUNK
+    started = time.monotonic()
+    browser.open((report / "index.html").as_uri())
+    browser.wait_for("document.body.dataset.ready === '1'")
+    assert browser.evaluate("document.querySelectorAll('.card').length") == PAGE_SIZE
+    browser.evaluate("document.body.dataset.ready = ''; location.hash = 'status=rejected&tag=night&page=700'")
+    browser.wait_for("document.body.dataset.ready === '1'")
+    assert time.monotonic() - started < 10  # about 0.5 s on a 2-core VM
+    assert browser.evaluate("document.getElementById('page-info').textContent") == "50000 cards, page 700 of 1042"
+    assert set(browser.evaluate("[...document.querySelectorAll('.card')].map(c => c.dataset.status)")) == {"rejected"}
