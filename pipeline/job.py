@@ -151,6 +151,10 @@ class Run:
             self.write_report()
             self.writer.save_text(f"runs/{spec.run_id}/summary.txt", self.summary.render() + "\n")
             return self.summary
+        except Exception:
+            if self.writer is not None and not self.lease.lost.is_set():
+                self.write_report()  # a run that stopped: what it committed is kept, and shown
+            raise
         finally:
             try:
                 remove_plans(spec.output, spec.storage_options, spec.run_id)

@@ -256,3 +256,28 @@ def test_a_library_of_100000_videos_stays_fast(browser, tmp_path):
     assert time.monotonic() - started < 10  # about 0.5 s on a 2-core VM
     assert browser.evaluate("document.getElementById('page-info').textContent") == "50000 cards, page 700 of 1042"
     assert set(browser.evaluate("[...document.querySelectorAll('.card')].map(c => c.dataset.status)")) == {"rejected"}
+
+
+def test_a_run_that_stops_still_writes_its_report_and_a_report_never_fails_a_run(tmp_path, monkeypatch, caplog):
+    import pipeline.report
+    from pipeline.errors import JobFailed
+    from pipeline.job import Run, run_job
+    from pipeline.spec import load_job
+    from tests.conftest import job_dict, write_manifest
+
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": "a", "prompt": "a fox"}, {"id": "b c", "prompt": "x"}])
+    job = load_job(job_dict(manifest, str(tmp_path / "out")))
+
+    def stop(self, plan_uris, total):
+        raise JobFailed("the pipeline stopped")
+    monkeypatch.setattr(Run, "generate", stop)
+    with pytest.raises(JobFailed):
+        run_job(job, echo=lambda *_: None)
+    page = (tmp_path / "out" / "report" / "index.html").read_text()
+    assert "this run has no summary" in page and "invalid 1" in page  # what it committed: the invalid row
+
+    monkeypatch.setattr(Run, "generate", lambda self, plan_uris, total: None)
+    monkeypatch.setattr(pipeline.report, "write_report", lambda *a, **k: 1 / 0)
+    summary = run_job(load_job(job_dict(manifest, str(tmp_path / "out"))), echo=lambda *_: None)
+    assert summary.report_uri == "" and "report:" not in summary.render()
+    assert "could not write the report (rushes report" in caplog.text
