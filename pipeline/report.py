@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import html
 import json
-import logging
 import math
 from array import array
 from collections import Counter, deque
@@ -30,8 +29,6 @@ from pipeline.library import read_records
 from pipeline.report_page import fill
 from stages.storage import filesystem, is_local, join, protocols, put_atomic, remove, with_retries
 
-log = logging.getLogger("rushes")
-
 CHUNK = 200  # cards per script file: a page of PAGE_SIZE cards loads a few hundred KB at most
 PAGE_SIZE = 48
 WRITERS = 16  # chunk files written at once: on S3 each is a round trip
@@ -39,8 +36,7 @@ MEDIA_FOLDERS = ("videos", "posters", "previews")
 COLUMNS = ("run_id", "id", "variant", "status", "error", "reasons", "prompt", "expanded_prompt", "style",
            "tags", "video_uri", "preview_uri", "poster_uri", "metrics", "stage_seconds", "seed", "resolution",
            "duration_s", "committed_at")
-MIME = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8",
-        "json": "application/json"}
+MIME = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8"}
 
 
 class ReportError(Exception):
