@@ -335,7 +335,7 @@ def vllm_rewrite(ds: ray.data.Dataset, stage: Stage, res: Resources) -> ray.data
         todo = stage.to_rewrite(r) and not stage.keep_as_is(r)
         prompt = r["prompt"] if todo else "-"
         return {"row": pickle.dumps(r, protocol=5), "todo": todo, "start": time.time(),
-                "messages": stage.chat(prompt),
+                "messages": stage.chat(prompt, r.get("style")),
                 "sampling_params": {"temperature": o.temperature, "top_p": o.top_p, "seed": r.get("expand_seed"),
                                     "max_tokens": o.max_new_tokens if todo else 1}}
 

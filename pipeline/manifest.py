@@ -24,6 +24,7 @@ from pipeline.library import digest16
 from pipeline.spec import JobSpec
 from stages.storage import StorageError, filesystem, is_transient, with_retries
 from stages.families import family_for
+from stages.long_video import check_row, frames_for
 from stages.variant import BOUNDS, OVERRIDES
 
 
@@ -213,6 +214,12 @@ class RowValidator:
         known = set(REQUIRED) | set(OVERRIDES)
         self.extra_cols = [c for c in columns if c not in known]
         self.duplicate_of = duplicate_of
+        # columns that the job's variant matrix sets, which a row must then leave alone
+        m = spec.variants
+        self.set_by_matrix = {} if m is None else {
+            **{"num_variants": "the variants"},
+            **({"height": "the sizes", "width": "the sizes"} if m.aspect_ratios else {}),
+            **({"style": "the styles"} if m.styles else {})}
 
     def validate(self, table: pa.Table, first_row: int) -> Validated:
         """The rows of `table`, which starts at manifest row `first_row`."""
@@ -241,21 +248,34 @@ class RowValidator:
             value = raw.get(name)
             if value is None:
                 continue
+            if name in self.set_by_matrix:
+                errors.append(f"{name}: the job's variants matrix sets {self.set_by_matrix[name]}; leave this "
+                              "column empty or remove the matrix")
+                continue
             value, problem = _check_value(name, value, kind)
             if problem:
                 errors.append(problem)
             else:
                 row[name] = value
+        if not errors and "duration_s" in row and "num_frames" in row:
+            errors.append("duration_s: give num_frames or duration_s, not both")
         if not errors:
+            duration = row.pop("duration_s", None)  # the row's length, else the job's (in frames at the row's fps)
+            if duration is None and "num_frames" not in row:
+                duration = self.defaults.get("duration_s")
             for name in OVERRIDES:  # the job's default for each one the row leaves unset
-                if name in self.defaults and name != "seed":  # the seed is derived, below
+                if name in self.defaults and name not in ("seed", "duration_s"):  # the seed is derived, below
                     row.setdefault(name, self.defaults[name])
+            if duration is not None:
+                row["num_frames"] = frames_for(duration, row["fps"], getattr(self.family, "temporal_stride", 4))
             row.setdefault("style", None)
             row.setdefault("tags", [])
             row.setdefault("seed", _derived_seed(row_id, self.defaults["seed"]))
             problem = self.family.check_shape(row["height"], row["width"], row["num_frames"], path=self.model_path)
             if not problem and hasattr(self.family, "check_settings"):
                 problem = self.family.check_settings(row, path=self.model_path)
+            if not problem:
+                problem = check_row(self.family, row, self.model_path)  # a long row: can the family extend?
             if problem:
                 errors.append(problem)
         if errors:

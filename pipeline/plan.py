@@ -64,6 +64,8 @@ class Planner:
         for options in self.spec.stage_options().values():
             self.pixel_settings.update(options.pixel_settings())
         self.expander = ExpandStage(self.spec.expand)  # its variants(); an llm rewrite happens on Ray
+        matrix = self.spec.variants
+        self.cells = matrix.cells(self.spec.matrix_sizes()) if matrix else None
         self.work: Counter = Counter()  # variants: new, skipped, retried, regenerated
 
     def batches(self) -> Iterator[PlannedBatch]:
@@ -74,7 +76,7 @@ class Planner:
         start = 0
         for table in self.manifest.batches(batch_size=self.batch_rows):
             rows = validator.validate(table, start)
-            variants = self.expander.variants(rows.valid)
+            variants = self.expander.variants(rows.valid, self.cells)
             for v in variants:
                 v["params_hash"] = params_hash(self.pixel_settings, v)
             batch = PlannedBatch(start, len(rows.valid), rows.invalid, self._invalid_to_record(rows.invalid),

@@ -49,9 +49,75 @@ class SamplingSpec(Strict):
     guidance_scale: float | None = Field(None, ge=0)
     guidance_scale_2: float | None = Field(None, ge=0, description="Wan2.2 A14B: guidance of the low-noise expert")
     flow_shift: float | None = Field(None, ge=0, description="the scheduler's shift (None: the family's or checkpoint's)")
+    duration_s: float | None = Field(None, gt=0, le=3600, description="the length instead of num_frames: the "
+                                     "fewest frames on the family's rule that hold it (60 s at 24 fps: 1441)")
+    # long videos (stages/long_video.py): diffusion forcing's settings; unset: the family's recommendation
+    base_num_frames: int | None = Field(None, gt=0, description="frames one window makes (SkyReels-V2-DF: 97 at "
+                                                                "540P, 121 at 720P)")
+    overlap_history: int | None = Field(None, gt=0, description="frames each window continues from (17 or 37)")
+    addnoise_condition: float | None = Field(None, ge=0, description="noise added to those frames (about 20)")
+    ar_step: int | None = Field(None, ge=0, description="0: synchronous; 5: asynchronous (with causal_block_size 5)")
+    causal_block_size: int | None = Field(None, gt=0, description="latent frames per causal block (ar_step > 0)")
     negative_prompt: str = ""
     seed: int = Field(0, ge=0, description="base seed for rows that give none")
     num_variants: int = Field(1, ge=1, le=64)
+
+
+_RATIO = re.compile(r"^\s*([1-9]\d{0,2})\s*:\s*([1-9]\d{0,2})\s*$")
+
+
+class VariantMatrix(Strict):
+    """Each manifest row becomes the cross product of these: one variant per cell (style x aspect ratio x
+    seed), each record naming its cell. Heights and widths come from the aspect ratio at the pixel budget
+    `sampling.height` x `sampling.width`, on the family's size grid."""
+
+    styles: list[str] = Field(default_factory=list, description="styles of the cells; empty = the row's own")
+    aspect_ratios: list[str] = Field(default_factory=list, description='e.g. ["16:9", "9:16", "1:1"]; empty = '
+                                                                       "the row's own height and width")
+    seeds: int = Field(1, ge=1, le=64, description="seeds per (style, aspect ratio): base seed + 0..seeds-1")
+
+    @field_validator("aspect_ratios")
+    @classmethod
+    def _ratios(cls, v: list[str]) -> list[str]:
+        bad = [r for r in v if not _RATIO.match(r)]
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))}: an aspect ratio is 'W:H' with whole numbers, e.g. '16:9'")
+        if len(set(v)) < len(v):
+            raise ValueError("an aspect ratio is listed twice")
+        return [r.replace(" ", "") for r in v]
+
+    @field_validator("styles")
+    @classmethod
+    def _styles(cls, v: list[str]) -> list[str]:
+        if any(not s.strip() for s in v) or len(set(v)) < len(v):
+            raise ValueError("styles must be non-empty and different")
+        return v
+
+    @model_validator(mode="after")
+    def _size(self) -> "VariantMatrix":
+        cells = max(1, len(self.styles)) * max(1, len(self.aspect_ratios)) * self.seeds
+        if cells > 256:
+            raise ValueError(f"{cells} variants per row; at most 256")
+        return self
+
+    def cells(self, sizes: dict[str, tuple[int, int]]) -> list[dict]:
+        """Every cell, in a fixed order: {style, aspect_ratio, seed_index, height, width} (None = the row's)."""
+        out = []
+        for style in self.styles or [None]:
+            for ratio in self.aspect_ratios or [None]:
+                h, w = sizes[ratio] if ratio else (None, None)
+                for seed_index in range(self.seeds):
+                    out.append({"style": style, "aspect_ratio": ratio, "seed_index": seed_index,
+                                "height": h, "width": w})
+        return out
+
+
+def size_for(ratio: str, budget: int, multiple: int) -> tuple[int, int]:
+    """(height, width) of aspect `ratio` ('W:H') holding about `budget` pixels, each a multiple of `multiple`."""
+    a, b = (int(x) for x in _RATIO.match(ratio).groups())
+    width = (budget * a / b) ** 0.5
+    snap = lambda x: max(multiple, int(round(x / multiple)) * multiple)  # noqa: E731
+    return snap(budget / width), snap(width)
 
 
 class CommitSpec(Strict):
@@ -95,6 +161,7 @@ class JobBase(Strict):
     lease_ttl_s: float = Field(120.0, ge=5, description="a dead run's lease expires after this long")
     model: ModelSpec = Field(default_factory=ModelSpec)
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    variants: VariantMatrix | None = Field(None, description="a variant matrix: styles x aspect ratios x seeds")
     commit: CommitSpec = Field(default_factory=CommitSpec)
     ray: RaySpec = Field(default_factory=RaySpec)
 
@@ -128,8 +195,13 @@ class JobBase(Strict):
 
         family = family_for(self.model.family)
         d = self.sampling_defaults()
+        from stages.long_video import check_row
+
+        if self.sampling.duration_s is not None and self.sampling.num_frames is not None:
+            raise ValueError("sampling: give num_frames or duration_s, not both")
         problem = (family.check_shape(d["height"], d["width"], d["num_frames"], path=self.model.path)
-                   or (family.check_settings(d, path=self.model.path) if hasattr(family, "check_settings") else None))
+                   or (family.check_settings(d, path=self.model.path) if hasattr(family, "check_settings") else None)
+                   or check_row(family, d, self.model.path))
         if problem:
             raise ValueError(f"sampling: {problem}")
         return self
@@ -141,7 +213,22 @@ class JobBase(Strict):
         family = family_for(self.model.family)  # a user's family without recommendations: the tiny settings
         recommended = family.recommended(self.model.path) if hasattr(family, "recommended") else TINY
         given = self.sampling.model_dump()
-        return {**given, **{k: v for k, v in recommended.items() if given.get(k) is None}}
+        d = {**given, **{k: v for k, v in recommended.items() if given.get(k) is None}}
+        if d["duration_s"] is not None:  # the length asked for, in frames at the fps used
+            from stages.long_video import frames_for
+
+            d["num_frames"] = frames_for(d["duration_s"], d["fps"], getattr(family, "temporal_stride", 4))
+        return d
+
+    def matrix_sizes(self) -> dict[str, tuple[int, int]]:
+        """(height, width) of each aspect ratio of the variant matrix, at the sampling pixel budget."""
+        if not self.variants or not self.variants.aspect_ratios:
+            return {}
+        from stages.families import family_for
+
+        d = self.sampling_defaults()
+        multiple = family_for(self.model.family).spatial_multiple_of(self.model.path)
+        return {r: size_for(r, d["height"] * d["width"], multiple) for r in self.variants.aspect_ratios}
 
     def stage_options(self) -> dict:
         """{stage name: its options}, in pipeline order."""

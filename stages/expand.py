@@ -201,23 +201,30 @@ class ExpandStage(Stage):
             words.append(light)
         return f"{base}, {', '.join(words)}" + (f", {tail}" if tail else "."), None
 
-    def variants(self, rows: list[dict]) -> list[dict]:
-        """One row per variant of each valid manifest row."""
+    def variants(self, rows: list[dict], cells: list[dict] | None = None) -> list[dict]:
+        """One row per variant of each valid manifest row: `num_variants` of them, or one per cell of the job's
+        variant matrix (`cells`: style, aspect_ratio, seed_index, height, width; None = the row's own), where
+        cells with the same seed index share a seed, so that they differ only by their style and shape."""
         llm = self.options.mode == "llm"
         out = []
         for row in rows:
             start = time.perf_counter()
-            for variant in range(row["num_variants"]):
-                seed = (row["seed"] + variant) % 2**31
+            row_cells = cells or [{"seed_index": i} for i in range(row["num_variants"])]
+            for variant, cell in enumerate(row_cells):
+                seed = (row["seed"] + cell["seed_index"]) % 2**31
                 v = {k: val for k, val in row.items() if k != "num_variants"}
+                v.update({k: val for k, val in cell.items() if val is not None})
+                v.setdefault("aspect_ratio", None)
+                if cells is None:
+                    v["seed_index"] = None
                 v.update(variant=variant, seed=seed, status="pending", error=None, reasons=[], metrics={},
                          expand_model=self.options.rewriter_name(),
                          expand_seed=(seed if self.options.per_variant else row["seed"]) if llm else None)
                 if llm:
                     v.update(expanded_prompt=None, expand_error=None)
                 else:
-                    v["expanded_prompt"], v["expand_error"] = self.template(row["prompt"], seed, row.get("style"))
-                v["stage_seconds"] = {} if llm else {"expand": (time.perf_counter() - start) / row["num_variants"]}
+                    v["expanded_prompt"], v["expand_error"] = self.template(row["prompt"], seed, v.get("style"))
+                v["stage_seconds"] = {} if llm else {"expand": (time.perf_counter() - start) / len(row_cells)}
                 v["expand_seconds"] = v["stage_seconds"].get("expand")
                 out.append(v)
         return out
@@ -242,11 +249,11 @@ class ExpandStage(Stage):
         else:
             raise RuntimeError("backend vllm runs as Ray Data's LLM processor (pipeline/graph.py), not as this stage")
 
-    def chat(self, prompt: str) -> list[dict]:
+    def chat(self, prompt: str, style: str | None = None) -> list[dict]:
         from stages.recaption import messages_for
 
-        return messages_for(prompt, self.options.instructions(),
-                            [(e.prompt, e.rewrite) for e in self.options.examples])
+        asked = f"{prompt}\nStyle: {style}" if style else prompt
+        return messages_for(asked, self.options.instructions(), [(e.prompt, e.rewrite) for e in self.options.examples])
 
     def to_rewrite(self, r: dict) -> bool:
         return r["status"] == "pending" and r.get("expanded_prompt") is None
@@ -288,12 +295,12 @@ class ExpandStage(Stage):
         # per_variant false: variants of one row share the row's rewrite (same seed, one call)
         unique: dict[tuple, list[dict]] = {}
         for r in todo:
-            unique.setdefault((r["prompt"], r["expand_seed"]), []).append(r)
+            unique.setdefault((r["prompt"], r.get("style"), r["expand_seed"]), []).append(r)
         keys = list(unique)
         start = time.perf_counter()
         self.calls += 1
-        results = self.rewriter.rewrite([self.chat(p) for p, _ in keys], [s for _, s in keys], o.temperature,
-                                        o.top_p, o.max_new_tokens)
+        results = self.rewriter.rewrite([self.chat(p, style) for p, style, _ in keys], [s for _, _, s in keys],
+                                        o.temperature, o.top_p, o.max_new_tokens)
         seconds = (time.perf_counter() - start) / len(keys)
         for key, rewrite in zip(keys, results):
             for r in unique[key]:

@@ -51,7 +51,8 @@ FIELDS = [
     V("seed", pa.int64(), override="int", bounds=(0, 2**31 - 1), pixels=True),
     V("height", pa.int32(), override="int", bounds=(16, 4096), pixels=True, bucket=True, planned=True),
     V("width", pa.int32(), override="int", bounds=(16, 4096), pixels=True, bucket=True, planned=True),
-    V("num_frames", pa.int32(), override="int", bounds=(1, 1024), pixels=True, bucket=True, planned=True),
+    # up to 20,000: a long row (stages/long_video.py) is extended window by window; 60 s at 24 fps is 1441
+    V("num_frames", pa.int32(), override="int", bounds=(1, 20_000), pixels=True, bucket=True, planned=True),
     V("fps", pa.int32(), override="int", bounds=(1, 120), pixels=True, bucket=True, planned=True),  # LTX reads it
     V("num_inference_steps", pa.int32(), override="int", bounds=(1, 1000), pixels=True, bucket=True,
       planned=True),
@@ -62,15 +63,31 @@ FIELDS = [
       planned=True, hash_if_set=True),
     V("flow_shift", pa.float64(), override="float", bounds=(0.0, 100.0), pixels=True, bucket=True, planned=True,
       hash_if_set=True),
+    # long videos by diffusion forcing (stages/long_video.py, stages/families/skyreels_df.py): the window, the
+    # frames each window continues from, the noise added to them, and the asynchronous schedule; unset elsewhere
+    V("base_num_frames", pa.int32(), override="int", bounds=(1, 1024), pixels=True, bucket=True, planned=True,
+      hash_if_set=True),
+    V("overlap_history", pa.int32(), override="int", bounds=(1, 1024), pixels=True, bucket=True, planned=True,
+      hash_if_set=True),
+    V("addnoise_condition", pa.float64(), override="float", bounds=(0.0, 1000.0), pixels=True, bucket=True,
+      planned=True, hash_if_set=True),
+    V("ar_step", pa.int32(), override="int", bounds=(0, 1000), pixels=True, bucket=True, planned=True,
+      hash_if_set=True),
+    V("causal_block_size", pa.int32(), override="int", bounds=(1, 64), pixels=True, bucket=True, planned=True,
+      hash_if_set=True),
     V("num_variants", None, override="int", bounds=(1, 64)),  # a row's setting: no variant has it
     V("style", pa.string(), override="string", planned=True),
+    # the cell of the job's variant matrix (pipeline/spec.py VariantMatrix) that made the variant, if any
+    V("aspect_ratio", pa.string(), planned=True), V("seed_index", pa.int32(), planned=True),
     V("tags", pa.list_(pa.string()), override="list<string>", planned=True),
     V("model_family", pa.string()), V("model_path", pa.string()), V("model_revision", pa.string()),
     V("model_dtype", pa.string()), V("model_weights_hash", pa.string()),
     V("params_hash", pa.string(), planned=True, state=True),
     V("video_uri", pa.string()), V("poster_uri", pa.string()), V("preview_uri", pa.string()),
     V("bytes", pa.int64()), V("sha256", pa.string()),
-    V("duration_s", pa.float64()), V("resolution", pa.string()), V("codec", pa.string()),
+    # as a manifest column: the length asked for, turned into num_frames when planning; in a record: the video's
+    V("duration_s", pa.float64(), override="float", bounds=(0.001, 3600.0)),
+    V("resolution", pa.string()), V("codec", pa.string()),
     V("metrics", FLOAT_MAP), V("phash", pa.string(), state=True), V("stage_seconds", FLOAT_MAP),
     V("attempt", pa.int32()), V("attempts", pa.list_(pa.string())),
     V("manifest", pa.string()), V("committed_at", pa.timestamp("us", tz="UTC"), state=True),
@@ -93,7 +110,8 @@ def params_hash(settings: dict, variant: dict) -> str:
     settings (model identity, encoder settings, ...) and the variant's own PIXEL_FIELDS."""
     params = {**settings, **{k: variant[k] for k in PIXEL_FIELDS if k not in HASH_IF_SET},
               **{k: variant[k] for k in HASH_IF_SET if variant.get(k) is not None}}
-    if variant["expanded_prompt"] is None:  # rewritten later (expand.mode llm): the original prompt decides it,
-        params["prompt"] = variant["prompt"]  # with the rewriter's identity in `settings`
+    if variant["expanded_prompt"] is None:  # rewritten later (expand.mode llm): the original prompt and the
+        params["prompt"] = variant["prompt"]  # style the rewriter is asked for decide it, with the rewriter's
+        params["style"] = variant.get("style")  # identity in `settings`
     blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -1,0 +1,76 @@
+"""The ready-made jobs for the four uses (manifests/*.yaml) validate and run with the built-in model; the ad
+campaign's variant matrix gives each record its cell, with sizes from the aspect ratio."""
+from pathlib import Path
+
+import pytest
+
+from pipeline.job import run_job
+from pipeline.library import read_records
+from pipeline.manifest import Manifest, RowValidator
+from pipeline.plan import Planner
+from pipeline.spec import JobSpecError, load_job
+from tests.conftest import write_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+JOBS = sorted(p.name for p in (ROOT / "manifests").glob("*.yaml") if p.name != "demo.yaml")
+
+
+def test_the_four_uses_have_a_job():
+    assert {"training_sim.yaml", "ad_campaign.yaml", "virtual_event.yaml"} <= set(JOBS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("name", JOBS)
+def test_use_case_job_validates_and_runs(ray_local, tmp_path, monkeypatch, name):
+    monkeypatch.chdir(ROOT)  # job files name their manifests relative to the repository
+    spec = load_job(ROOT / "manifests" / name, output=str(tmp_path / "out"))
+    planned = [v for b in Planner(spec).batches() for v in b.todo]
+    assert planned and not any(b.invalid for b in Planner(spec).batches())
+    run = run_job(spec, echo=lambda *_: None)
+    recs = read_records(str(tmp_path / "out")).to_pylist()
+    assert len(recs) == len(planned) == sum(run.counts.values())
+    assert all(r["status"] in ("accepted", "rejected") for r in recs), [r["error"] for r in recs]
+    if name == "ad_campaign.yaml":
+        cells = {(r["id"], r["style"], r["aspect_ratio"], r["seed_index"]) for r in recs}
+        assert len(cells) == len(recs) == 2 * 2 * 3
+        sizes = {r["aspect_ratio"]: (r["height"], r["width"]) for r in recs}
+        assert sizes == {"16:9": (96, 160), "9:16": (160, 96), "1:1": (128, 128)}
+
+
+MATRIX = {"styles": ["anime", "noir"], "aspect_ratios": ["16:9", "9:16", "1:1"], "seeds": 2}
+
+
+def test_matrix_cells_share_seeds_across_styles_and_shapes(tmp_path):
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": "a", "prompt": "a fox", "seed": 10},
+                                                        {"id": "b", "prompt": "a car"}])
+    spec = load_job({"manifest": manifest, "output": str(tmp_path / "o"), "variants": MATRIX})
+    vs = [v for b in Planner(spec).batches() for v in b.todo]
+    assert len(vs) == 2 * 12
+    a = [v for v in vs if v["id"] == "a"]
+    assert [v["variant"] for v in a] == list(range(12))
+    assert {(v["style"], v["aspect_ratio"], v["seed_index"]) for v in a} == {
+        (s, r, i) for s in MATRIX["styles"] for r in MATRIX["aspect_ratios"] for i in range(2)}
+    assert {v["seed"] for v in a if v["seed_index"] == 0} == {10}
+    assert {v["seed"] for v in a if v["seed_index"] == 1} == {11}
+    assert all(v["expanded_prompt"].endswith(f"{v['style']} style.") for v in a)
+    assert len({v["params_hash"] for v in vs}) == 24
+
+
+def test_a_row_cannot_also_set_what_the_matrix_sets(tmp_path):
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": "a", "prompt": "a fox", "num_variants": 2,
+                                                        "height": 64, "style": "noir"}])
+    spec = load_job({"manifest": manifest, "output": str(tmp_path / "o"), "variants": MATRIX})
+    m = Manifest(manifest)
+    bad = RowValidator(spec, m.columns, {}).validate(next(m.batches()), 0).invalid[0]
+    assert "num_variants: the job's variants matrix sets the variants" in bad["error"]
+    assert "height: the job's variants matrix sets the sizes" in bad["error"]
+    assert "style: the job's variants matrix sets the styles" in bad["error"]
+
+
+def test_a_bad_matrix_names_its_key():
+    with pytest.raises(JobSpecError, match=r"variants.aspect_ratios: '16x9': an aspect ratio is 'W:H'"):
+        load_job({"manifest": "m", "output": "o", "variants": {"aspect_ratios": ["16x9"]}})
+    with pytest.raises(JobSpecError, match="variants: 300 variants per row; at most 256"):
+        load_job({"manifest": "m", "output": "o", "variants": {"styles": [str(i) for i in range(5)],
+                                                               "aspect_ratios": ["1:1", "2:1", "3:1"], "seeds": 20}})
