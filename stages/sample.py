@@ -14,15 +14,19 @@ import time
 from collections import defaultdict
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from stages.base import Stage, StageOptions, pick_device, use_threads
 from stages.checkpoints import resolve_model_path
 from stages.families import family_for
+from stages.speed import SpeedOptions, cache_enabled, check_batching, check_family
 from stages.variant import BUCKET_FIELDS
 
 
-class SampleOptions(StageOptions):
+class SampleOptions(StageOptions, SpeedOptions):
+    """Batching, and the speed options of stages/speed.py (cache hooks, attention backend, compilation, fp8
+    storage, group offload, quantization) flat under `sample:`."""
+
     # 1: with batch-invariant forwards each variant is denoised in its own forward anyway, and one variant
     # per call streams the first videos into decoding sooner. Raise it with batch_invariant: false.
     batch_size: int = Field(1, ge=1, description="variants per pipeline call (same shape only)")
@@ -30,8 +34,15 @@ class SampleOptions(StageOptions):
         True, description="denoise each variant in its own forward so batching never changes pixels")
     RESOURCE_DEFAULTS = {"num_gpus": 1.0}
 
+    @model_validator(mode="after")
+    def _cache_fits_the_batching(self) -> "SampleOptions":
+        check_batching(self, self.batch_size, self.batch_invariant)
+        return self
+
     def pixel_settings(self) -> dict:
-        return {"batch_invariant": self.batch_invariant}
+        speed = SpeedOptions.pixel_settings(self)
+        # under their own key, and only when set: a job without speed options keeps its params_hash values
+        return {"batch_invariant": self.batch_invariant, **({"sample_speed": speed} if speed else {})}
 
 
 class SampleStage(Stage):
@@ -47,10 +58,17 @@ class SampleStage(Stage):
 
     def setup(self) -> None:
         use_threads(self.options.resources)
+        check_family(self.options, self.family)
         m = self.ctx.model
+        # speed options only when some are set: a user's family written before them still loads
+        speed = {"speed": self.options} if self.speed_options_set else {}
         self.pipe = self.family.load_pipeline(
             resolve_model_path(m.path), m.dtype, pick_device(self.options.resources.num_gpus),
-            revision=m.revision, batch_invariant=self.options.batch_invariant)
+            revision=m.revision, batch_invariant=self.options.batch_invariant, **speed)
+
+    @property
+    def speed_options_set(self) -> bool:
+        return any(getattr(self.options, k) != f.default for k, f in SpeedOptions.model_fields.items())
 
     def read_by_encoder(self, r: dict) -> str:
         """The prompt as the text encoder reads it: one longer than the family's token budget is cut there,
@@ -69,9 +87,11 @@ class SampleStage(Stage):
 
     def _sample(self, rows: list[dict]) -> np.ndarray:
         self.calls += 1
-        return self.family.sample(
-            self.pipe, [self.read_by_encoder(r) for r in rows], [r["negative_prompt"] for r in rows],
-            [r["seed"] for r in rows], **{k: rows[0].get(k) for k in BUCKET_FIELDS})
+        transformers = getattr(self.family, "transformers", ("transformer",))
+        with cache_enabled(self.pipe, self.options, transformers, rows[0]["num_inference_steps"], self.family):
+            return self.family.sample(
+                self.pipe, [self.read_by_encoder(r) for r in rows], [r["negative_prompt"] for r in rows],
+                [r["seed"] for r in rows], **{k: rows[0].get(k) for k in BUCKET_FIELDS})
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         buckets: dict[tuple, list[dict]] = defaultdict(list)

@@ -138,6 +138,8 @@ class DiffusersFamily:
     transformers: ClassVar[tuple[str, ...]] = ("transformer",)
     vae_dtype: ClassVar[str | None] = None  # None: the model's dtype
     decode_uses_seed: ClassVar[bool] = False  # decode adds seeded noise (LTX's timestep-conditioned VAE)
+    tensor_format: ClassVar[str] = "BCFHW"  # the denoiser's hidden_states layout (FasterCache splits frames)
+    guidance_distilled: ClassVar[bool] = False  # guidance embedded, no unconditional pass (HunyuanVideo)
     # Text tokens the encoder pads to: the pipeline's own default, which its model was trained with
     # (encode_prompt's own default differs for Wan: 226 vs the pipeline's 512).
     max_sequence_length: ClassVar[int] = 512
@@ -189,20 +191,26 @@ class DiffusersFamily:
     # -- sampling ---------------------------------------------------------------------------------------
     @classmethod
     def load_pipeline(cls, path: str, dtype: str, device: str, revision: str | None = None,
-                      batch_invariant: bool = True):
+                      batch_invariant: bool = True, speed=None):
+        """The pipeline without its VAE, on `device`, with the speed options (stages/speed.py) applied."""
         import diffusers
+
+        from stages.speed import apply_at_load, compile_blocks, from_pretrained_kwargs
 
         quiet_loading()
         # The VAE is loaded by the decode stage alone; the sampler never holds it.
         pipe = getattr(diffusers, cls.pipeline_class).from_pretrained(
-            path, vae=None, torch_dtype=torch_dtype(dtype), revision=revision)
+            path, vae=None, torch_dtype=torch_dtype(dtype), revision=revision,
+            **from_pretrained_kwargs(speed, cls.transformers))
         cls.after_load(pipe, path, revision)
-        pipe.to(device)
+        if apply_at_load(pipe, speed, cls.transformers, device):
+            pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         if batch_invariant:
             for name in cls.transformers:
                 if getattr(pipe, name, None) is not None:
                     _split_batch_forward(getattr(pipe, name))
+        compile_blocks(pipe, speed, cls.transformers)
         return pipe
 
     @classmethod

@@ -17,6 +17,7 @@ class CogVideoXFamily(DiffusersFamily):
     temporal_stride = 4
     frame_examples = "9, 17, 49, 81"
     max_sequence_length = 226
+    tensor_format = "BFCHW"
     # CogVideoX-5b (THUDM/CogVideoX-5b model card): 480x720, 49 frames at 8 fps, guidance 6, DDIM/DPM (no shift).
     RECOMMENDED = dict(height=480, width=720, num_frames=49, fps=8, num_inference_steps=50, guidance_scale=6.0)
 

@@ -18,6 +18,7 @@ class HunyuanFamily(DiffusersFamily):
     frame_examples = "17, 33, 61, 129"
     max_sequence_length = 256
     shifted = True
+    guidance_distilled = True
     # HunyuanVideo (tencent/HunyuanVideo, 720p): 129 frames at 24 fps, embedded guidance 6, flow shift 7.
     RECOMMENDED = dict(height=720, width=1280, num_frames=129, fps=24, num_inference_steps=50, guidance_scale=6.0,
                        flow_shift=7.0)
