@@ -58,7 +58,7 @@ class Planner:
         self.batch_rows = batch_rows
         self.manifest = Manifest(self.spec.manifest, self.spec.storage_options)
         m = self.spec.model
-        self.model = model_identity(m.family, m.path, m.revision, m.dtype)
+        self.model = model_identity(m.family, m.path, m.revision, m.dtype, loras=m.loras)
         # What decides pixels besides the variant's own fields: the model and each stage's pixel options.
         self.pixel_settings = {"model": self.model}
         for options in self.spec.stage_options().values():

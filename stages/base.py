@@ -110,6 +110,8 @@ class ModelSpec(Strict):
                                       "builtin tiny model (builtin:tiny-wan, builtin:tiny-ltx, ...)")
     revision: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    loras: list["LoraSpec"] = Field(default_factory=list, description="LoRA adapters [{path, weight_name, scale}], "
+                                    "loaded through peft into the transformer (and transformer_2 for Wan2.2)")
 
     @field_validator("family")
     @classmethod
@@ -127,6 +129,11 @@ class ModelSpec(Strict):
                     else f"builtin:tiny-{self.family}")
             object.__setattr__(self, "path", tiny)
         return self
+
+
+from stages.lora import LoraSpec  # noqa: E402 - stages.lora needs Strict from above
+
+ModelSpec.model_rebuild()
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,7 @@ def build_once(folder: str, marker: str, build) -> str:
     return str(target)
 
 
-def weights_fingerprint(folder: str | Path) -> str:
+def weights_fingerprint(folder: str | Path, only: str | None = None) -> str:
     """sha256 over a checkpoint folder: whole files up to 64 MiB, else size plus head and tail.
 
     Hashing every byte of a 30 GB checkpoint on each run would cost minutes; the safetensors header
@@ -162,7 +162,8 @@ def weights_fingerprint(folder: str | Path) -> str:
     """
     folder = Path(folder)
     h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                    and (only is None or p.relative_to(folder).as_posix() == only)):  # only: one file (a LoRA's)
         rel = f.relative_to(folder).as_posix()
         size = f.stat().st_size
         h.update(f"{rel}\0{size}\0".encode())
@@ -176,8 +177,9 @@ def weights_fingerprint(folder: str | Path) -> str:
     return h.hexdigest()
 
 
-def model_identity(family: str, path: str, revision: str | None, dtype: str) -> dict:
-    """Everything about the model that decides the pixels, without loading it."""
+def model_identity(family: str, path: str, revision: str | None, dtype: str, loras: list = ()) -> dict:
+    """Everything about the model that decides the pixels, without loading it (LoRAs only when there are
+    any, so that a model without them keeps its identity)."""
     local = resolve_model_path(path)
     fingerprint = None
     weightless = path.startswith(BUILTIN_PREFIX) and path[len(BUILTIN_PREFIX):] in WEIGHTLESS_BUILTINS
@@ -192,6 +194,10 @@ def model_identity(family: str, path: str, revision: str | None, dtype: str) -> 
             fingerprint = weights_fingerprint(snapshot_download(local, revision=revision, local_files_only=True))
         except Exception:
             fingerprint = None
-    return {"family": family, "path": path, "revision": revision, "dtype": dtype,
-            "weights_hash": fingerprint}
+    identity = {"family": family, "path": path, "revision": revision, "dtype": dtype, "weights_hash": fingerprint}
+    if loras:
+        from stages.lora import lora_identity
+
+        identity["loras"] = [lora_identity(lora) for lora in loras]
+    return identity
 

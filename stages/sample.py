@@ -60,11 +60,13 @@ class SampleStage(Stage):
         use_threads(self.options.resources)
         check_family(self.options, self.family)
         m = self.ctx.model
-        # speed options only when some are set: a user's family written before them still loads
-        speed = {"speed": self.options} if self.speed_options_set else {}
+        # speed options and LoRAs only when set: a user's family written before them still loads
+        extra = {"speed": self.options} if self.speed_options_set else {}
+        if m.loras:
+            extra["loras"] = m.loras
         self.pipe = self.family.load_pipeline(
             resolve_model_path(m.path), m.dtype, pick_device(self.options.resources.num_gpus),
-            revision=m.revision, batch_invariant=self.options.batch_invariant, **speed)
+            revision=m.revision, batch_invariant=self.options.batch_invariant, **extra)
 
     @property
     def speed_options_set(self) -> bool:

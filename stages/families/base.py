@@ -191,7 +191,7 @@ class DiffusersFamily:
     # -- sampling ---------------------------------------------------------------------------------------
     @classmethod
     def load_pipeline(cls, path: str, dtype: str, device: str, revision: str | None = None,
-                      batch_invariant: bool = True, speed=None):
+                      batch_invariant: bool = True, speed=None, loras=None):
         """The pipeline without its VAE, on `device`, with the speed options (stages/speed.py) applied."""
         import diffusers
 
@@ -203,6 +203,10 @@ class DiffusersFamily:
             path, vae=None, torch_dtype=torch_dtype(dtype), revision=revision,
             **from_pretrained_kwargs(speed, cls.transformers))
         cls.after_load(pipe, path, revision)
+        if loras:
+            from stages.lora import load_loras
+
+            load_loras(pipe, loras, cls.transformers)
         if apply_at_load(pipe, speed, cls.transformers, device):
             pipe.to(device)
         pipe.set_progress_bar_config(disable=True)

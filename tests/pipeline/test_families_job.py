@@ -54,3 +54,21 @@ def test_a_job_runs_with_the_familys_tiny_model(ray_local, tmp_path, family, pat
         assert (r["fps"], r["guidance_scale"]) == (8, 4.0 if path == "builtin:tiny-wan22" else 5.0)
         assert r["guidance_scale_2"] == (3.0 if path == "builtin:tiny-wan22" else None)
     assert not np.array_equal(decode(recs["cat"]["video_uri"]), decode(recs["car"]["video_uri"]))
+
+
+def test_a_job_with_a_lora_runs_on_both_wan22_experts_and_a_new_scale_regenerates(ray_local, tmp_path):
+    pytest.importorskip("peft")
+    from tests.stages.test_lora import make_lora
+
+    lora = make_lora(tmp_path, path="builtin:tiny-wan22")
+    manifest = write_manifest(tmp_path / "m.parquet", ROWS[:2])
+    job = job_dict(manifest, str(tmp_path / "out"), model={"family": "wan", "path": "builtin:tiny-wan22",
+                                                           "loras": [{"path": lora, "scale": 0.8}]},
+                   encode={"preset": "ultrafast", "keep_rejected": True})
+    first = run_job(load_job(job), echo=lambda *_: None)
+    assert first.counts["accepted"] + first.counts["rejected"] == 2
+    same = run_job(load_job(job), echo=lambda *_: None)
+    assert same.counts.get("accepted", 0) + same.counts.get("rejected", 0) == 0  # skipped: nothing changed
+    job["model"]["loras"][0]["scale"] = 0.4
+    again = run_job(load_job(job), echo=lambda *_: None)
+    assert again.counts["accepted"] + again.counts["rejected"] == 2  # the scale is in params_hash
