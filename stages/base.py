@@ -104,8 +104,8 @@ class StageOptions(Strict):
 
 
 class ModelSpec(Strict):
-    family: str = Field("wan", description="built-in family (wan, ltx, cogvideox, hunyuan, skyreels, null) or "
-                                           "'package.module:ClassName'")
+    family: str = Field("wan", description="built-in family (wan, ltx, cogvideox, hunyuan, skyreels, skyreels_df, "
+                                           "null) or 'package.module:ClassName'")
     path: str = Field("", description="builtin:tiny-<family>, a local folder, or a hub id; unset: the family's "
                                       "builtin tiny model (builtin:tiny-wan, builtin:tiny-ltx, ...)")
     revision: str | None = None
@@ -126,7 +126,7 @@ class ModelSpec(Strict):
         if not self.path:
             # a user's family ('package.module:Class'): tiny Wan, the default before families had their own
             tiny = ("builtin:null" if self.family == "null" else "builtin:tiny-wan" if ":" in self.family
-                    else f"builtin:tiny-{self.family}")
+                    else f"builtin:tiny-{self.family.replace('_', '-')}")
             object.__setattr__(self, "path", tiny)
         return self
 

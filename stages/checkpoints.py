@@ -22,7 +22,8 @@ BUILTIN_PREFIX = "builtin:"
 # Bump when the builtin recipe changes: the fingerprint changes with it, so outputs regenerate.
 BUILTIN_MODELS = {"tiny-wan": "tiny-wan-v1", "tiny-wan22": "tiny-wan22-v1", "tiny-wan22-ti2v": "tiny-wan22-ti2v-v1",
                   "tiny-ltx": "tiny-ltx-v1", "tiny-cogvideox": "tiny-cogvideox-v1",
-                  "tiny-hunyuan": "tiny-hunyuan-v1", "tiny-skyreels": "tiny-skyreels-v1"}
+                  "tiny-hunyuan": "tiny-hunyuan-v1", "tiny-skyreels": "tiny-skyreels-v1",
+                  "tiny-skyreels-df": "tiny-skyreels-df-v1"}
 # Builtins without weights (the `null` family's): nothing to build; the version is their fingerprint.
 WEIGHTLESS_BUILTINS = {"null": "null-v1"}
 

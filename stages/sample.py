@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 from stages.base import Stage, StageOptions, pick_device, use_threads
 from stages.checkpoints import resolve_model_path
 from stages.families import family_for
+from stages.long_video import store_for
 from stages.speed import SpeedOptions, cache_enabled, check_batching, check_family
 from stages.variant import BUCKET_FIELDS
 
@@ -93,7 +94,13 @@ class SampleStage(Stage):
         with cache_enabled(self.pipe, self.options, transformers, rows[0]["num_inference_steps"], self.family):
             return self.family.sample(
                 self.pipe, [self.read_by_encoder(r) for r in rows], [r["negative_prompt"] for r in rows],
-                [r["seed"] for r in rows], **{k: rows[0].get(k) for k in BUCKET_FIELDS})
+                [r["seed"] for r in rows], **{k: rows[0].get(k) for k in BUCKET_FIELDS}, **self.segments(rows))
+
+    def segments(self, rows: list[dict]) -> dict:
+        """A family that extends long videos saves and resumes each one's segments (stages/long_video.py)."""
+        if not getattr(self.family, "extends", False):
+            return {}
+        return {"segments": [store_for(self.ctx, r) for r in rows]}
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         buckets: dict[tuple, list[dict]] = defaultdict(list)

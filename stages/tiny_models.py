@@ -183,3 +183,18 @@ def build_tiny_hunyuan(target: Path) -> None:
                                 scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=clip,
                                 tokenizer_2=_build_tokenizer())
     pipe.save_pretrained(target)
+
+
+def build_tiny_skyreels_df(target: Path) -> None:
+    """SkyReels-V2 diffusion forcing: the Wan stack with the DF transformer, which takes a timestep per latent
+    frame and an fps embedding (`inject_sample_info`), and a UniPC flow scheduler (stages/families/skyreels_df.py)."""
+    from diffusers import SkyReelsV2DiffusionForcingPipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
+
+    from stages.checkpoints import _build_tokenizer
+
+    tokenizer = _build_tokenizer()
+    pipe = SkyReelsV2DiffusionForcingPipeline(
+        tokenizer=tokenizer, text_encoder=_umt5(len(tokenizer)), vae=_wan_vae(),
+        transformer=_wan_transformer(SkyReelsV2Transformer3DModel, inject_sample_info=True),
+        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0))
+    pipe.save_pretrained(target)

@@ -12,6 +12,7 @@ hold no Ray code.
 | `ltx`       | LTXPipeline            | unpacked (C, F', H', W')     | 8k+1   | x32              |
 | `cogvideox` | CogVideoXPipeline      | (F', C, H', W'), scaled      | 4k+1   | x16              |
 | `hunyuan`   | HunyuanVideoPipeline   | (C, T', H', W'), scaled      | 4k+1   | x16              |
+| `skyreels_df` | SkyReelsV2DiffusionForcingPipeline, window by window | (C, T', H', W'), normalized | 4k+1 | x16 |
 | `null`      | none (pipeline costs)  | (16, T', H', W') noise       | 4k+1   | x16              |
 """
 from __future__ import annotations
@@ -21,11 +22,12 @@ from stages.families.cogvideox import CogVideoXFamily
 from stages.families.hunyuan import HunyuanFamily
 from stages.families.ltx import LTXFamily
 from stages.families.null import NullFamily
+from stages.families.skyreels_df import SkyReelsDFFamily
 from stages.families.wan import SkyReelsFamily, WanFamily
 
 FAMILIES: dict[str, type] = {
     "wan": WanFamily, "ltx": LTXFamily, "cogvideox": CogVideoXFamily, "hunyuan": HunyuanFamily,
-    "skyreels": SkyReelsFamily, "null": NullFamily,
+    "skyreels": SkyReelsFamily, "skyreels_df": SkyReelsDFFamily, "null": NullFamily,
 }
 
 

@@ -1,0 +1,104 @@
+"""Long rows end to end on a real local Ray with builtin:tiny-skyreels-df: a 3-segment video whose MP4 has exactly
+the frames asked for, a sampling actor killed mid-video that resumes from its last saved segment, and a long
+row refused by a family that cannot extend."""
+import io
+import os
+
+import av
+import fsspec
+import pyarrow.dataset as pads
+import pytest
+
+from pipeline.job import run_job
+from pipeline.spec import JobSpecError, load_job
+from tests.conftest import job_dict
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+DF = {"family": "skyreels_df", "path": "builtin:tiny-skyreels-df"}
+# tiny window 17 frames, overlap 9: 33 frames are 3 segments (17, +8, +8)
+TINY_LONG = {"height": 32, "width": 32, "fps": 8, "num_inference_steps": 2, "num_frames": None}
+
+
+def records(output):
+    return {r["id"]: r for r in pads.dataset(f"{output}/metadata", format="parquet").to_table().to_pylist()}
+
+
+def frame_count(uri):
+    with fsspec.open(uri, "rb") as f, av.open(io.BytesIO(f.read())) as c:
+        return sum(1 for _ in c.decode(c.streams.video[0]))
+
+
+def long_job(manifest, output, **overrides):
+    job = job_dict(manifest, output, **{"model": DF, "expand": {"mode": "none"}, "filter": {"min_motion": 0.0},
+                                        "encode": {"keep_rejected": True}, "sample": {"batch_size": 1}, **overrides})
+    job["sampling"] = {**job["sampling"], **TINY_LONG}
+    return load_job(job)
+
+
+def test_a_three_segment_video_has_exactly_the_frames_asked_for(ray_local, make_manifest, tmp_path):
+    manifest = make_manifest([
+        {"id": "three", "prompt": "a lighthouse in a storm", "seed": 1, "num_frames": 33},
+        {"id": "seconds", "prompt": "a red kite over the sea", "seed": 2, "duration_s": 3.0},  # 24 frames -> 25
+        {"id": "both", "prompt": "too precise", "num_frames": 33, "duration_s": 4.0},
+    ], types=None)
+    spec = long_job(manifest, str(tmp_path / "out"))
+    run_job(spec, echo=lambda *_: None)
+    recs = records(spec.output)
+    assert recs["both"]["status"] == "invalid" and "give num_frames or duration_s, not both" in recs["both"]["error"]
+    for rid, frames in (("three", 33), ("seconds", 25)):
+        r = recs[rid]
+        assert r["status"] in ("accepted", "rejected"), r["error"]
+        assert r["num_frames"] == frames and r["base_num_frames"] == 17 and r["overlap_history"] == 9
+        assert frame_count(r["video_uri"]) == frames
+        assert r["duration_s"] == pytest.approx(frames / 8)
+    seg = tmp_path / "out" / "segments" / "three" / "0"
+    assert sorted(p.name for p in next(seg.iterdir()).iterdir()) == ["0000.npz", "0001.npz", "0002.npz"]
+
+
+def test_a_killed_sampler_resumes_from_its_last_saved_segment(ray_local, model_cache, make_manifest, tmp_path):
+    import shutil
+
+    chaos = model_cache / "chaos"  # tests/chaos/long_video.py's folder, which the workers know from RUSHES_CACHE
+    shutil.rmtree(chaos, ignore_errors=True)
+    chaos.mkdir()
+    manifest = make_manifest([{"id": "killed", "prompt": "a fox in the snow kill-after:1", "seed": 5,
+                               "num_frames": 33}])
+    spec = long_job(manifest, str(tmp_path / "out"),
+                    model={"family": "tests.chaos.long_video:ChaosSkyReelsDF", "path": "builtin:tiny-skyreels-df"})
+    run_job(spec, echo=lambda *_: None)
+    r = records(spec.output)["killed"]
+    assert (chaos / "killed-a-fox-in-the-snow-kill-after-1").exists(), "the sampler was never killed"
+    assert r["status"] in ("accepted", "rejected"), r["error"]
+    assert frame_count(r["video_uri"]) == 33
+    lines = (chaos / "segments.log").read_text().split()
+    saved = [line for line in (chaos / "segments.log").read_text().splitlines() if line.startswith("saved")]
+    # each of the 3 segments saved exactly once: none generated again after the kill
+    assert sorted(line.split()[2] for line in saved) == ["0", "1", "2"]
+    pids = {line.split()[3] for line in saved}
+    assert len(pids) == 2, saved  # segments 0 and 1 by the killed worker, segment 2 by its replacement
+    # windows started: 3, plus the one in flight when the worker died
+    assert lines.count("start") == 4
+
+
+def test_a_long_row_is_refused_by_a_family_that_cannot_extend(ray_local, make_manifest, tmp_path):
+    manifest = make_manifest([{"id": "long", "prompt": "a minute of surf", "num_frames": 97},
+                              {"id": "short", "prompt": "a short wave", "num_frames": 9}])
+    spec = load_job(job_dict(manifest, str(tmp_path / "out"), expand={"mode": "none"}))
+    run_job(spec, echo=lambda *_: None)
+    r = records(spec.output)["long"]
+    assert r["status"] == "invalid"
+    assert "longer than family 'wan''s window of 81 frames" in r["error"] and "cannot extend" in r["error"]
+    # a job file that asks a minute of a family that cannot extend is refused before any work
+    with pytest.raises(JobSpecError, match="family 'wan''s window of 81 frames"):
+        load_job(job_dict(manifest, str(tmp_path / "o2"), sampling={"num_frames": None, "duration_s": 60, "fps": 24}))
+
+
+def test_a_job_file_asks_for_a_minute_at_24_fps(tmp_path):
+    spec = load_job(job_dict("m.parquet", str(tmp_path), model={"family": "skyreels_df",
+                                                              "path": "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers"},
+                             sampling={"height": None, "width": None, "num_frames": None, "fps": None,
+                                       "num_inference_steps": None, "duration_s": 60}))
+    d = spec.sampling_defaults()
+    assert (d["num_frames"], d["fps"], d["base_num_frames"], d["overlap_history"]) == (1441, 24, 97, 17)
+    assert (d["height"], d["width"]) == (544, 960)
