@@ -11,6 +11,7 @@ import time
 from stages.base import Stage, StageOptions, pick_device, use_threads
 from stages.checkpoints import resolve_model_path
 from stages.families import family_for
+from stages.stream import is_streamed, stream_decode
 
 
 class DecodeOptions(StageOptions):
@@ -43,7 +44,11 @@ class DecodeStage(Stage):
             try:
                 # LTX's timestep-conditioned VAE mixes in noise: seeded by the variant, like its sampling
                 seed = {"seed": r["seed"]} if getattr(self.family, "decode_uses_seed", False) else {}
-                frames, finite = self.family.decode(self.vae, latents, **seed)
+                if is_streamed(r):  # a long video: its frames go to storage a segment at a time (stages/stream.py)
+                    frames = None
+                    r["frame_chunks"], finite = stream_decode(self.family, self.vae, r, latents, self.ctx)
+                else:
+                    frames, finite = self.family.decode(self.vae, latents, **seed)
             except Exception as e:  # noqa: BLE001 - recorded on the row
                 r.update(status="failed", error=f"decode: {type(e).__name__}: {e}")
                 continue
@@ -52,5 +57,6 @@ class DecodeStage(Stage):
             if not finite:
                 r.update(status="failed", error="decode: VAE output contains NaN or Inf")
                 continue
-            r["frames"] = frames
+            if frames is not None:
+                r["frames"] = frames
         return rows

@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 from stages.base import Stage, StageOptions
 from stages.codecs import (CODECS, coded_size, encode_poster, encode_preview, encode_video, missing_encoder,
                            provenance, verify_video)
+from stages.stream import StreamVerifyError, encode_stream
 
 
 class EncodeOptions(StageOptions):
@@ -78,13 +79,18 @@ class EncodeStage(Stage):
     def __call__(self, rows: list[dict]) -> list[dict]:
         for r in rows:
             frames = r.pop("frames", None)
+            chunks = r.get("frame_chunks")  # a long video, encoded a segment at a time (stages/stream.py)
             wanted = r["status"] == "accepted" or (r["status"] == "rejected" and self.options.keep_rejected)
-            if frames is None or not wanted:
+            if (frames is None and not chunks) or not wanted:
                 continue
             start = time.perf_counter()
             try:
-                self.encode(r, frames)
-            except VerifyError as e:
+                if chunks:
+                    r.update(encode_stream(r, self.options, provenance(r, self.ctx.run_id, self.ctx.identity),
+                                           self.ctx.storage_options))
+                else:
+                    self.encode(r, frames)
+            except (VerifyError, StreamVerifyError) as e:
                 r.update(status="failed", error=f"encode: verify: {e}")
             except Exception as e:  # noqa: BLE001 - recorded on the row
                 r.update(status="failed", error=f"encode: {type(e).__name__}: {e}")

@@ -19,6 +19,7 @@ from pydantic import Field, field_validator, model_validator
 
 from stages.base import Stage, StageOptions, pick_device, use_threads
 from stages.quality import as_uint8, frame_metrics
+from stages.stream import stream_metrics
 
 # (metric, FilterOptions field, "<" rejects below / ">" rejects above, verdict word). One metric may
 # have two checks (motion: frozen and chaotic); `score_only` names metrics.
@@ -140,16 +141,20 @@ class FilterStage(Stage):
                 continue
             start = time.perf_counter()
             try:
-                frames, nonfinite = as_uint8(r["frames"])
-                metrics, r["phash"], cuts = frame_metrics(frames, self.options.black_luma)
+                if r.get("frame_chunks"):  # a long video, read a segment at a time (stages/stream.py)
+                    frames, nonfinite = None, 0.0
+                    metrics, r["phash"], cuts = stream_metrics(r, self.options.black_luma, self.ctx.storage_options)
+                else:
+                    frames, nonfinite = as_uint8(r["frames"])
+                    metrics, r["phash"], cuts = frame_metrics(frames, self.options.black_luma)
                 r["metrics"] = {"nonfinite_fraction": nonfinite, **metrics}
-                if self.options.clip_model:
+                if self.options.clip_model and frames is not None:
                     r["metrics"]["clip_score"] = self.clip.score(r.get("expanded_prompt") or r["prompt"], frames)
             except Exception as e:  # noqa: BLE001 - recorded on the row
                 r.update(status="failed", error=f"filter: {type(e).__name__}: {e}")
                 continue
             finally:
                 r["stage_seconds"]["filter"] = time.perf_counter() - start
-            r["reasons"] = self.verdict(r["metrics"], len(frames), cuts)
+            r["reasons"] = self.verdict(r["metrics"], r["num_frames"] if frames is None else len(frames), cuts)
             r["status"] = "rejected" if r["reasons"] else "accepted"
         return rows

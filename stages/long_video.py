@@ -46,9 +46,13 @@ def window_frames(family, path: str | None) -> int | None:
     """The most frames one window of this model makes, or None when the family has no known window."""
     if hasattr(family, "window_frames"):
         return family.window_frames(path)
-    name = getattr(family, "name", "")
+    name, lower = getattr(family, "name", ""), (path or "").lower()
     if name == "wan" and family.kind_of(path) == "ti2v":
-        return 121
+        return 121  # Wan2.2 TI2V-5B: 121 frames at 24 fps
+    if name == "skyreels" and "720p" in lower:
+        return 121  # SkyReels-V2 T2V 720P
+    if name == "cogvideox" and "1.5" in lower:
+        return 81  # CogVideoX1.5-5B: 81 frames at 16 fps
     return WINDOWS.get(name)
 
 

@@ -52,8 +52,13 @@ def test_a_three_segment_video_has_exactly_the_frames_asked_for(ray_local, make_
         assert r["num_frames"] == frames and r["base_num_frames"] == 17 and r["overlap_history"] == 9
         assert frame_count(r["video_uri"]) == frames
         assert r["duration_s"] == pytest.approx(frames / 8)
-    seg = tmp_path / "out" / "segments" / "three" / "0"
-    assert sorted(p.name for p in next(seg.iterdir()).iterdir()) == ["0000.npz", "0001.npz", "0002.npz"]
+    # decoded, filtered and encoded a segment at a time (stages/stream.py): metrics per segment and overall
+    m = dict(recs["three"]["metrics"])
+    assert {"segment_0/motion", "segment_1/motion", "segment_2/motion", "motion", "scene_cuts"} <= set(m)
+    assert "segment_3/motion" not in m and "segment_1/motion" in dict(recs["seconds"]["metrics"])
+    seg = next((tmp_path / "out" / "segments" / "three" / "0").iterdir())
+    assert sorted(p.name for p in seg.iterdir()) == ["0000.npz", "0001.npz", "0002.npz", "frames"]
+    assert not list((seg / "frames").iterdir())  # the frame chunks are gone once the video is encoded
 
 
 def test_a_killed_sampler_resumes_from_its_last_saved_segment(ray_local, model_cache, make_manifest, tmp_path):

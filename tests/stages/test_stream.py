@@ -1,0 +1,82 @@
+"""Long videos streamed through decode, filter and encode a segment at a time (stages/stream.py), without Ray."""
+import io
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from stages.base import ModelSpec, RunContext
+from stages.checkpoints import resolve_model_path
+from stages.encode import EncodeOptions
+from stages.families import family_for
+from stages.long_video import segment_plan
+from stages.quality import frame_metrics
+from stages.stream import encode_stream, segment_frames, stream_decode, stream_metrics, wan_frame_chunks
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def vae():
+    fam = family_for("skyreels_df")
+    return fam, fam.load_vae(resolve_model_path("builtin:tiny-skyreels-df"), "float32", "cpu")
+
+
+def test_segment_frame_ranges():
+    # tiny: window 17, overlap 9 -> 3 latent frames of overlap; 33 frames = 17 + 8 + 8
+    assert segment_frames(33, segment_plan(33, 17, 9), 3) == [(0, 17), (17, 25), (25, 33)]
+    # SkyReels-V2-DF 540P, a minute: 97 frames, then 80 per window
+    bounds = segment_frames(1441, segment_plan(1441, 97, 17), 5)
+    assert bounds[0] == (0, 97) and bounds[1] == (97, 177) and bounds[-1][1] == 1441 and len(bounds) == 18
+    assert all(a == b for (_, a), (b, _) in zip(bounds, bounds[1:]))
+
+
+def test_causal_chunks_are_the_vaes_own_decode(vae):
+    fam, v = vae
+    latents = np.random.default_rng(0).standard_normal((16, 9, 4, 4)).astype(np.float32)
+    whole, _ = fam.decode(v, latents)
+    chunks = [f for f, _ in wan_frame_chunks(v, latents)]
+    assert [len(c) for c in chunks] == [1] + [4] * 8
+    np.testing.assert_array_equal(np.concatenate(chunks), whole)
+
+
+def test_a_streamed_row_decodes_filters_and_encodes_a_segment_at_a_time(vae, tmp_path):
+    fam, v = vae
+    latents = np.random.default_rng(1).standard_normal((16, 9, 4, 4)).astype(np.float32)
+    ctx = RunContext(output=str(tmp_path), model=ModelSpec(family="skyreels_df"))
+    r = {"id": "a", "variant": 0, "params_hash": "c" * 64, "num_frames": 33, "fps": 8, "base_num_frames": 17,
+         "overlap_history": 9}
+    r["frame_chunks"], finite = stream_decode(fam, v, r, latents, ctx)
+    assert finite and r["segment_frames"] == [[0, 17], [17, 25], [25, 33]] and len(r["frame_chunks"]) == 3
+    whole, _ = fam.decode(v, latents)
+    parts = [np.load(Path(u.removeprefix("file://"))) for u in r["frame_chunks"]]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+    metrics, phash, cuts = stream_metrics(r, 8.0, None)
+    reference, ref_phash, _ = frame_metrics(whole, 8.0)
+    assert phash == ref_phash
+    for name in ("brightness", "contrast", "black_fraction", "clipped_low", "clipped_high"):
+        assert metrics[name] == pytest.approx(reference[name], rel=1e-6, abs=1e-9), name
+    assert {f"segment_{k}/motion" for k in range(3)} <= set(metrics)
+    assert metrics["segment_1/brightness"] == pytest.approx(frame_metrics(whole[17:25], 8.0)[0]["brightness"])
+
+    out = encode_stream(r, EncodeOptions(preset="ultrafast"), {"comment": "x"}, None)
+    with av.open(io.BytesIO(out["video_bytes"])) as c:
+        assert sum(1 for _ in c.decode(c.streams.video[0])) == 33
+    assert out["duration_s"] == pytest.approx(33 / 8) and out["poster_bytes"] and out["preview_bytes"]
+    assert not any(Path(u.removeprefix("file://")).exists() for u in r["frame_chunks"])  # chunks removed
+
+
+def test_a_cut_on_a_segment_boundary_is_found(tmp_path):
+    rng = np.random.default_rng(2)
+    a = np.full((8, 32, 32, 3), 60, np.uint8) + rng.integers(0, 3, (8, 32, 32, 3), dtype=np.uint8)
+    b = a.copy()
+    b[:, :16] = 200  # a different picture from frame 8 on: a cut exactly at the boundary
+    paths = []
+    for k, chunk in enumerate((a, b)):
+        paths.append(str(tmp_path / f"{k}.npy"))
+        np.save(paths[-1], chunk)
+    r = {"num_frames": 16, "frame_chunks": paths, "segment_frames": [[0, 8], [8, 16]]}
+    _, _, cuts = stream_metrics(r, 8.0, None)
+    assert cuts == [8]
