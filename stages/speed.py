@@ -141,10 +141,16 @@ def check_family(speed: SpeedOptions, family) -> None:
                          f"passes (ltx, cogvideox); '{name}' runs them separately")
 
 
-def from_pretrained_kwargs(speed: SpeedOptions | None, components: tuple[str, ...]) -> dict:
+def from_pretrained_kwargs(speed: SpeedOptions | None, components: tuple[str, ...], path: str | None = None,
+                           revision: str | None = None) -> dict:
     """Arguments of the pipeline's `from_pretrained` (quantization is applied while loading)."""
     if speed is None or speed.quantization is None:
         return {}
+    if path is not None:  # only the components this checkpoint has (Wan2.1 has no transformer_2)
+        from diffusers import DiffusionPipeline
+
+        index = DiffusionPipeline.load_config(path, revision=revision)
+        components = tuple(c for c in components if (index.get(c) or [None])[0] is not None)
     import diffusers
 
     q = speed.quantization
