@@ -4,8 +4,10 @@ served from the bucket (no server, no CDN, nothing fetched but its own files and
 In: the library's current records (`pipeline.library.read_records`) and one run's summary
 (`runs/<run_id>/summary.json`, written by pipeline/job.py when a run ends). Out:
 - `report/index.html`: the run's summary, seconds per stage, reject reasons and each metric's
-  distribution (drawn here, as inline HTML and SVG), the filters, and a compact index of every card
-  (status, campaign, style, tags) that the page filters and pages through in the browser;
+  distribution (drawn here, as inline HTML and SVG), the variants of the job's variant matrix counted by
+  cell (style, aspect ratio) and status, the filters, and a compact index of every card (status, campaign,
+  style, tags, aspect ratio; and the cards' order by cell, for the gallery grouped by cell) that the page
+  filters and pages through in the browser;
 - `report/cards/<n>.js`: the cards themselves, CHUNK at a time, loaded with <script> tags as a page
   needs them (browsers refuse fetch() of file:// URLs, not scripts), so 100,000 videos stay fast.
 Links to videos and previews are relative (`../previews/<id>/<variant>.webp`), so the library can be
@@ -35,7 +37,8 @@ WRITERS = 16  # chunk files written at once: on S3 each is a round trip
 MEDIA_FOLDERS = ("videos", "posters", "previews")
 COLUMNS = ("run_id", "id", "variant", "status", "error", "reasons", "prompt", "expanded_prompt", "style",
            "tags", "video_uri", "preview_uri", "poster_uri", "metrics", "stage_seconds", "seed", "resolution",
-           "duration_s", "committed_at")
+           "duration_s", "aspect_ratio", "seed_index", "committed_at")
+STATUSES = ("accepted", "rejected", "invalid", "failed")
 MIME = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8"}
 
 
@@ -83,6 +86,8 @@ def card(rec: dict, campaign: str | None, root_uri: str) -> dict:
          "metrics": {k: short(v) for k, v in (rec["metrics"] or []) if v is not None and math.isfinite(v)},
          "reasons": rec["reasons"], "error": rec["error"], "seed": rec["seed"],
          "resolution": rec["resolution"], "duration": rec["duration_s"] and round(rec["duration_s"], 2),
+         # the cell of the job's variant matrix (libraries older than the matrix have no such columns)
+         "ratio": rec.get("aspect_ratio"), "seedIndex": rec.get("seed_index"),
          "video": relative_link(rec["video_uri"], root_uri),
          "preview": relative_link(rec["preview_uri"], root_uri) or relative_link(rec["poster_uri"], root_uri)}
     return {k: v for k, v in c.items() if v not in (None, [], {}, "")}
@@ -138,13 +143,40 @@ def summary_html(run_id: str | None, summary: dict | None, run_counts: Counter) 
                 'records that are still current</p>')
     else:
         counts, work, note = summary["counts"], summary["work"], ""
-    cells = [(s, counts.get(s, 0)) for s in ("accepted", "rejected", "invalid", "failed")]
+    cells = [(s, counts.get(s, 0)) for s in STATUSES]
     cells += [(k, work.get(k, 0)) for k in ("new", "skipped", "retried", "regenerated") if summary]
     if summary:
         cells += [("seconds", round(summary["seconds"], 1)), ("manifest rows", summary["manifest_rows"])]
     stats = "".join(f'<div class="stat stat-{html.escape(k)}"><b>{v}</b><span>{html.escape(k)}</span></div>'
                     for k, v in cells)
     return f'<p>run <code>{html.escape(run_id)}</code></p><div class="stats">{stats}</div>{note}'
+
+
+def cells_html(cells: dict[tuple, Counter]) -> str:
+    """The variants of the job's variant matrix, by cell (style, aspect ratio) and status."""
+    order = sorted(cells, key=lambda cell: tuple((v is None, v or "") for v in cell))
+    head = "".join(f"<th>{s}</th>" for s in ("style", "aspect ratio", *STATUSES, "all"))
+    rows = "".join(
+        f'<tr><td>{html.escape(style or "—")}</td><td>{html.escape(ratio or "—")}</td>'
+        + "".join(f"<td>{cells[style, ratio][s]}</td>" for s in STATUSES)
+        + f"<td>{cells[style, ratio].total()}</td></tr>" for style, ratio in order)
+    return f'<table class="cells" id="cells-table"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def cell_order(table: pa.Table) -> list[int] | None:
+    """The cards' positions ordered for the gallery grouped by cell: the variants of a variant matrix by
+    style, aspect ratio, id and seed index (the variant breaks ties), then the records of no matrix as they
+    are; None when no record has a cell. Sent as differences from the previous position: in a library made
+    by matrix jobs most are small numbers, so the index stays a few bytes per card."""
+    if "seed_index" not in table.column_names or table.column("seed_index").null_count == table.num_rows:
+        return None
+    keys = pa.table({"outside": pc.is_null(table.column("seed_index")), "position": pa.array(range(table.num_rows)),
+                     **{c: table.column(c) for c in ("style", "aspect_ratio", "id", "seed_index", "variant")}})
+    order = pc.sort_indices(keys, sort_keys=[("outside", "ascending"), ("style", "ascending"),
+                                             ("aspect_ratio", "ascending"), ("id", "ascending"),
+                                             ("seed_index", "ascending"), ("variant", "ascending"),
+                                             ("position", "ascending")])  # nulls last
+    return np.diff(order.to_numpy().astype(np.int64), prepend=0).tolist()
 
 
 class ReportBuilder:
@@ -155,8 +187,9 @@ class ReportBuilder:
     def __init__(self, campaign: str | None, root_uri: str, run_id: str | None):
         self.campaign, self.root_uri, self.run_id = campaign, root_uri, run_id
         self.n = 0
-        self.codes: dict[str, dict] = {"status": {}, "campaign": {}, "style": {}, "tags": {}}
-        self.columns: dict[str, list] = {"status": [], "campaign": [], "style": [], "tags": []}
+        self.codes: dict[str, dict] = {"status": {}, "campaign": {}, "style": {}, "ratio": {}, "tags": {}}
+        self.columns: dict[str, list] = {"status": [], "campaign": [], "style": [], "ratio": [], "tags": []}
+        self.cells: dict[tuple, Counter] = {}  # (style, aspect ratio) of a matrix's variants -> by status
         self.library: Counter = Counter()
         self.run: Counter = Counter()  # the run's records, by status
         self.stage_totals: Counter = Counter()
@@ -173,8 +206,10 @@ class ReportBuilder:
         cards = [card(r, self.campaign, self.root_uri) for r in records]
         for r, c in zip(records, cards):
             self.library[r["status"]] += 1
-            for key in ("status", "campaign", "style"):
+            for key in ("status", "campaign", "style", "ratio"):
                 self.columns[key].append(self.code(key, c.get(key)))
+            if r.get("seed_index") is not None:
+                self.cells.setdefault((r["style"], r.get("aspect_ratio")), Counter())[r["status"]] += 1
             self.columns["tags"].append([self.code("tags", t) for t in c.get("tags", [])])
             if r["run_id"] == self.run_id:
                 self.run[r["status"]] += 1
@@ -190,20 +225,26 @@ class ReportBuilder:
         self.n += len(cards)
         return text
 
-    def page(self, summary: dict | None) -> str:
+    def page(self, summary: dict | None, by_cell: list[int] | None = None) -> str:
+        """The page; `by_cell`: cell_order() of the cards, for the gallery grouped by cell."""
         names = {key: list(codes) for key, codes in self.codes.items()}
-        index = {"n": self.n, "chunk": CHUNK, "pageSize": PAGE_SIZE, **self.columns, "statuses": names["status"],
-                 "campaigns": names["campaign"], "styles": names["style"], "tagNames": names["tags"]}
+        columns = dict(self.columns)
+        if not names["ratio"]:  # a library without aspect ratios: no column of -1s
+            del columns["ratio"]
+        index = {"n": self.n, "chunk": CHUNK, "pageSize": PAGE_SIZE, **columns, "statuses": names["status"],
+                 "campaigns": names["campaign"], "styles": names["style"], "ratios": names["ratio"],
+                 "tagNames": names["tags"], "byCell": by_cell}
         stage_chart = bars([(s, v, f"{v:.1f} s ({v / self.timed:.2f} s per variant)")
                             for s, v in self.stage_totals.items()])
         reasons_chart = bars([(k, v, str(v)) for k, v in self.reasons.most_common()])
         metric_charts = "".join(histogram_svg(k, np.frombuffer(v)) for k, v in sorted(self.values.items()))
         return fill(
             summary=summary_html(self.run_id, summary, self.run),
-            library=html.escape(", ".join(f"{s} {self.library[s]}" for s in ("accepted", "rejected", "invalid",
-                                                                             "failed"))),
+            library=html.escape(", ".join(f"{s} {self.library[s]}" for s in STATUSES)),
             total=self.n, stages=stage_chart, reasons=reasons_chart,
-            metrics=metric_charts or '<p class="muted">none</p>', index=script_json(index))
+            metrics=metric_charts or '<p class="muted">none</p>', index=script_json(index),
+            cells=(f'<section class="panel" id="cells"><h2>Variants by cell</h2>{cells_html(self.cells)}</section>'
+                   if self.cells else ""))
 
 
 def put_report_file(fs, path: str, text: str) -> None:
@@ -252,7 +293,7 @@ def write_report(output: str, storage_options: dict | None = None, run_id: str |
         for future in pending:
             future.result()
     index = join(report, "index.html")
-    put_report_file(fs, index, builder.page(load_summary(fs, root, run_id)))
+    put_report_file(fs, index, builder.page(load_summary(fs, root, run_id), cell_order(table)))
     fs.invalidate_cache(join(report, "cards"))
     wanted = set(chunks)
     for path in fs.glob(join(report, "cards", "*.js")):  # left by an earlier report of a larger library

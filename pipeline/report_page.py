@@ -1,9 +1,11 @@
 """The report's page: its HTML, CSS and JavaScript, with no external file (pipeline/report.py fills it in).
 
-The gallery is drawn in the browser from `INDEX` (inline: each card's status, campaign, style and tags,
-as small integers) and the card chunks (`cards/<n>.js`, each calling `rushesCards(n, [...])`). A page
-of cards loads only the chunks it shows. The filters and the page number live in the URL's fragment
-(`#status=rejected&tag=ad&page=2`), so a view can be linked to.
+The gallery is drawn in the browser from `INDEX` (inline: each card's status, campaign, style, aspect
+ratio and tags, as small integers, and `byCell`, the cards' order by variant-matrix cell) and the card
+chunks (`cards/<n>.js`, each calling `rushesCards(n, [...])`). A page of cards loads only the chunks it
+shows; grouped by cell, it pages through the cards in `byCell` order and heads each cell's run of cards on
+the page. The filters, the grouping and the page number live in the URL's fragment
+(`#status=rejected&tag=ad&group=cell&page=2`), so a view can be linked to.
 """
 from __future__ import annotations
 
@@ -44,8 +46,13 @@ section.panel { background: #fff; border-radius: 8px; padding: 8px 16px 12px; ma
 .card { background: #fff; border-radius: 8px; padding: 8px; border-top: 4px solid #999; overflow: hidden; }
 .card[data-status=accepted] { border-color: #1a7f37; } .card[data-status=rejected] { border-color: #b35900; }
 .card[data-status=failed] { border-color: #c62828; } .card[data-status=invalid] { border-color: #777; }
-.card .media img { width: 100%; height: 180px; object-fit: contain; display: block; border-radius: 4px;
-  background: #222; }
+.card .media img { width: 100%; height: auto; aspect-ratio: auto 16 / 9; max-height: 420px; object-fit: contain;
+  display: block; border-radius: 4px; background: #222; }
+.card .cell { font-size: 12px; }
+.cell-group h3 { font-size: 14px; margin: 16px 0 8px; }
+table.cells { border-collapse: collapse; font-size: 13px; }
+table.cells th, table.cells td { padding: 2px 10px; border-bottom: 1px solid #f0f0f2; text-align: right; }
+table.cells th:nth-child(-n+2), table.cells td:nth-child(-n+2) { text-align: left; }
 .card .none { height: 80px; display: flex; align-items: center; justify-content: center; background: #eee;
   color: #6e6e73; border-radius: 4px; }
 .card .head { display: flex; justify-content: space-between; gap: 8px; margin: 6px 0 2px; font-weight: 600; }
@@ -68,6 +75,7 @@ section.panel { background: #fff; border-radius: 8px; padding: 8px 16px 12px; ma
 <section class="panel" id="reasons"><h2>Reject reasons</h2>%%reasons%%</section>
 </div>
 <section class="panel" id="metrics"><h2>Filter metrics</h2><div class="hists">%%metrics%%</div></section>
+%%cells%%
 <section class="panel" id="library">
 <h2>Library: %%total%% current records <span class="muted">(%%library%%)</span></h2>
 <div class="filters">
@@ -75,6 +83,9 @@ section.panel { background: #fff; border-radius: 8px; padding: 8px 16px 12px; ma
 <label>campaign <select id="f-campaign"></select></label>
 <label>tag <select id="f-tag"></select></label>
 <label>style <select id="f-style"></select></label>
+<label id="l-ratio">aspect ratio <select id="f-ratio"></select></label>
+<label id="l-group">group by <select id="f-group"><option value="">none</option><option value="cell">cell</option>
+</select></label>
 <span class="pager"><button id="prev">&larr;</button><span id="page-info"></span><button id="next">&rarr;</button></span>
 </div>
 <div class="gallery" id="gallery"></div>
@@ -97,14 +108,21 @@ function loadChunk(n) {
   });
 }
 
-const FILTERS = [["status", "statuses"], ["campaign", "campaigns"], ["tag", "tagNames"], ["style", "styles"]];
+const FILTERS = [["status", "statuses"], ["campaign", "campaigns"], ["tag", "tagNames"], ["style", "styles"],
+                 ["ratio", "ratios"]];
+const CONTROLS = [...FILTERS.map(([key]) => key), "group"];  // each a <select id="f-<key>">, kept in the URL
 function counts(key) {
   const c = {};
   if (key === "tag") INDEX.tags.forEach(ts => ts.forEach(t => c[t] = (c[t] || 0) + 1));
-  else INDEX[key].forEach(v => { if (v >= 0) c[v] = (c[v] || 0) + 1; });
+  else (INDEX[key] || []).forEach(v => { if (v >= 0) c[v] = (c[v] || 0) + 1; });
   return c;
 }
+let byCell = null;  // the cards' positions in cell order, from the differences in INDEX.byCell
 function setUpFilters() {
+  document.getElementById("l-ratio").hidden = !INDEX.ratios.length;
+  document.getElementById("l-group").hidden = !INDEX.byCell;
+  document.getElementById("f-group").onchange = () => show({page: 1});
+  if (INDEX.byCell) { let p = 0; byCell = Int32Array.from(INDEX.byCell, d => p += d); }
   for (const [key, names] of FILTERS) {
     const sel = document.getElementById("f-" + key), c = counts(key);
     sel.add(new Option("all", ""));
@@ -115,12 +133,14 @@ function setUpFilters() {
 }
 function state() {
   const p = new URLSearchParams(location.hash.slice(1)), s = {page: Math.max(1, parseInt(p.get("page")) || 1)};
-  for (const [key] of FILTERS) s[key] = p.get(key) || "";
+  for (const key of CONTROLS) s[key] = p.get(key) || "";
+  if (!byCell) s.group = "";  // a link made for another library
+  if (!INDEX.ratio) s.ratio = "";
   return s;
 }
 function show(change) {
   const s = state();
-  for (const [key] of FILTERS) s[key] = document.getElementById("f-" + key).value;
+  for (const key of CONTROLS) s[key] = document.getElementById("f-" + key).value;
   Object.assign(s, change);
   const p = new URLSearchParams();
   for (const k in s) if (s[k] && !(k === "page" && s[k] === 1)) p.set(k, s[k]);
@@ -130,11 +150,13 @@ function show(change) {
 function matching(s) {
   const want = {};
   for (const [key, names] of FILTERS) want[key] = s[key] ? INDEX[names].indexOf(s[key]) : null;
-  const out = [];
-  for (let i = 0; i < INDEX.n; i++) {
+  const out = [], grouped = s.group === "cell";
+  for (let k = 0; k < INDEX.n; k++) {
+    const i = grouped ? byCell[k] : k;
     if (want.status !== null && INDEX.status[i] !== want.status) continue;
     if (want.campaign !== null && INDEX.campaign[i] !== want.campaign) continue;
     if (want.style !== null && INDEX.style[i] !== want.style) continue;
+    if (want.ratio !== null && INDEX.ratio[i] !== want.ratio) continue;
     if (want.tag !== null && !INDEX.tags[i].includes(want.tag)) continue;
     out.push(i);
   }
@@ -143,7 +165,7 @@ function matching(s) {
 let drawing = 0;
 function draw() {
   const s = state(), ticket = ++drawing;
-  for (const [key] of FILTERS) document.getElementById("f-" + key).value = s[key];
+  for (const key of CONTROLS) document.getElementById("f-" + key).value = s[key];
   const found = matching(s), pages = Math.max(1, Math.ceil(found.length / INDEX.pageSize));
   const page = Math.min(s.page, pages), shown = found.slice((page - 1) * INDEX.pageSize, page * INDEX.pageSize);
   document.getElementById("page-info").textContent =
@@ -155,8 +177,10 @@ function draw() {
   const need = [...new Set(shown.map(i => Math.floor(i / INDEX.chunk)))];
   Promise.all(need.map(loadChunk)).then(() => {
     if (ticket !== drawing) return;
+    const cards = shown.map(i => chunks[Math.floor(i / INDEX.chunk)][i % INDEX.chunk]);
     const gallery = document.getElementById("gallery");
-    gallery.replaceChildren(...shown.map(i => cardElement(chunks[Math.floor(i / INDEX.chunk)][i % INDEX.chunk])));
+    gallery.className = s.group === "cell" ? "" : "gallery";
+    gallery.replaceChildren(...(s.group === "cell" ? cellGroups(cards) : cards.map(cardElement)));
     document.body.dataset.ready = "1";
   }, err => { document.getElementById("gallery").textContent = String(err); });
 }
@@ -167,11 +191,29 @@ function el(tag, attrs, ...children) {
   for (const c of children) if (c !== null && c !== undefined) e.append(c);
   return e;
 }
+function inCell(c) { return c.seedIndex !== undefined; }  // made by a variant matrix
+function cellGroups(cards) {
+  // the page's cards come in cell order: each run of one (style, aspect ratio) gets a heading
+  const groups = [];
+  for (const c of cards) {
+    const key = inCell(c) ? JSON.stringify([c.style ?? null, c.ratio ?? null]) : "";
+    if (!groups.length || groups[groups.length - 1].key !== key) groups.push({key, c, cards: []});
+    groups[groups.length - 1].cards.push(c);
+  }
+  return groups.map(({key, c, cards}) => el("section",
+    {class: "cell-group", "data-style": inCell(c) ? c.style ?? "" : "", "data-ratio": inCell(c) ? c.ratio ?? "" : "",
+     "data-cell": key ? "1" : "0"},
+    el("h3", {}, key ? (c.style ?? "no style") + " · " + (c.ratio ?? "no aspect ratio") : "no variant matrix"),
+    el("div", {class: "gallery"}, ...cards.map(cardElement))));
+}
 function cardElement(c) {
+  const shape = c.ratio ? c.ratio.replace(":", " / ") : (c.resolution || "").replace("x", " / ");
   const media = c.preview
-    ? el("img", {class: "preview", src: c.preview, alt: "preview of " + c.id + "/" + c.variant})
+    ? el("img", {class: "preview", src: c.preview, alt: "preview of " + c.id + "/" + c.variant,
+                 style: shape ? "aspect-ratio: auto " + shape : ""})
     : el("div", {class: "none"}, c.status === "accepted" ? "no preview" : "no video (" + c.status + ")");
-  const meta = [c.campaign, c.style, ...(c.tags || [])].filter(Boolean).join(" · ");
+  const cell = inCell(c) ? [c.style, c.ratio, "seed index " + c.seedIndex].filter(v => v != null).join(" · ") : "";
+  const meta = [c.campaign, cell ? null : c.style, ...(c.tags || [])].filter(Boolean).join(" · ");
   const metrics = el("table", {class: "metrics"});
   const names = Object.keys(c.metrics || {}).sort();
   for (let i = 0; i < names.length; i += 2) {
@@ -181,10 +223,12 @@ function cardElement(c) {
   }
   const foot = [c.seed !== undefined ? "seed " + c.seed : null, c.resolution, c.duration ? c.duration + " s" : null]
     .filter(Boolean).join(" · ");
-  return el("article", {class: "card", "data-id": c.id ?? "", "data-variant": String(c.variant), "data-status": c.status},
+  return el("article", {class: "card", "data-id": c.id ?? "", "data-variant": String(c.variant),
+                        "data-status": c.status, "data-seed-index": inCell(c) ? String(c.seedIndex) : ""},
     el("div", {class: "media"}, c.video ? el("a", {href: c.video}, media) : media),
     el("div", {class: "head"}, el("span", {}, (c.id ?? "(no id)") + (c.variant >= 0 ? "/" + c.variant : "")),
       el("span", {class: "badge"}, c.status)),
+    cell ? el("div", {class: "cell"}, cell) : null,
     meta ? el("div", {class: "muted"}, meta) : null,
     el("div", {class: "prompts"},
       el("div", {}, el("h4", {}, "prompt"), el("p", {}, c.prompt || "")),

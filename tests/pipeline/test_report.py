@@ -33,16 +33,49 @@ def browser():
         yield b
 
 
-def webp_preview() -> bytes:
-    frames = [Image.new("RGB", (48, 32), (40 * i, 90, 160)) for i in range(3)]
+def webp_preview(width: int = 48, height: int = 32) -> bytes:
+    frames = [Image.new("RGB", (width, height), (40 * i, 90, 160)) for i in range(3)]
     buf = io.BytesIO()
     frames[0].save(buf, format="WEBP", save_all=True, append_images=frames[1:], duration=120, loop=0)
     return buf.getvalue()
 
 
-def make_library(output: str, storage_options: dict | None = None, n: int = 130) -> list[dict]:
+MATRIX = {"styles": ["anime", "noir"], "aspect_ratios": ["16:9", "9:16", "1:1"], "seeds": 2}
+SHAPES = {"16:9": (64, 36), "9:16": (36, 64), "1:1": (48, 48)}  # a cell's preview, width x height
+
+
+def matrix_records(fs, root: str, preview_of) -> list[dict]:
+    """Two rows made by the variant matrix MATRIX, as pipeline/spec.py VariantMatrix.cells() orders the
+    cells (variant = cell), of mixed statuses; previews of the accepted ones in their cell's shape."""
+    records = []
+    for row, id_ in enumerate(["ad-1", "ad-0"]):  # not in id order: the report sorts them
+        cells = [(s, r, k) for s in MATRIX["styles"] for r in MATRIX["aspect_ratios"] for k in range(MATRIX["seeds"])]
+        for variant, (style, ratio, seed_index) in enumerate(cells):
+            status = ["accepted", "accepted", "rejected", "failed", "accepted"][(variant + row) % 5]
+            w, h = SHAPES[ratio]
+            rec = {"id": id_, "variant": variant, "row": 1000 + row, "status": status, "campaign": "summer",
+                   "prompt": f"a bottle of perfume on a rock, {style}", "style": style, "aspect_ratio": ratio,
+                   "seed_index": seed_index, "tags": ["ad"], "extra": {"campaign": "summer"},
+                   "expanded_prompt": f"a bottle of perfume on a rock, {style} style.", "seed": 10 + seed_index,
+                   "resolution": f"{w}x{h}", "duration_s": 1.0, "metrics": {"motion": 0.5},
+                   "stage_seconds": {"sample": 0.5}}
+            if status == "rejected":
+                rec["reasons"] = ["frozen: motion 0.1 < 0.2"]
+            if status == "failed":
+                rec["error"] = "sample: NaN in latents"
+            if status == "accepted":
+                key = join(root, "previews", id_, f"{variant}.webp")
+                put_atomic(fs, key, preview_of(w, h))
+                rec["preview_uri"] = fs.unstrip_protocol(key)
+                rec["video_uri"] = fs.unstrip_protocol(join(root, "videos", id_, f"{variant}.mp4"))
+            records.append(rec)
+    return records
+
+
+def make_library(output: str, storage_options: dict | None = None, n: int = 130, matrix: bool = False) -> list[dict]:
     """A library of `n` records of every status, committed through the real writer, with previews of the
-    accepted videos and of the rejected ones kept (every tenth) at their deterministic keys."""
+    accepted videos and of the rejected ones kept (every tenth) at their deterministic keys; with `matrix`,
+    and the 24 records of two rows made by a variant matrix (matrix_records)."""
     fs, root = filesystem(output, storage_options)
     preview = webp_preview()
     statuses = ["accepted"] * 7 + ["rejected"] * 3 + ["failed", "invalid"]
@@ -68,6 +101,9 @@ def make_library(output: str, storage_options: dict | None = None, n: int = 130)
             rec["preview_uri"] = fs.unstrip_protocol(key)
             rec["video_uri"] = fs.unstrip_protocol(join(root, "videos", rec["id"], f"{rec['variant']}.mp4"))
         records.append(rec)
+    if matrix:
+        records += matrix_records(fs, root, webp_preview)
+    n = len(records)
     writer = MetadataWriter(output, RUN, record_schema(pa.schema([("campaign", pa.string())])), storage_options)
     for i in range(0, n, 50):
         writer.commit([{k: v for k, v in r.items() if k != "campaign"} for r in records[i:i + 50]])
@@ -100,8 +136,8 @@ def check_report(browser, url: str, records: list[dict], screenshot: str) -> Non
     cards, widths = every_card(browser, url)
     assert sorted(cards) == sorted((r["id"], r["variant"], r["status"]) for r in records)
     assert Counter(s for _, _, s in cards) == Counter(r["status"] for r in records)
-    assert len(widths) == sum(1 for r in records if r.get("preview_uri"))
-    assert widths and all(w == 48 for w in widths)  # every preview loaded, through its relative link
+    # every preview loaded, through its relative link
+    assert sorted(widths) == sorted(int(r["resolution"].split("x")[0]) for r in records if r.get("preview_uri"))
     browser.evaluate("document.body.dataset.ready = ''; location.hash = 'status=rejected&campaign=autumn'")
     browser.wait_for("document.body.dataset.ready === '1'")
     shown = browser.evaluate("[...document.querySelectorAll('.card')].map(c => c.dataset.status + '/' + "
@@ -115,6 +151,92 @@ def check_report(browser, url: str, records: list[dict], screenshot: str) -> Non
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def cards_by_cell(browser, url_hash: str) -> list[list]:
+    """Grouped by cell, every page of the view `url_hash`: per page, its groups as [has a cell, style,
+    aspect ratio, heading, [[id, seed index, variant], ...]]."""
+    browser.evaluate(f"document.body.dataset.ready = ''; location.hash = '{url_hash}'")
+    browser.wait_for("document.body.dataset.ready === '1'")
+    pages = int(browser.evaluate("document.getElementById('page-info').textContent").split(" of ")[1])
+    out = []
+    for page in range(1, pages + 1):
+        browser.evaluate(f"document.body.dataset.ready = ''; location.hash = '{url_hash}&page={page}'")
+        browser.wait_for("document.body.dataset.ready === '1'")
+        out.append(browser.evaluate(
+            "[...document.querySelectorAll('#gallery > .cell-group')].map(g => [g.dataset.cell === '1', "
+            "g.dataset.style, g.dataset.ratio, g.querySelector('h3').textContent, [...g.querySelectorAll('.card')]"
+            ".map(c => [c.dataset.id, c.dataset.seedIndex === '' ? null : +c.dataset.seedIndex, "
+            "+c.dataset.variant])])"))
+    return out
+
+
+def check_cells(browser, url: str, records: list[dict]) -> None:
+    """The variant matrix's cells: on the cards, in the ratio filter, grouped, and counted in the table."""
+    in_matrix = [r for r in records if r.get("seed_index") is not None]
+    cells = Counter((r["style"], r["aspect_ratio"]) for r in in_matrix)
+    assert len(in_matrix) == 24 and len(cells) == 6
+    browser.open(url)
+    browser.wait_for("document.body.dataset.ready === '1'")
+    assert browser.evaluate("document.getElementById('l-ratio').hidden") is False
+
+    # the ratio filter: its counts, and what it shows
+    ratios = Counter(r["aspect_ratio"] for r in in_matrix)
+    options = browser.evaluate("[...document.querySelectorAll('#f-ratio option')].map(o => o.textContent)")
+    assert options == ["all"] + [f"{r} ({ratios[r]})" for r in sorted(ratios)]
+    browser.evaluate("document.body.dataset.ready = ''; location.hash = 'ratio=9:16'")
+    browser.wait_for("document.body.dataset.ready === '1'")
+    assert browser.evaluate("document.getElementById('page-info').textContent").startswith(f"{ratios['9:16']} cards")
+    shown = browser.evaluate("[...document.querySelectorAll('.card')].map(c => [c.dataset.id, +c.dataset.variant, "
+                             "c.querySelector('.cell').textContent])")
+    assert sorted(map(tuple, shown)) == sorted(
+        (r["id"], r["variant"], f"{r['style']} · 9:16 · seed index {r['seed_index']}")
+        for r in in_matrix if r["aspect_ratio"] == "9:16")
+    # a 9:16 preview is tall, a 16:9 one wide
+    browser.evaluate("document.body.dataset.ready = ''; location.hash = 'ratio=9:16&status=accepted'")
+    browser.wait_for("document.body.dataset.ready === '1'")
+    sizes = browser.evaluate(
+        "Promise.all([...document.images].map(i => i.complete || new Promise(r => i.onload = i.onerror = r)))"
+        ".then(() => [...document.querySelectorAll('img.preview')].map(i => [i.clientWidth, i.clientHeight]))")
+    assert sizes and all(h > 1.5 * w for w, h in sizes), sizes
+    browser.evaluate("document.body.dataset.ready = ''; location.hash = 'ratio=16:9&status=accepted'")
+    browser.wait_for("document.body.dataset.ready === '1'")
+    sizes = browser.evaluate(
+        "Promise.all([...document.images].map(i => i.complete || new Promise(r => i.onload = i.onerror = r)))"
+        ".then(() => [...document.querySelectorAll('img.preview')].map(i => [i.clientWidth, i.clientHeight]))")
+    assert sizes and all(w > 1.5 * h for w, h in sizes), sizes
+
+    # grouped by cell: the matrix's cells first, by style and aspect ratio, each its cards by id, seed index;
+    # one heading per cell on a page (a cell that runs over a page is headed again on the next)
+    pages = cards_by_cell(browser, "group=cell")
+    assert browser.evaluate("document.getElementById('f-group').value") == "cell"
+    groups = [g for page in pages for g in page]
+    assert all(len({tuple(g[:3]) for g in page}) == len(page) for page in pages)
+    assert sum(len(g[4]) for g in groups) == len(records)
+    order = sorted(cells, key=lambda c: (c[0], c[1]))
+    got = [(style, ratio) for has_cell, style, ratio, _, _ in groups if has_cell]
+    assert got == order  # all 24 matrix cards fit on the first page: each cell once
+    for has_cell, style, ratio, heading, cards in groups:
+        if has_cell:
+            assert heading == f"{style} · {ratio}" and len(cards) == cells[style, ratio]
+            assert cards == sorted([r["id"], r["seed_index"], r["variant"]] for r in in_matrix
+                                   if (r["style"], r["aspect_ratio"]) == (style, ratio))
+        else:
+            assert heading == "no variant matrix" and all(c[1] is None for c in cards)
+    assert sum(len(g[4]) for g in groups if not g[0]) == len(records) - len(in_matrix)
+    # grouped and filtered
+    pages = cards_by_cell(browser, "group=cell&ratio=1:1&status=accepted")
+    wanted = Counter((r["style"], r["aspect_ratio"]) for r in in_matrix
+                     if r["aspect_ratio"] == "1:1" and r["status"] == "accepted")
+    assert len(pages) == 1 and {(g[1], g[2]): len(g[4]) for g in pages[0]} == wanted
+
+    # the table of variants by cell and status
+    rows = browser.evaluate("[...document.querySelectorAll('#cells-table tbody tr')]"
+                            ".map(tr => [...tr.children].map(td => td.textContent))")
+    by_status = Counter((r["style"], r["aspect_ratio"], r["status"]) for r in in_matrix)
+    statuses = ("accepted", "rejected", "invalid", "failed")
+    assert rows == [[s, a, *(str(by_status[s, a, x]) for x in statuses), str(cells[s, a])] for s, a in order]
+    browser.evaluate("location.hash = ''")
+
+
 def test_relative_links_survive_a_moved_library():
     assert relative_link("file:///lib/previews/a/0.webp", "file:///lib") == "../previews/a/0.webp"
     assert relative_link("s3://b/lib/videos/a b/1.mp4", "s3://b/lib") == "../videos/a%20b/1.mp4"
@@ -125,7 +247,7 @@ def test_relative_links_survive_a_moved_library():
 
 
 def test_report_in_chromium_from_a_file_url(browser, tmp_path):
-    records = make_library(str(tmp_path / "lib"), n=130)  # three pages of cards, several chunks
+    records = make_library(str(tmp_path / "lib"), n=130, matrix=True)  # four pages of cards, several chunks
     uri = write_report(str(tmp_path / "lib"))
     assert uri == (tmp_path / "lib" / "report" / "index.html").as_uri()
     page = (tmp_path / "lib" / "report" / "index.html").read_text()
@@ -133,11 +255,12 @@ def test_report_in_chromium_from_a_file_url(browser, tmp_path):
     assert "<b>number</b>" not in page  # prompts reach the page as data, drawn as text
     assert f"<code>{RUN}</code>" in page and "frozen" in page and "brightness" in page
     check_report(browser, uri, records, str(tmp_path / "report.png"))
+    check_cells(browser, uri, records)
 
     # the library moved (or synced elsewhere): the report still finds its previews
     shutil.move(tmp_path / "lib", tmp_path / "moved")
     cards, widths = every_card(browser, (tmp_path / "moved" / "report" / "index.html").as_uri())
-    assert len(cards) == 130 and all(w == 48 for w in widths)
+    assert len(cards) == len(records) and all(w > 0 for w in widths)
 
 
 def test_report_holds_no_media_and_drops_stale_chunks(tmp_path):
@@ -179,6 +302,9 @@ def test_report_on_s3_served_from_the_bucket(browser, s3, tmp_path):
     assert write_report(out, options) == "s3://rushes-test/lib/report/index.html"
     assert fs.info("rushes-test/lib/report/index.html")["ContentType"].startswith("text/html")
     check_report(browser, f"{endpoint}/rushes-test/lib/report/index.html", records, str(tmp_path / "s3.png"))
+    # no variant matrix in this library: no ratio filter, no grouping, no table of cells
+    assert browser.evaluate("[document.getElementById('l-ratio').hidden, document.getElementById('l-group').hidden,"
+                            " !document.getElementById('cells')]") == [True, True, True]
     assert len(read_records(out, options)) == 60
 
 
@@ -237,6 +363,7 @@ def test_a_library_of_100000_videos_stays_fast(browser, tmp_path):
                         "prompt": f"a slow pan over a harbour at dawn, shot {i}", "style": ["anime", None][i % 2],
                         "expanded_prompt": f"a slow pan over a harbour at dawn, shot {i}, wide shot, soft light",
                         "tags": [["sim"], ["ad", "night"]][i % 2], "metrics": {"motion": i % 97 / 10},
+                        "aspect_ratio": ["16:9", "9:16", "1:1"][i % 3], "seed_index": i // 3 % 2,
                         "reasons": ["frozen: motion 0.1 < 0.2"] if i % 2 else [],
                         "preview_uri": f"{tmp_path.as_uri()}/big/previews/v-{i:06d}/0.webp",
                         "extra": {"campaign": f"c{i % 7}"}} for i in range(first, first + 20_000)])
@@ -256,6 +383,15 @@ def test_a_library_of_100000_videos_stays_fast(browser, tmp_path):
     assert time.monotonic() - started < 10  # about 0.5 s on a 2-core VM
     assert browser.evaluate("document.getElementById('page-info').textContent") == "50000 cards, page 700 of 1042"
     assert set(browser.evaluate("[...document.querySelectorAll('.card')].map(c => c.dataset.status)")) == {"rejected"}
+    # grouped by cell, a page deep in the library: its cards in cell order, under their cell's heading
+    started = time.monotonic()
+    browser.evaluate("document.body.dataset.ready = ''; location.hash = 'status=rejected&group=cell&page=700'")
+    browser.wait_for("document.body.dataset.ready === '1'")
+    assert time.monotonic() - started < 5
+    shown = browser.evaluate("[...document.querySelectorAll('.cell-group')].flatMap(g => "
+                             "[...g.querySelectorAll('.card')].map(c => [g.dataset.ratio, c.dataset.id]))")
+    rejected = sorted((["16:9", "9:16", "1:1"][i % 3], f"v-{i:06d}") for i in range(1, n, 2))
+    assert shown == [list(c) for c in rejected[699 * PAGE_SIZE:700 * PAGE_SIZE]]
 
 
 def test_a_run_that_stops_still_writes_its_report_and_a_report_never_fails_a_run(tmp_path, monkeypatch, caplog):
