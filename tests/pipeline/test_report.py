@@ -353,9 +353,8 @@ def test_a_run_ends_by_writing_its_report(demo_run, browser, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_library_of_100000_videos_stays_fast(browser, tmp_path):
-    import time
-
+def test_a_library_of_100000_videos_pages_from_chunks(browser, tmp_path):
+    """The page holds a small index and loads card chunks as it pages (its speed: bench/report.py)."""
     out, n = str(tmp_path / "big"), 100_000
     writer = MetadataWriter(out, RUN, record_schema(pa.schema([("campaign", pa.string())])))
     for first in range(0, n, 20_000):
@@ -368,26 +367,20 @@ def test_a_library_of_100000_videos_stays_fast(browser, tmp_path):
                         "preview_uri": f"{tmp_path.as_uri()}/big/previews/v-{i:06d}/0.webp",
                         "extra": {"campaign": f"c{i % 7}"}} for i in range(first, first + 20_000)])
     writer.save_text(f"runs/{RUN}/job.yaml", "name: big\n")
-    started = time.monotonic()
     write_report(out)
-    assert time.monotonic() - started < 60
     report = tmp_path / "big" / "report"
     assert (report / "index.html").stat().st_size < 20 * n + 100_000  # the index: a few bytes per card
     assert len(list((report / "cards").iterdir())) == n // CHUNK
-    started = time.monotonic()
     browser.open((report / "index.html").as_uri())
     browser.wait_for("document.body.dataset.ready === '1'")
     assert browser.evaluate("document.querySelectorAll('.card').length") == PAGE_SIZE
     browser.evaluate("document.body.dataset.ready = ''; location.hash = 'status=rejected&tag=night&page=700'")
     browser.wait_for("document.body.dataset.ready === '1'")
-    assert time.monotonic() - started < 10  # about 0.5 s on a 2-core VM
     assert browser.evaluate("document.getElementById('page-info').textContent") == "50000 cards, page 700 of 1042"
     assert set(browser.evaluate("[...document.querySelectorAll('.card')].map(c => c.dataset.status)")) == {"rejected"}
     # grouped by cell, a page deep in the library: its cards in cell order, under their cell's heading
-    started = time.monotonic()
     browser.evaluate("document.body.dataset.ready = ''; location.hash = 'status=rejected&group=cell&page=700'")
     browser.wait_for("document.body.dataset.ready === '1'")
-    assert time.monotonic() - started < 5
     shown = browser.evaluate("[...document.querySelectorAll('.cell-group')].flatMap(g => "
                              "[...g.querySelectorAll('.card')].map(c => [g.dataset.ratio, c.dataset.id]))")
     rejected = sorted((["16:9", "9:16", "1:1"][i % 3], f"v-{i:06d}") for i in range(1, n, 2))
