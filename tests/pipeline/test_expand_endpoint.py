@@ -1,7 +1,6 @@
 """Recaptioning through an OpenAI-compatible endpoint, on a real local Ray: `transformers serve` serving
 builtin:tiny-qwen on 127.0.0.1, behind a fault-injecting proxy. Retries, a hung request, a dead endpoint;
 resume without a call; the API key nowhere but in the request header."""
-import time
 from pathlib import Path
 
 import pytest
@@ -64,12 +63,10 @@ def test_a_hung_request_times_out_and_the_run_completes(ray_local, llm_server, f
     manifest = write_manifest(tmp_path / "m.parquet", ROWS)
     out = tmp_path / "lib"
     faulty_llm.faults = ["hang", "hang"]
-    start = time.monotonic()
     run = run_job(load_job(job_dict(manifest, str(out), expand=endpoint(faulty_llm.url, llm_server.model,
                                                                       timeout_s=3))), echo=lambda *_: None)
     assert run.work == {"new": 4} and sum(run.counts.values()) == 4
     assert not any("endpoint" in (r["expand_error"] or "") for r in records(out).values())
-    assert time.monotonic() - start < 600
 
 
 @pytest.mark.parametrize("on_error", ["fallback", "fail"])

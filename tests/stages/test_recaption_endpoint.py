@@ -1,7 +1,5 @@
 """The openai backend against a real OpenAI-compatible server (`transformers serve` with builtin:tiny-qwen),
 through a fault-injecting proxy: retries, timeouts, errors that are not retried, a dead endpoint."""
-import time
-
 import pytest
 
 from stages.recaption import EndpointRewriter, messages_for
@@ -27,10 +25,9 @@ def test_429_and_500_are_retried_then_succeed(llm_server, faulty_llm):
 
 def test_a_hung_request_times_out_and_is_retried(llm_server, faulty_llm):
     faulty_llm.faults = ["hang"]
-    start = time.monotonic()
     r = rewriter(faulty_llm.url, llm_server.model, timeout_s=2.0).rewrite([CHAT], [7], 0.7, 0.9, 48)[0]
     assert r.error is None
-    assert faulty_llm.requests == 2 and time.monotonic() - start < 60
+    assert faulty_llm.requests == 2  # one timed out, one answered
 
 
 def test_other_errors_fail_at_once(llm_server, faulty_llm):
@@ -52,10 +49,8 @@ def test_the_same_seed_gives_the_same_rewrite(llm_server, faulty_llm):
 def test_a_dead_endpoint_is_given_up_on_quickly():
     dead = f"http://127.0.0.1:{free_port()}/v1"
     rw = rewriter(dead, "m", max_retries=2, concurrency=1)
-    start = time.monotonic()
     results = rw.rewrite([CHAT] * 8, list(range(8)), 0.7, 0.9, 48)
     assert all(r.error and "cannot connect" in r.error for r in results)
     # the first `concurrency + 2` prompts get every try; after that the endpoint counts as down: one try each
     assert results[0].error.endswith("(after 3 tries)") and results[-1].error.endswith("(after 1 tries)")
     assert rw.requests == 3 * 3 + 5
-    assert time.monotonic() - start < 60
