@@ -2,7 +2,13 @@
 the GPU stays during a short full `rushes run`. Needs a CUDA GPU; elsewhere it prints the FLOP model
 and exits with a message.
 
-    python bench/gpu.py [--steps 5] [--warmup 2] [--rows 6] [--pipeline-steps 4] [--skip-pipeline]
+    python bench/gpu.py [--family wan] [--steps 5] [--warmup 2] [--rows 6] [--pipeline-steps 4] [--skip-pipeline]
+
+`--family ltx | cogvideox | hunyuan | skyreels` times that family's real-size transformer instead (see
+FAMILY_MODELS: LTX-Video 2B at 480x704x161, CogVideoX-5b at 480x720x49, HunyuanVideo 13B at 544x960x129,
+SkyReels-V2 1.3B at 544x960x97; random weights, bf16). Its model FLOPs are counted by
+`torch.utils.flop_counter.FlopCounterMode` over one forward on the meta device (matmuls, convolutions and
+attention), so they print on any machine; the full-pipeline run (part 4) is Wan's only.
 
 1. Sampler: `WanTransformer3DModel` built from the Wan2.1-T2V-1.3B config (random weights, bf16) on a
    480x832, 81-frame latent (1, 16, 21, 60, 104) with 512 text tokens of width 4096. Each denoising
@@ -182,6 +188,108 @@ def sampler(args):
     return model
 
 
+# Real-size transformers of the other families (their published transformer/config.json), and one forward's
+# inputs at the family's recommended size: (class name, config, latent shape note, inputs(model, device)).
+def _ltx_inputs(model, device):
+    f, h, w = 21, 15, 22  # 161 frames, 480x704: the VAE compresses 8x in time and 32x in space
+    return dict(hidden_states=torch.randn(1, f * h * w, 128, device=device, dtype=torch.bfloat16),
+                encoder_hidden_states=torch.randn(1, 128, 4096, device=device, dtype=torch.bfloat16),
+                timestep=torch.tensor([500.0], device=device), encoder_attention_mask=torch.ones(1, 128, device=device),
+                num_frames=f, height=h, width=w, rope_interpolation_scale=(8 / 25, 32, 32))
+
+
+def _cogvideox_inputs(model, device):
+    from types import SimpleNamespace
+
+    from diffusers import CogVideoXPipeline
+
+    f, h, w = 13, 60, 90  # 49 frames, 480x720: 4x in time, 8x in space
+    rotary = CogVideoXPipeline._prepare_rotary_positional_embeddings(
+        SimpleNamespace(vae_scale_factor_spatial=8, transformer=model), h * 8, w * 8, f, device)
+    return dict(hidden_states=torch.randn(1, f, 16, h, w, device=device, dtype=torch.bfloat16),
+                encoder_hidden_states=torch.randn(1, 226, 4096, device=device, dtype=torch.bfloat16),
+                timestep=torch.tensor([500], device=device), image_rotary_emb=rotary)
+
+
+def _hunyuan_inputs(model, device):
+    f, h, w = 33, 68, 120  # 129 frames, 544x960
+    return dict(hidden_states=torch.randn(1, 16, f, h, w, device=device, dtype=torch.bfloat16),
+                timestep=torch.tensor([500], device=device),
+                encoder_hidden_states=torch.randn(1, 256, 4096, device=device, dtype=torch.bfloat16),
+                encoder_attention_mask=torch.ones(1, 256, device=device),
+                pooled_projections=torch.randn(1, 768, device=device, dtype=torch.bfloat16),
+                guidance=torch.tensor([6000.0], device=device, dtype=torch.bfloat16))
+
+
+def _skyreels_inputs(model, device):
+    return dict(hidden_states=torch.randn(1, 16, 25, 68, 120, device=device, dtype=torch.bfloat16),  # 97 f, 544x960
+                timestep=torch.tensor([500], device=device),
+                encoder_hidden_states=torch.randn(1, 512, 4096, device=device, dtype=torch.bfloat16))
+
+
+FAMILY_MODELS = {
+    "ltx": ("LTXVideoTransformer3DModel", "LTX-Video 2B, 480x704x161",
+            dict(in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32,
+                 attention_head_dim=64, cross_attention_dim=2048, num_layers=28, caption_channels=4096),
+            _ltx_inputs),
+    "cogvideox": ("CogVideoXTransformer3DModel", "CogVideoX-5b, 480x720x49",
+                  dict(num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16,
+                       time_embed_dim=512, text_embed_dim=4096, num_layers=42, sample_width=90, sample_height=60,
+                       sample_frames=49, patch_size=2, use_rotary_positional_embeddings=True), _cogvideox_inputs),
+    "hunyuan": ("HunyuanVideoTransformer3DModel", "HunyuanVideo 13B, 544x960x129",
+                dict(in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
+                     num_single_layers=40, num_refiner_layers=2, patch_size=2, patch_size_t=1, text_embed_dim=4096,
+                     pooled_projection_dim=768, rope_axes_dim=(16, 56, 56), guidance_embeds=True), _hunyuan_inputs),
+    "skyreels": ("SkyReelsV2Transformer3DModel", "SkyReels-V2 1.3B, 544x960x97", dict(WAN_1_3B), _skyreels_inputs),
+}
+
+
+def family_transformer(family: str, device: str):
+    import diffusers
+
+    cls, _, config, _ = FAMILY_MODELS[family]
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = getattr(diffusers, cls)(**config)
+    return model.to(torch.bfloat16).eval()
+
+
+def family_flops(family: str) -> tuple[float, float]:
+    """(FLOPs of one forward counted on the meta device, parameters)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = family_transformer(family, "meta")
+    inputs = FAMILY_MODELS[family][3](model, "meta")
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(**inputs, return_dict=False)
+    return float(counter.get_total_flops()), float(sum(p.numel() for p in model.parameters()))
+
+
+def family_sampler(args) -> None:
+    """Times one family's real-size transformer forward on the GPU; MFU against the measured matmul peak."""
+    total, params = family_flops(args.family)
+    model = family_transformer(args.family, "cuda")
+    inputs = FAMILY_MODELS[args.family][3](model, "cuda")
+
+    def forward():
+        with torch.inference_mode():
+            model(**inputs, return_dict=False)
+
+    cuda_time(forward, args.warmup)
+    with GpuBusy() as busy:
+        start = time.perf_counter()
+        times = cuda_time(forward, args.steps)
+        window = (start, time.perf_counter())
+    peak = matmul_peak()
+    per = sum(times) / len(times)
+    print(f"sampler: {FAMILY_MODELS[args.family][1]} ({params / 1e9:.3f} B params, random weights, bf16)")
+    print(f"  {per:.3f} s per forward (min {min(times):.3f}, max {max(times):.3f}, {args.steps} timed after "
+          f"{args.warmup} warm-up); GPU busy {fmt_busy(busy.mean(*window))}")
+    print(f"  counted FLOPs per forward {total / 1e12:.1f} T; achieved {total / per / 1e12:.0f} TFLOP/s; measured "
+          f"bf16 matmul peak {peak / 1e12:.0f} TFLOP/s; MFU {total / per / peak:.1%}")
+    print(f"  peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
 def build_checkpoint(folder: str, transformer) -> None:
     """A diffusers Wan folder: real-size transformer and VAE (random), a one-layer text encoder of width 4096."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
@@ -254,7 +362,20 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=6, help="videos in the full-pipeline run")
     ap.add_argument("--pipeline-steps", type=int, default=4, help="denoising steps in the full-pipeline run")
     ap.add_argument("--skip-pipeline", action="store_true")
+    ap.add_argument("--family", default="wan", choices=["wan", *FAMILY_MODELS])
     args = ap.parse_args()
+    if args.family != "wan":
+        total, params = family_flops(args.family)
+        print(f"{platform.node()} | {os.cpu_count()} cores | torch {torch.__version__}")
+        print(f"FLOP count, {FAMILY_MODELS[args.family][1]}: {params / 1e9:.3f} B params, {total / 1e12:.1f} TFLOP "
+              "per forward (FlopCounterMode, meta device)")
+        if not torch.cuda.is_available():
+            sys.exit("bench/gpu.py needs a CUDA GPU: torch.cuda.is_available() is False on this machine "
+                     f"(torch {torch.__version__}). Run it on a GPU machine; nothing was measured.")
+        print(f"GPU: {torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}")
+        family_sampler(args)
+        print("full pipeline: Wan's only (--family wan)")
+        return
     total, plain, parts = forward_flops(build_transformer("meta"), latent_shape())
     print(f"{platform.node()} | {os.cpu_count()} cores | torch {torch.__version__}")
     print(f"FLOP model, Wan2.1 1.3B at {WIDTH}x{HEIGHT}x{FRAMES}: {parts['params'] / 1e9:.3f} B params, "
