@@ -355,9 +355,15 @@ def read_plan(batch: pa.Table, storage_options: dict) -> pa.Table:
     return pa.concat_tables([read_plan_object(uri, storage_options) for uri in batch.column("uri").to_pylist()])
 
 
+def stages_on_ray(spec: JobSpec, ctx: RunContext) -> list[Stage]:
+    """The stages that get an operator in this job, in pipeline order (the template expander, for one,
+    did its work while planning)."""
+    return [s for s in (cls(getattr(spec, cls.name), ctx) for cls in STAGES) if s.on_ray]
+
+
 def build_dataset(spec: JobSpec, plan_uris: list[str], ctx: RunContext) -> tuple[ray.data.Dataset, object]:
     """The dataset of records, and the ledger actor (the caller kills it when the dataset is consumed)."""
-    stages = [s for s in (stage_class(getattr(spec, stage_class.name), ctx) for stage_class in STAGES) if s.on_ray]
+    stages = stages_on_ray(spec, ctx)
     asks = {s.name: s.options.resources for s in stages}
     alive = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     cpus, gpus = sum(n.get("CPU", 0) for n in alive), sum(n.get("GPU", 0) for n in alive)

@@ -2,14 +2,14 @@
 import pytest
 
 from pipeline.errors import ClusterError
-from pipeline.graph import PLAN_READ, fit_pipeline
-from pipeline.spec import STAGES, load_job
+from pipeline.graph import PLAN_READ, fit_pipeline, stages_on_ray
+from pipeline.spec import load_job
 from stages.base import RunContext
 
 
 def stages_and_asks(**job):
     spec = load_job({"manifest": "m", "output": "o", "decode": {"resources": {"replicas": 1}}, **job})
-    stages = [cls(getattr(spec, cls.name), RunContext()) for cls in STAGES]
+    stages = stages_on_ray(spec, RunContext())
     return stages, {s.name: s.options.resources for s in stages}
 
 
