@@ -24,7 +24,7 @@ from pipeline.library import digest16
 from pipeline.spec import JobSpec
 from stages.storage import StorageError, filesystem, is_transient, with_retries
 from stages.families import family_for
-from stages.long_video import check_row, frames_for
+from stages.long_video import check_row, frames_for, shot_latents, shot_ranges
 from stages.variant import BOUNDS, OVERRIDES
 
 
@@ -48,6 +48,12 @@ def _type_ok(t: pa.DataType, kind: str) -> bool:
     if kind == "list<string>":
         return (pat.is_list(t) or pat.is_large_list(t)) and (
             pat.is_string(t.value_type) or pat.is_large_string(t.value_type) or pat.is_null(t.value_type))
+    if kind == "shots":  # a storyboard: list<struct<prompt: string, duration_s: float>>
+        if not (pat.is_list(t) or pat.is_large_list(t)) or not pat.is_struct(t.value_type):
+            return False
+        fields = {f.name: f.type for f in t.value_type}
+        return set(fields) == {"prompt", "duration_s"} and _type_ok(fields["prompt"], "string") and _type_ok(
+            fields["duration_s"], "float")
     raise AssertionError(kind)
 
 
@@ -163,7 +169,21 @@ def _derived_seed(row_id: str, base: int) -> int:
     return (base + int.from_bytes(hashlib.sha256(row_id.encode()).digest()[:4], "big")) % 2**31
 
 
+def _check_shots(value: list) -> tuple[object, str | None]:
+    if not value:
+        return None, "shots: a storyboard needs at least one shot"
+    for i, shot in enumerate(value):
+        prompt, duration = shot.get("prompt"), shot.get("duration_s")
+        if not isinstance(prompt, str) or not prompt.strip():
+            return None, f"shots[{i}].prompt: empty"
+        if not isinstance(duration, (int, float)) or not math.isfinite(duration) or not 0 < duration <= 3600:
+            return None, f"shots[{i}].duration_s: must be a number of seconds above 0, got {duration!r}"
+    return [{"prompt": s["prompt"], "duration_s": float(s["duration_s"])} for s in value], None
+
+
 def _check_value(name: str, value, kind: str) -> tuple[object, str | None]:
+    if kind == "shots":
+        return _check_shots(value)
     if kind == "int":
         if isinstance(value, float):
             if not math.isfinite(value) or value != int(value):
@@ -214,6 +234,7 @@ class RowValidator:
         known = set(REQUIRED) | set(OVERRIDES)
         self.extra_cols = [c for c in columns if c not in known]
         self.duplicate_of = duplicate_of
+        self.expand_mode = spec.expand.mode  # storyboards: the template rewrites their shots, an LLM does not yet
         # columns that the job's variant matrix sets, which a row must then leave alone
         m = spec.variants
         self.set_by_matrix = {} if m is None else {
@@ -259,6 +280,10 @@ class RowValidator:
                 row[name] = value
         if not errors and "duration_s" in row and "num_frames" in row:
             errors.append("duration_s: give num_frames or duration_s, not both")
+        if not errors and row.get("shots") and self.expand_mode == "llm":
+            errors.append("shots: expand.mode llm does not rewrite a storyboard's shots yet; use template or none")
+        if not errors and row.get("shots") and ("duration_s" in row or "num_frames" in row):
+            errors.append("shots: the shots' durations make the length; leave num_frames and duration_s empty")
         if not errors:
             duration = row.pop("duration_s", None)  # the row's length, else the job's (in frames at the row's fps)
             if duration is None and "num_frames" not in row:
@@ -266,7 +291,13 @@ class RowValidator:
             for name in OVERRIDES:  # the job's default for each one the row leaves unset
                 if name in self.defaults and name not in ("seed", "duration_s"):  # the seed is derived, below
                     row.setdefault(name, self.defaults[name])
-            if duration is not None:
+            if row.get("shots"):  # a storyboard: its length and each shot's frame range
+                stride = getattr(self.family, "temporal_stride", 4)
+                ranges = shot_ranges(shot_latents([s["duration_s"] for s in row["shots"]], row["fps"], stride), stride)
+                row["shots"] = [{**s, "expanded_prompt": None, "first_frame": a, "end_frame": b}
+                                for s, (a, b) in zip(row["shots"], ranges)]
+                row["num_frames"] = ranges[-1][1]
+            elif duration is not None:
                 row["num_frames"] = frames_for(duration, row["fps"], getattr(self.family, "temporal_stride", 4))
             row.setdefault("style", None)
             row.setdefault("tags", [])

@@ -201,6 +201,14 @@ class ExpandStage(Stage):
             words.append(light)
         return f"{base}, {', '.join(words)}" + (f", {tail}" if tail else "."), None
 
+    def storyboard(self, prompt: str, shots: list[dict], seed: int, style: str | None) -> list[dict]:
+        """Each shot's expanded prompt, written knowing the whole storyboard: the row's prompt (its cast and
+        setting) opens every shot, so a character is described in the same words in each, and every shot gets
+        the same draw of the template (one seed: the same style, camera and light), so the style carries over."""
+        cast = prompt.strip().rstrip(".")
+        return [{**s, "expanded_prompt": self.template(f"{cast}. {s['prompt'].strip()}", seed, style)[0]}
+                for s in shots]  # mode none: the cast and the shot's own words, nothing added
+
     def variants(self, rows: list[dict], cells: list[dict] | None = None) -> list[dict]:
         """One row per variant of each valid manifest row: `num_variants` of them, or one per cell of the job's
         variant matrix (`cells`: style, aspect_ratio, seed_index, height, width; None = the row's own), where
@@ -224,6 +232,8 @@ class ExpandStage(Stage):
                     v.update(expanded_prompt=None, expand_error=None)
                 else:
                     v["expanded_prompt"], v["expand_error"] = self.template(row["prompt"], seed, v.get("style"))
+                    if v.get("shots"):
+                        v["shots"] = self.storyboard(row["prompt"], v["shots"], seed, v.get("style"))
                 v["stage_seconds"] = {} if llm else {"expand": (time.perf_counter() - start) / len(row_cells)}
                 v["expand_seconds"] = v["stage_seconds"].get("expand")
                 out.append(v)

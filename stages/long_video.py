@@ -60,6 +60,9 @@ def check_row(family, row: dict, path: str | None) -> str | None:
     """None when the family can make this row's length with these settings, else the message."""
     extends = getattr(family, "extends", False)
     if not extends:
+        if row.get("shots"):
+            return (f"shots: family '{family.name}' cannot continue one shot from another; storyboards need a "
+                    "family that extends (model.family: skyreels_df)")
         given = [k for k in LONG_SETTINGS if row.get(k) is not None]
         if given:
             return (f"{given[0]}: a long-video setting, but family '{family.name}' does not extend videos "
@@ -70,7 +73,10 @@ def check_row(family, row: dict, path: str | None) -> str | None:
                     f"{window} frames, and family '{family.name}' cannot extend a video; make at most {window} "
                     "frames, or use a family that extends (model.family: skyreels_df)")
         return None
-    return family.check_long(row, path)
+    problem = family.check_long(row, path)
+    if problem is None and row.get("shots") and row.get("overlap_history") is None:
+        return "overlap_history: a storyboard's shots continue from each other's tails; it needs overlap_history"
+    return problem
 
 
 def segment_plan(num_frames: int, base_num_frames: int, overlap_history: int, temporal: int = 4) -> list[int]:
@@ -89,6 +95,45 @@ def segment_plan(num_frames: int, base_num_frames: int, overlap_history: int, te
         finished = k * (base - overlap) + overlap
         windows.append(min(total - finished + overlap, base))
     return windows
+
+
+def shot_latents(durations: list[float], fps: int, temporal: int = 4) -> list[int]:
+    """The latent frames of each shot of a storyboard: the first shot's `temporal*k+1` frames (its duration on
+    the family's rule), each later one whole latent frames of `temporal` frames that hold its duration."""
+    first = (frames_for(durations[0], fps, temporal) - 1) // temporal + 1
+    return [first] + [max(1, math.ceil(round(d * fps, 6) / temporal)) for d in durations[1:]]
+
+
+def shot_ranges(latents: list[int], temporal: int = 4) -> list[tuple[int, int]]:
+    """(first_frame, end_frame) of each shot, from its latent frames (latent frame j >= 1 is frames 4j-3..4j)."""
+    out, done = [], 0
+    for n in latents:
+        first = 0 if done == 0 else temporal * done - temporal + 1
+        done += n
+        out.append((first, temporal * done - temporal + 1))
+    return out
+
+
+def windows_for(num_frames: int, base_num_frames: int, overlap_history: int | None, shots: list[int] | None = None,
+                temporal: int = 4) -> list[tuple[int, int, int]]:
+    """(latent frames in the window, new latent frames it adds, shot index) of each window, in order.
+
+    Without shots: diffusers' own plan (`segment_plan`). With shots (latent frames per shot): each shot's windows
+    in turn, the first window of the video without a prefix, every later one starting with the last
+    `overlap_history` frames made so far, so that a shot continues from the tail of the one before."""
+    if not shots:
+        plan = segment_plan(num_frames, base_num_frames, overlap_history or 0, temporal)
+        overlap = (overlap_history - 1) // temporal + 1 if len(plan) > 1 else 0
+        return [(w, w if k == 0 else w - overlap, 0) for k, w in enumerate(plan)]
+    base = (base_num_frames - 1) // temporal + 1
+    overlap = (overlap_history - 1) // temporal + 1
+    out = []
+    for s, left in enumerate(shots):
+        while left > 0:
+            new = min(left, base) if not out else min(left, base - overlap)
+            out.append((new if not out else new + overlap, new, s))
+            left -= new
+    return out
 
 
 class SegmentStore:

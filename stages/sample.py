@@ -97,10 +97,11 @@ class SampleStage(Stage):
                 [r["seed"] for r in rows], **{k: rows[0].get(k) for k in BUCKET_FIELDS}, **self.segments(rows))
 
     def segments(self, rows: list[dict]) -> dict:
-        """A family that extends long videos saves and resumes each one's segments (stages/long_video.py)."""
+        """A family that extends long videos saves and resumes each one's segments (stages/long_video.py), and
+        makes a storyboard's shots in order."""
         if not getattr(self.family, "extends", False):
             return {}
-        return {"segments": [store_for(self.ctx, r) for r in rows]}
+        return {"segments": [store_for(self.ctx, r) for r in rows], "shots": [r.get("shots") for r in rows]}
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         buckets: dict[tuple, list[dict]] = defaultdict(list)

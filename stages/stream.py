@@ -8,7 +8,8 @@ A minute at 544x960 is about 2.2 GB of uint8 frames and 9 GB as the VAE's float 
   (`frame_chunks`) and each segment's frame range (`segment_frames`).
 - filter (`stream_metrics`): reads one chunk at a time; every metric of stages/quality.py per segment
   (`segment_<k>/<metric>` in the record's metrics) and overall (frame-weighted means; scene cuts summed, with
-  each boundary between segments checked too), and the perceptual hash from frames picked on the way.
+  each boundary between segments checked too; a storyboard's shot boundaries are expected cuts, counted apart
+  as `shot_cuts`), and the perceptual hash from frames picked on the way.
 - encode (`encode_stream`): reads one chunk at a time into the encoder; the poster and preview frames are picked
   on the way; the file is verified by decoding it back frame by frame; the chunks are then removed.
 A worker holds one segment's frames at a time (97 frames at 544x960: 152 MB), whatever the video's length.
@@ -27,20 +28,20 @@ from stages.storage import filesystem, join, put_atomic, read_bytes, remove
 
 
 def is_streamed(r: dict) -> bool:
-    """A row of a long video made in more than one segment: its frames go through storage, a segment at a time."""
+    """A row made in more than one window (a long video, a storyboard): its frames go through storage, a segment
+    at a time."""
     base = r.get("base_num_frames")
-    return bool(base) and r["num_frames"] > base and bool(r.get("params_hash"))
+    return bool(base) and bool(r.get("params_hash")) and (r["num_frames"] > base or len(r.get("shots") or []) > 1)
 
 
-def segment_frames(num_frames: int, windows: list[int], overlap_latent: int, temporal: int = 4) -> list[tuple]:
-    """(first, end) frame of each segment: latent frame 0 is frame 0, latent frame j >= 1 is frames 4j-3..4j."""
-    bounds, latent = [], 0
-    for k, w in enumerate(windows):
-        new = w if k == 0 else w - overlap_latent
-        a, b = latent, latent + new
-        bounds.append((0 if a == 0 else temporal * a - temporal + 1, min(num_frames, temporal * b - temporal + 1)))
-        latent = b
-    return bounds
+def segment_frames(r: dict, temporal: int = 4) -> list[tuple[int, int]]:
+    """(first, end) frame of each segment of a row: one per window, the frames that window added."""
+    from stages.long_video import shot_latents, shot_ranges, windows_for
+
+    shots = r.get("shots")
+    per_shot = shot_latents([s["duration_s"] for s in shots], r["fps"], temporal) if shots else None
+    windows = windows_for(r["num_frames"], r["base_num_frames"], r["overlap_history"], per_shot, temporal)
+    return shot_ranges([new for _, new, _ in windows], temporal)
 
 
 def wan_frame_chunks(vae, latents: np.ndarray):
@@ -73,13 +74,11 @@ def wan_frame_chunks(vae, latents: np.ndarray):
 def stream_decode(family, vae, r: dict, latents: np.ndarray, ctx) -> tuple[list[str], bool]:
     """Decode a streamed row's latents into chunk objects beside its segments; sets `segment_frames` on the row.
     Returns the chunk URIs and whether every value was finite."""
-    from stages.long_video import SegmentStore, segment_plan
+    from stages.long_video import SegmentStore
 
     if family.vae_class != "AutoencoderKLWan":
         raise ValueError(f"streamed decoding needs Wan's causal VAE; family '{family.name}' has {family.vae_class}")
-    t = family.temporal_stride
-    windows = segment_plan(r["num_frames"], r["base_num_frames"], r["overlap_history"], t)
-    bounds = segment_frames(r["num_frames"], windows, (r["overlap_history"] - 1) // t + 1, t)
+    bounds = segment_frames(r, family.temporal_stride)
     r["segment_frames"] = [list(b) for b in bounds]
     store = SegmentStore(ctx.output, r["id"], r["variant"], r["params_hash"], ctx.storage_options)
     return decode_to_chunks(vae, latents, bounds, store.fs, store.folder)
@@ -140,8 +139,14 @@ def stream_metrics(r: dict, black_luma: float, storage_options: dict | None) -> 
     w = np.array(weights, dtype=float)
     for name in per[0]:
         metrics[name] = float(np.dot([m[name] for m in per], w) / w.sum())
-    cuts.sort()
+    # A storyboard's shot boundaries are expected cuts (within one latent frame: the VAE decodes 4 frames from
+    # each); a cut anywhere else still counts.
+    starts = [s["first_frame"] for s in (r.get("shots") or [])[1:]]
+    at_shot = [c for c in cuts if any(abs(c - b) <= 4 for b in starts)]
+    cuts = sorted(c for c in cuts if c not in at_shot)
     metrics["scene_cuts"] = float(len(cuts))
+    if starts:
+        metrics["shot_cuts"] = float(len(at_shot))
     return metrics, clip_phash(np.stack([picked[i] for i in sorted(picked)])), cuts
 
 

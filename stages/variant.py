@@ -15,13 +15,16 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 FLOAT_MAP = pa.map_(pa.string(), pa.float64())
+SHOT = pa.struct([("prompt", pa.string()), ("duration_s", pa.float64()), ("expanded_prompt", pa.string()),
+                  ("first_frame", pa.int32()), ("end_frame", pa.int32())])
 
 
 @dataclass(frozen=True)
 class VariantField:
     name: str
     type: pa.DataType
-    override: str | None = None  # a manifest column of this kind may set it per row: int, float, string, list<string>
+    override: str | None = None  # a manifest column of this kind may set it per row: int, float, string,
+    #   list<string>, shots
     bounds: tuple | None = None  # inclusive (low, high) for a numeric override
     pixels: bool = False  # decides the pixels: part of params_hash
     bucket: bool = False  # variants sampled in one pipeline call must agree on it
@@ -75,6 +78,9 @@ FIELDS = [
       hash_if_set=True),
     V("causal_block_size", pa.int32(), override="int", bounds=(1, 64), pixels=True, bucket=True, planned=True,
       hash_if_set=True),
+    # a storyboard (stages/long_video.py): its shots in order, each {prompt, duration_s} in the manifest; planning
+    # adds each one's expanded prompt and frame range [first_frame, end_frame)
+    V("shots", pa.list_(SHOT), override="shots", pixels=True, planned=True, hash_if_set=True),
     V("num_variants", None, override="int", bounds=(1, 64)),  # a row's setting: no variant has it
     V("style", pa.string(), override="string", planned=True),
     # the cell of the job's variant matrix (pipeline/spec.py VariantMatrix) that made the variant, if any

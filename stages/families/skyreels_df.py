@@ -21,7 +21,6 @@ import numpy as np
 
 from stages.families.base import TINY, DiffusersFamily
 from stages.families.wan import SkyReelsFamily
-from stages.long_video import segment_plan
 
 
 class SkyReelsDFFamily(SkyReelsFamily):
@@ -72,24 +71,34 @@ class SkyReelsDFFamily(SkyReelsFamily):
 
     @classmethod
     def sample(cls, pipe, prompts: list[str], negative_prompts: list[str], seeds: list[int], *,
-               segments: list | None = None, **settings: Any) -> np.ndarray:
-        """Latents for each variant, made one variant at a time (each saves and resumes its own segments)."""
+               segments: list | None = None, shots: list | None = None, **settings: Any) -> np.ndarray:
+        """Latents for each variant, made one variant at a time (each saves and resumes its own segments). A
+        storyboard's `shots` (its list of {expanded_prompt, first_frame, end_frame, ...}) give each window its
+        shot's prompt."""
         stores = segments or [None] * len(prompts)
-        return np.stack([cls.sample_one(pipe, p, n, s, store, **settings)
-                         for p, n, s, store in zip(prompts, negative_prompts, seeds, stores)])
+        shots = shots or [None] * len(prompts)
+        return np.stack([cls.sample_one(pipe, p, n, s, store, shots=sh, **settings)
+                         for p, n, s, store, sh in zip(prompts, negative_prompts, seeds, stores, shots)])
 
     @classmethod
     def sample_one(cls, pipe, prompt: str, negative: str, seed: int, store, *, height: int, width: int,
                    num_frames: int, num_inference_steps: int, guidance_scale: float, fps: int = 24,
                    base_num_frames: int = 97, overlap_history: int | None = None, addnoise_condition: float = 0.0,
-                   ar_step: int = 0, causal_block_size: int | None = None, **settings: Any) -> np.ndarray:
+                   ar_step: int = 0, causal_block_size: int | None = None, shots: list | None = None,
+                   **settings: Any) -> np.ndarray:
         import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        from stages.long_video import shot_latents, windows_for
 
         device = pipe._execution_device
         dtype = pipe.transformer.dtype
         cfg = guidance_scale > 1.0
-        e = cls.encode_one(pipe, prompt, negative, cfg, device)
-        embeds = (e["prompt_embeds"].to(dtype), e["negative_prompt_embeds"].to(dtype) if cfg else None)
+        texts = [s["expanded_prompt"] or s["prompt"] for s in shots] if shots else [prompt]
+        embeds = []
+        for text in texts:
+            e = cls.encode_one(pipe, text, negative, cfg, device)
+            embeds.append((e["prompt_embeds"].to(dtype), e["negative_prompt_embeds"].to(dtype) if cfg else None))
         cls.set_flow_shift(pipe, settings.get("flow_shift"))
         pipe.scheduler.set_timesteps(num_inference_steps, device=device)
         # causal_block_size is a config the pipeline sets on the transformer; unset, the checkpoint's own
@@ -100,29 +109,35 @@ class SkyReelsDFFamily(SkyReelsFamily):
         pipe.transformer.register_to_config(num_frame_per_block=block)
 
         temporal = pipe.vae_scale_factor_temporal
-        windows = segment_plan(num_frames, base_num_frames, overlap_history or 0, temporal)
-        long = len(windows) > 1
-        overlap = (overlap_history - 1) // temporal + 1 if long else None
-        base = (base_num_frames - 1) // temporal + 1 if long else None
+        per_shot = shot_latents([s["duration_s"] for s in shots], fps, temporal) if shots else None
+        windows = windows_for(num_frames, base_num_frames, overlap_history, per_shot, temporal)
+        saving = store is not None and len(windows) > 1
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        done = store.load()[:len(windows)] if store is not None and long else []
+        done = store.load()[:len(windows)] if saving else []
         if done:
             generator.set_state(torch.from_numpy(done[-1]["generator"]))
         video = torch.cat([torch.from_numpy(d["latents"]) for d in done], dim=1)[None] if done else None
+        spatial = pipe.vae_scale_factor_spatial
+        shape = (1, config.in_channels, 0, height // spatial, width // spatial)
         for k in range(len(done), len(windows)):
-            latents, frames, prefix, n_prefix = pipe.prepare_latents(
-                1, config.in_channels, height, width, num_frames, torch.float32, device, generator,
-                video_latents=None if video is None else video.to(device), base_latent_num_frames=base,
-                causal_block_size=block, overlap_history_latent_frames=overlap, long_video_iter=k if long else None)
-            if n_prefix > 0:
-                latents[:, :, :n_prefix] = prefix.to(dtype)
+            length, new, shot = windows[k]
+            # the same draws, in the same order, as the pipeline's prepare_latents
+            latents = randn_tensor((*shape[:2], length, *shape[3:]), generator=generator, device=device,
+                                   dtype=torch.float32)
+            n_prefix = 0
+            if k > 0:
+                prefix = video[:, :, -(length - new):]
+                if prefix.shape[2] % block:  # aligned to the causal block, as the pipeline does
+                    prefix = prefix[:, :, :-(prefix.shape[2] % block)]
+                n_prefix = prefix.shape[2]
+                latents[:, :, :n_prefix] = prefix.to(device, dtype)
             noise = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + k)
-            cls.denoise_window(pipe, latents, frames, n_prefix, embeds, guidance_scale, fps, ar_step, block,
+            cls.denoise_window(pipe, latents, length, n_prefix, embeds[shot], guidance_scale, fps, ar_step, block,
                                addnoise_condition, noise)
-            new = latents.float().cpu() if k == 0 else latents[:, :, overlap:].float().cpu()
-            video = new if video is None else torch.cat([video, new], dim=2)
-            if store is not None and long:
-                store.save(k, new[0].numpy(), generator=generator.get_state().numpy())
+            part = latents[:, :, length - new:].float().cpu()
+            video = part if video is None else torch.cat([video, part], dim=2)
+            if saving:
+                store.save(k, part[0].numpy(), generator=generator.get_state().numpy())
         pipe._current_timestep = None
         return video[0].numpy()
 

@@ -6,6 +6,7 @@ import os
 
 import av
 import fsspec
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
@@ -107,3 +108,49 @@ def test_a_job_file_asks_for_a_minute_at_24_fps(tmp_path):
     d = spec.sampling_defaults()
     assert (d["num_frames"], d["fps"], d["base_num_frames"], d["overlap_history"]) == (1441, 24, 97, 17)
     assert (d["height"], d["width"]) == (544, 960)
+
+
+SHOTS = pa.list_(pa.struct([("prompt", pa.string()), ("duration_s", pa.float64())]))
+CAST = "Mara, a tall woman in a red coat, and Tom, a boy in a blue cap"
+
+
+def test_a_two_shot_storyboard_records_each_shots_frame_range(ray_local, make_manifest, tmp_path):
+    manifest = make_manifest([
+        {"id": "story", "prompt": CAST, "seed": 4,
+         "shots": [{"prompt": "Mara walks along the beach", "duration_s": 1.0},
+                   {"prompt": "Tom runs to meet her", "duration_s": 2.0}]},
+        {"id": "plain", "prompt": "a quiet harbour", "seed": 5, "shots": None},
+    ], types={"shots": SHOTS})
+    spec = long_job(manifest, str(tmp_path / "out"), expand={"mode": "template"})
+    run_job(spec, echo=lambda *_: None)
+    recs = records(spec.output)
+    r = recs["story"]
+    assert r["status"] in ("accepted", "rejected"), r["error"]
+    # 1 s at 8 fps: 9 frames; 2 s: 16 more, made in two windows that continue from the tail before them
+    assert [(s["prompt"], s["first_frame"], s["end_frame"]) for s in r["shots"]] == [
+        ("Mara walks along the beach", 0, 9), ("Tom runs to meet her", 9, 25)]
+    assert r["num_frames"] == 25 and frame_count(r["video_uri"]) == 25
+    first, second = (s["expanded_prompt"] for s in r["shots"])
+    assert first.startswith(CAST + ". Mara walks") and second.startswith(CAST + ". Tom runs")
+    assert first.split(", ")[-1] == second.split(", ")[-1]  # the same style for every shot
+    assert "shot_cuts" in dict(r["metrics"]) and "segment_2/motion" in dict(r["metrics"])
+    assert recs["plain"]["shots"] is None and recs["plain"]["num_frames"] == 17  # the tiny default
+
+
+def test_storyboard_rows_are_checked(tmp_path):
+    from pipeline.manifest import RowValidator
+
+    spec = load_job(job_dict("m.parquet", str(tmp_path), model=DF, sampling=TINY_LONG))
+    v = RowValidator(spec, ["id", "prompt", "shots"], {})
+    shots = [{"prompt": "a", "duration_s": 1.0}, {"prompt": "b", "duration_s": 0.5}]
+    row, _ = v.check({"id": "s", "prompt": "cast", "shots": shots}, 0)
+    assert row["num_frames"] == 13 and [(s["first_frame"], s["end_frame"]) for s in row["shots"]] == [(0, 9), (9, 13)]
+    _, bad = v.check({"id": "s", "prompt": "cast", "shots": shots, "num_frames": 33}, 0)
+    assert "shots: the shots' durations make the length" in bad["error"]
+    _, bad = v.check({"id": "s", "prompt": "cast", "shots": [{"prompt": " ", "duration_s": 1.0}]}, 0)
+    assert bad["error"] == "shots[0].prompt: empty"
+    _, bad = v.check({"id": "s", "prompt": "cast", "shots": [{"prompt": "a", "duration_s": 0.0}]}, 0)
+    assert "shots[0].duration_s: must be a number of seconds above 0" in bad["error"]
+    wan = RowValidator(load_job(job_dict("m.parquet", str(tmp_path))), ["id", "prompt", "shots"], {})
+    _, bad = wan.check({"id": "s", "prompt": "cast", "shots": shots}, 0)
+    assert "shots: family 'wan' cannot continue one shot from another" in bad["error"]

@@ -10,7 +10,6 @@ from stages.base import ModelSpec, RunContext
 from stages.checkpoints import resolve_model_path
 from stages.encode import EncodeOptions
 from stages.families import family_for
-from stages.long_video import segment_plan
 from stages.quality import frame_metrics
 from stages.stream import encode_stream, segment_frames, stream_decode, stream_metrics, wan_frame_chunks
 
@@ -24,12 +23,16 @@ def vae():
 
 
 def test_segment_frame_ranges():
+    row = {"num_frames": 33, "fps": 8, "base_num_frames": 17, "overlap_history": 9}
     # tiny: window 17, overlap 9 -> 3 latent frames of overlap; 33 frames = 17 + 8 + 8
-    assert segment_frames(33, segment_plan(33, 17, 9), 3) == [(0, 17), (17, 25), (25, 33)]
+    assert segment_frames(row) == [(0, 17), (17, 25), (25, 33)]
     # SkyReels-V2-DF 540P, a minute: 97 frames, then 80 per window
-    bounds = segment_frames(1441, segment_plan(1441, 97, 17), 5)
+    bounds = segment_frames({**row, "num_frames": 1441, "fps": 24, "base_num_frames": 97, "overlap_history": 17})
     assert bounds[0] == (0, 97) and bounds[1] == (97, 177) and bounds[-1][1] == 1441 and len(bounds) == 18
     assert all(a == b for (_, a), (b, _) in zip(bounds, bounds[1:]))
+    # a storyboard of 1 s + 2 s at 8 fps: 9 frames, then 16 in two windows of at most 8 new frames
+    shots = [{"duration_s": 1.0}, {"duration_s": 2.0}]
+    assert segment_frames({**row, "num_frames": 25, "shots": shots}) == [(0, 9), (9, 17), (17, 25)]
 
 
 def test_causal_chunks_are_the_vaes_own_decode(vae):
@@ -80,3 +83,35 @@ def test_a_cut_on_a_segment_boundary_is_found(tmp_path):
     r = {"num_frames": 16, "frame_chunks": paths, "segment_frames": [[0, 8], [8, 16]]}
     _, _, cuts = stream_metrics(r, 8.0, None)
     assert cuts == [8]
+
+
+def test_a_cut_at_a_shot_boundary_is_expected_and_one_elsewhere_is_not(tmp_path):
+    rng = np.random.default_rng(3)
+    a = np.full((8, 32, 32, 3), 60, np.uint8) + rng.integers(0, 3, (8, 32, 32, 3), dtype=np.uint8)
+    b = a.copy()
+    b[:, :16] = 200
+    paths = []
+    for k, chunk in enumerate((a, b)):
+        paths.append(str(tmp_path / f"{k}.npy"))
+        np.save(paths[-1], chunk)
+    shots = [{"first_frame": 0, "end_frame": 8}, {"first_frame": 8, "end_frame": 16}]
+    r = {"num_frames": 16, "frame_chunks": paths, "segment_frames": [[0, 8], [8, 16]], "shots": shots}
+    metrics, _, cuts = stream_metrics(r, 8.0, None)
+    assert cuts == [] and metrics["scene_cuts"] == 0 and metrics["shot_cuts"] == 1
+    shots = [{"first_frame": 0, "end_frame": 13}, {"first_frame": 13, "end_frame": 16}]  # a cut 5 frames off
+    metrics, _, cuts = stream_metrics({**r, "shots": shots}, 8.0, None)
+    assert cuts == [8] and metrics["scene_cuts"] == 1 and metrics["shot_cuts"] == 0
+
+
+def test_the_template_writes_every_shot_with_the_same_cast_and_style():
+    from stages.expand import ExpandOptions, ExpandStage
+
+    stage = ExpandStage(ExpandOptions(mode="template"))
+    cast = "Ada, an old sailor with a white beard"
+    shots = stage.storyboard(cast, [{"prompt": "Ada mends a net", "duration_s": 1.0},
+                                    {"prompt": "Ada rows out at dusk", "duration_s": 2.0}], seed=7, style=None)
+    first, second = (s["expanded_prompt"] for s in shots)
+    assert first.startswith(cast + ". Ada mends a net") and second.startswith(cast + ". Ada rows out at dusk")
+    assert first.rsplit(", ", 1)[-1] == second.rsplit(", ", 1)[-1]  # one draw: the same style in every shot
+    none = ExpandStage(ExpandOptions(mode="none")).storyboard(cast, shots[:1], seed=7, style=None)
+    assert none[0]["expanded_prompt"] == cast + ". Ada mends a net"
