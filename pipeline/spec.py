@@ -204,6 +204,14 @@ class JobBase(Strict):
                    or check_row(family, d, self.model.path))
         if problem:
             raise ValueError(f"sampling: {problem}")
+        sample = getattr(self, "sample", None)  # a speed option this family cannot run: refused at load too
+        if getattr(sample, "cache", None) is not None:
+            from stages.speed import check_family
+
+            try:
+                check_family(sample, family)
+            except ValueError as e:
+                raise ValueError(f"sample: {e}") from None
         return self
 
     def sampling_defaults(self) -> dict:

@@ -72,3 +72,21 @@ def test_a_job_with_a_lora_runs_on_both_wan22_experts_and_a_new_scale_regenerate
     job["model"]["loras"][0]["scale"] = 0.4
     again = run_job(load_job(job), echo=lambda *_: None)
     assert again.counts["accepted"] + again.counts["rejected"] == 2  # the scale is in params_hash
+
+
+def test_a_job_with_speed_options_runs_on_ray_and_they_are_in_params_hash(ray_local, tmp_path):
+    manifest = write_manifest(tmp_path / "m.parquet", ROWS[:2])
+    plain = job_dict(manifest, str(tmp_path / "out"), encode={"preset": "ultrafast", "keep_rejected": True})
+    first = run_job(load_job(plain), echo=lambda *_: None)
+    assert first.counts["accepted"] + first.counts["rejected"] == 2
+    fast = dict(plain, sample={**plain["sample"], "batch_size": 2,
+                               "cache": {"kind": "taylorseer", "cache_interval": 2, "disable_cache_before_step": 1},
+                               "fp8_storage": True})
+    summary = run_job(load_job(fast), echo=lambda *_: None)
+    assert summary.counts["accepted"] + summary.counts["rejected"] == 2  # regenerated: new params_hash
+    recs = pads.dataset(f"{tmp_path}/out/metadata", format="parquet").to_table().to_pylist()
+    latest = {}
+    for r in sorted(recs, key=lambda r: r["committed_at"]):
+        latest[r["id"]] = r
+    for r in latest.values():
+        assert decode(r["video_uri"]).shape == (9, 64, 64, 3)

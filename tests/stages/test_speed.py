@@ -75,11 +75,30 @@ def test_shared_state_caches_are_refused_with_batches_and_run_alone(reference):
     assert not np.array_equal(out[0], reference[0])
 
 
+def test_without_per_item_contexts_the_cache_state_would_leak_between_batch_items(monkeypatch):
+    """The fix above is what keeps batches invariant: with every item in the pipeline's own context, a
+    2-row batch differs from single runs."""
+    import stages.families.base as base
+
+    cache = {"kind": "first_block", "threshold": 0.2}
+    batched = stage(batch_size=2, cache=cache)
+    batched.setup()
+    fixed = latents(batched)
+    monkeypatch.setattr(base, "_cache_context", lambda module: None)
+    leaked = latents(batched)
+    # each item's cache decisions read the other item's residuals, from the second step on
+    assert not np.array_equal(leaked[0], fixed[0]) and not np.array_equal(leaked[1], fixed[1])
+
+
 def test_faster_cache_needs_batched_guidance_and_no_per_item_split():
     with pytest.raises(ValidationError, match="'faster' cannot run with the batch-invariant"):
         SampleOptions(cache={"kind": "faster"})
     with pytest.raises(ValueError, match="'faster' needs a family that batches"):
         stage(cache={"kind": "faster"}, batch_invariant=False).setup()
+    from pipeline.spec import JobSpecError, load_job
+
+    with pytest.raises(JobSpecError, match="sample: cache kind 'faster' needs a family that batches"):
+        load_job({"manifest": "m", "output": "o", "sample": {"cache": {"kind": "faster"}, "batch_invariant": False}})
     s = stage("cogvideox", "builtin:tiny-cogvideox", cache={"kind": "faster"}, batch_invariant=False)
     s.setup()
     assert latents(s, 1)[0].shape == (3, 4, 8, 8)
