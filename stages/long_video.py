@@ -9,7 +9,8 @@ Segments are work units: when one is finished its latents (and the generator sta
 to `<output>/segments/<id>/<variant>/<params_hash[:16]>/<n>.npz` with an atomic put. A sampler that dies
 mid-video (a killed actor, a lost node, a killed driver and a re-run) starts again from the last saved
 segment, not from the first. The folder is keyed by `params_hash`, so a changed prompt or setting never
-resumes from another video's segments, and a re-run under a new run id still finds them.
+resumes from another video's segments, and a re-run under a new run id still finds them. It is removed once
+the video's objects are written, or once it is rejected (`forget_segments`, from the write stage).
 
 In: a row's settings. Out: its number of frames, a refusal, and a `SegmentStore` for the sampler.
 """
@@ -176,3 +177,13 @@ def store_for(ctx, row: dict) -> SegmentStore | None:
     if not ctx.output or not row.get("params_hash"):
         return None
     return SegmentStore(ctx.output, row["id"], row["variant"], row["params_hash"], ctx.storage_options)
+
+
+def forget_segments(ctx, row: dict) -> None:
+    """Remove a finished long video's segments and frame chunks (its video is written, or it was rejected:
+    a re-run would skip it either way)."""
+    from stages.stream import is_streamed
+
+    store = store_for(ctx, row)
+    if store is not None and is_streamed(row):
+        store.remove()

@@ -57,9 +57,8 @@ def test_a_three_segment_video_has_exactly_the_frames_asked_for(ray_local, make_
     m = dict(recs["three"]["metrics"])
     assert {"segment_0/motion", "segment_1/motion", "segment_2/motion", "motion", "scene_cuts"} <= set(m)
     assert "segment_3/motion" not in m and "segment_1/motion" in dict(recs["seconds"]["metrics"])
-    seg = next((tmp_path / "out" / "segments" / "three" / "0").iterdir())
-    assert sorted(p.name for p in seg.iterdir()) == ["0000.npz", "0001.npz", "0002.npz", "frames"]
-    assert not list((seg / "frames").iterdir())  # the frame chunks are gone once the video is encoded
+    # the saved segments and frame chunks are removed once the videos are written
+    assert not list((tmp_path / "out" / "segments" / "three" / "0").iterdir())
 
 
 def test_a_killed_sampler_resumes_from_its_last_saved_segment(ray_local, model_cache, make_manifest, tmp_path):
