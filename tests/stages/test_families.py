@@ -190,3 +190,13 @@ def test_wan22_second_guidance_and_flow_shift_change_the_latents():
     assert not np.array_equal(base, shifted)
     # the shift is set per call: the next variant without one gets the checkpoint's scheduler again
     assert np.array_equal(base, stage(rows(1, guidance_scale_2=3.0))[0]["latents"])
+
+
+def test_ltx_decode_noise_is_seeded_by_the_variant():
+    """LTX's timestep-conditioned VAE decodes with noise: the variant's seed makes it, so a decode repeats."""
+    fam = family_for("ltx")
+    vae = fam.load_vae(resolve_model_path("builtin:tiny-ltx"), "float32", "cpu")
+    z = np.random.default_rng(0).standard_normal((8, 2, 2, 2)).astype(np.float32)
+    a, _ = fam.decode(vae, z, seed=1)
+    np.testing.assert_array_equal(a, fam.decode(vae, z, seed=1)[0])
+    assert not np.array_equal(a, fam.decode(vae, z, seed=2)[0])
