@@ -17,7 +17,7 @@ def variants(n, **kw):
     rows = [row(id=f"r{i}", prompt=p, seed=10 + i, **kw)
             for i, p in enumerate(["a cat on a beach", "a red car at night", "a robot arm in a warehouse",
                                    "a whale in the ocean"][:n])]
-    return ExpandStage(ExpandOptions())(rows)
+    return ExpandStage(ExpandOptions()).variants(rows)
 
 
 def cpu(batch_size=4, **kw):
