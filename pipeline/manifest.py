@@ -234,7 +234,8 @@ class RowValidator:
         known = set(REQUIRED) | set(OVERRIDES)
         self.extra_cols = [c for c in columns if c not in known]
         self.duplicate_of = duplicate_of
-        self.expand_mode = spec.expand.mode  # storyboards: the template rewrites their shots, an LLM does not yet
+        # storyboards: the template and the llm stage rewrite their shots; Ray Data's vLLM processor does not yet
+        self.vllm = spec.expand.mode == "llm" and spec.expand.backend == "vllm"
         # columns that the job's variant matrix sets, which a row must then leave alone
         m = spec.variants
         self.set_by_matrix = {} if m is None else {
@@ -280,8 +281,9 @@ class RowValidator:
                 row[name] = value
         if not errors and "duration_s" in row and "num_frames" in row:
             errors.append("duration_s: give num_frames or duration_s, not both")
-        if not errors and row.get("shots") and self.expand_mode == "llm":
-            errors.append("shots: expand.mode llm does not rewrite a storyboard's shots yet; use template or none")
+        if not errors and row.get("shots") and self.vllm:
+            errors.append("shots: expand.backend vllm does not rewrite a storyboard's shots yet; use the local or "
+                          "openai backend, or mode template")
         if not errors and row.get("shots") and ("duration_s" in row or "num_frames" in row):
             errors.append("shots: the shots' durations make the length; leave num_frames and duration_s empty")
         if not errors:

@@ -297,7 +297,38 @@ class ExpandStage(Stage):
         else:
             r.update(expanded_prompt=r["prompt"], expand_error=f"{why}; the original prompt is used")
 
+    def storyboard_chat(self, r: dict, k: int) -> list[dict]:
+        """The chat that rewrites shot `k` of a storyboard: the whole storyboard is in it, so the model describes
+        each character as the cast does and keeps what the other shots say."""
+        board = "\n".join(f"Shot {i + 1}: {s['prompt']}" for i, s in enumerate(r["shots"]))
+        return self.chat(f"A storyboard. Cast and setting: {r['prompt']}\n{board}\nWrite the video prompt of shot "
+                         f"{k + 1} only, describing each character in it exactly as the cast and setting do.",
+                         r.get("style"))
+
+    def rewrite_shots(self, rows: list[dict]) -> None:
+        """Every shot of the storyboards in `rows` rewritten by the model (one call for them all); a rewrite that
+        fails the guard rails leaves the shot its cast and own words, and the variant's expand_error says so."""
+        from stages.recaption import check_rewrite
+
+        jobs = [(r, k) for r in rows if r["status"] == "pending" and r.get("shots")
+                and any(s.get("expanded_prompt") is None for s in r["shots"]) for k in range(len(r["shots"]))]
+        if not jobs:
+            return
+        o = self.options
+        results = self.rewriter.rewrite([self.storyboard_chat(r, k) for r, k in jobs],
+                                        [r["expand_seed"] for r, _ in jobs], o.temperature, o.top_p, o.max_new_tokens)
+        for r in {id(r): r for r, _ in jobs}.values():
+            r["shots"] = [dict(s) for s in r["shots"]]  # variants of one row may share the manifest's list
+        for (r, k), rewrite in zip(jobs, results):
+            text, why = check_rewrite(rewrite, o.instructions(), o.max_words, o.max_new_tokens)
+            shot = r["shots"][k]
+            shot["expanded_prompt"] = text or f"{r['prompt'].strip().rstrip('.')}. {shot['prompt'].strip()}"
+            if why is not None:
+                note = f"shot {k + 1}: {why}; its cast and own words are used"
+                r["expand_error"] = f"{r['expand_error']}; {note}" if r.get("expand_error") else note
+
     def __call__(self, rows: list[dict]) -> list[dict]:
+        self.rewrite_shots(rows)
         todo = [r for r in rows if self.to_rewrite(r) and not self.keep_as_is(r)]
         if not todo:
             return rows

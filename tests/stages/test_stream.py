@@ -115,3 +115,26 @@ def test_the_template_writes_every_shot_with_the_same_cast_and_style():
     assert first.rsplit(", ", 1)[-1] == second.rsplit(", ", 1)[-1]  # one draw: the same style in every shot
     none = ExpandStage(ExpandOptions(mode="none")).storyboard(cast, shots[:1], seed=7, style=None)
     assert none[0]["expanded_prompt"] == cast + ". Ada mends a net"
+
+
+def test_the_llm_writes_every_shot_with_the_whole_storyboard_in_its_prompt():
+    from stages.expand import ExpandOptions, ExpandStage
+
+    stage = ExpandStage(ExpandOptions(mode="llm", backend="local", model="builtin:tiny-qwen",
+                                      resources={"num_gpus": 0}))
+    cast = "Ada, an old sailor with a white beard"
+    shots = [{"prompt": "Ada mends a net", "duration_s": 1.0, "expanded_prompt": None},
+             {"prompt": "Ada rows out at dusk", "duration_s": 2.0, "expanded_prompt": None}]
+    rows = stage.variants([{"row": 0, "id": "s", "prompt": cast, "negative_prompt": "", "seed": 3, "num_variants": 2,
+                            "style": None, "tags": [], "extra": {}, "shots": shots}])
+    chat = stage.storyboard_chat(rows[0], 1)[-1]["content"]
+    assert cast in chat and "Shot 1: Ada mends a net" in chat and "Shot 2: Ada rows out at dusk" in chat
+    assert "shot 2 only" in chat
+    stage.setup()
+    out = stage(rows)
+    for r in out:
+        assert all(s["expanded_prompt"] for s in r["shots"])
+        for k, s in enumerate(r["shots"]):  # the model's own words, or (guard rails) the cast and the shot's
+            if r["expand_error"] and f"shot {k + 1}:" in r["expand_error"]:
+                assert s["expanded_prompt"] == f"{cast}. {s['prompt']}"
+    assert shots[0]["expanded_prompt"] is None  # the manifest's list is not changed under other variants
