@@ -11,7 +11,12 @@ SkyReels-V2-DF-540P shape (16 channels, 544x960 pixels -> 68x120 latents), 24 fp
 with 17 frames of overlap. The frames and the encoder are full size; a real VAE adds its own (constant) weights
 and activations for one latent frame.
 
-    python -m bench.long_video_memory [--durations 10 60] [--height 544 --width 960] [--whole 10]
+    python -m bench.long_video_memory [--durations 10 60] [--height 544 --width 960] [--whole 10] [--synthetic]
+
+`--synthetic` skips the VAE (too slow at 544x960 on a CPU): a moving, compressible picture stands for the
+decoded frames, written one chunk per segment as decode writes them, and the filter and encode workers run
+on it at full size. The encode worker holds the finished MP4 (it hands the bytes to the write stage), so its
+peak grows with the file's size; random latents through a tiny VAE make noise that compresses badly.
 """
 from __future__ import annotations
 
@@ -57,7 +62,27 @@ def worker(part: str, seconds: float, args) -> dict:
     ctx = RunContext(output=args.output, model=ModelSpec(family="skyreels_df", path=MODEL))
     state = os.path.join(args.output, f"{r['id']}.json")
     start = time.perf_counter()
-    if part in ("decode", "whole-decode"):
+    if part == "synthetic":  # the decode worker's output without a VAE: a moving picture, one chunk per segment
+        from stages.long_video import SegmentStore
+        from stages.storage import put_atomic
+        from stages.stream import segment_frames
+
+        store = SegmentStore(args.output, r["id"], 0, r["params_hash"])
+        r["segment_frames"] = [list(b) for b in segment_frames(r)]
+        r["frame_chunks"] = []
+        yy, xx = np.mgrid[0:args.height, 0:args.width].astype(np.float32)
+        for k, (first, end) in enumerate(r["segment_frames"]):
+            t = np.arange(first, end, dtype=np.float32)[:, None, None]
+            base = 128 + 60 * np.sin((xx[None] + 4 * t) / 40) + 40 * np.cos((yy[None] - 2 * t) / 30)
+            frames = np.stack([base, np.roll(base, 7, axis=2), 255 - base], axis=-1).clip(0, 255).astype(np.uint8)
+            buf = __import__("io").BytesIO()
+            np.save(buf, frames)
+            path = f"{store.folder}/frames/{k:04d}.npy"
+            put_atomic(store.fs, path, buf.getvalue())
+            r["frame_chunks"].append(store.fs.unstrip_protocol(path))
+        with open(state, "w") as f:
+            json.dump(r, f)
+    elif part in ("decode", "whole-decode"):
         import torch
 
         torch.set_num_threads(args.threads)
@@ -77,7 +102,7 @@ def worker(part: str, seconds: float, args) -> dict:
     elif part == "encode":
         with open(state) as f:
             r = json.load(f)
-        encode_stream(r, EncodeOptions(preset=args.preset), {}, None)
+        r["bytes"] = len(encode_stream(r, EncodeOptions(preset=args.preset), {}, None)["video_bytes"])
     elif part == "whole-encode":
         from stages.encode import EncodeStage
 
@@ -86,7 +111,8 @@ def worker(part: str, seconds: float, args) -> dict:
         EncodeStage(EncodeOptions(preset=args.preset)).encode(row, row.pop("frames"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {"part": part, "seconds": seconds, "frames": r["num_frames"], "peak_rss_mb": round(peak),
-            "wall_s": round(time.perf_counter() - start, 1)}
+            "wall_s": round(time.perf_counter() - start, 1),
+            **({"mp4_mb": round(r["bytes"] / 2**20, 1)} if "bytes" in r else {})}
 
 
 def run(part: str, seconds: float, args) -> dict:
@@ -107,6 +133,8 @@ def main() -> None:
     p.add_argument("--preset", default="veryfast")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", default=None)
+    p.add_argument("--synthetic", action="store_true",
+                   help="no VAE: a moving synthetic picture stands for the decoded frames (filter and encode only)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -116,17 +144,18 @@ def main() -> None:
         args.output = args.output or tmp
         results = []
         for seconds in args.durations:
-            for part in ("decode", "filter", "encode"):
+            for part in ("synthetic" if args.synthetic else "decode", "filter", "encode"):
                 results.append(run(part, seconds, args))
                 print(json.dumps(results[-1]), flush=True)
-        for seconds in args.whole:
+        for seconds in [] if args.synthetic else args.whole:
             for part in ("whole-decode", "whole-encode"):
                 results.append(run(part, seconds, args))
                 print(json.dumps(results[-1]), flush=True)
     print(f"\n{args.height}x{args.width} at {args.fps} fps, {MODEL} VAE, encode preset {args.preset}")
-    print(f"{'worker':<14}{'video':>8}{'frames':>8}{'peak RSS':>11}{'wall':>9}")
+    print(f"{'worker':<14}{'video':>8}{'frames':>8}{'peak RSS':>11}{'wall':>9}{'  MP4 size':>12}")
     for r in results:
-        print(f"{r['part']:<14}{r['seconds']:>7g}s{r['frames']:>8}{r['peak_rss_mb']:>8} MB{r['wall_s']:>8}s")
+        mp4 = f"{r['mp4_mb']:>9} MB" if "mp4_mb" in r else ""
+        print(f"{r['part']:<14}{r['seconds']:>7g}s{r['frames']:>8}{r['peak_rss_mb']:>8} MB{r['wall_s']:>8}s{mp4}")
 
 
 if __name__ == "__main__":

@@ -132,10 +132,10 @@ def stream_metrics(r: dict, black_luma: float, storage_options: dict | None) -> 
             pair = downscale(np.stack([last, *y[:2]]), ANALYSIS_WIDTH)
             if 1 in cut_frames(pair) and first not in cuts:
                 cuts.append(first)
-        last = y[-1]
+        last = y[-1].copy()  # copies: a view would keep the chunk's grey frames alive
         for i in picks:
             if first <= i < end:
-                picked[i] = y[i - first]
+                picked[i] = y[i - first].copy()
     w = np.array(weights, dtype=float)
     for name in per[0]:
         metrics[name] = float(np.dot([m[name] for m in per], w) / w.sum())
@@ -178,10 +178,11 @@ def encode_stream(r: dict, options, metadata: dict, storage_options: dict | None
                     stream.width, stream.height, stream.pix_fmt = size[1], size[0], "yuv420p"
                     stream.options = encoder_options(options.codec, options.crf, options.preset)
                 for i, frame in enumerate(frames, start=first):
+                    # copies: a view would keep its whole chunk alive to the end
                     if i == poster_at:
-                        poster = frame
+                        poster = frame.copy()
                     if i % step == 0:
-                        previews.append(frame)
+                        previews.append(frame.copy())
                     if size != (h, w):
                         frame = cv2.copyMakeBorder(frame, 0, size[0] - h, 0, size[1] - w, cv2.BORDER_REPLICATE)
                     for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), "rgb24")):
