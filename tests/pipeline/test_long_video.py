@@ -64,9 +64,13 @@ def test_a_three_segment_video_has_exactly_the_frames_asked_for(ray_local, make_
 def test_a_killed_sampler_resumes_from_its_last_saved_segment(ray_local, model_cache, make_manifest, tmp_path):
     import shutil
 
-    chaos = model_cache / "chaos"  # tests/chaos/long_video.py's folder, which the workers know from RUSHES_CACHE
+    from tests.chaos.long_video import chaos_dir
+
+    # tests/chaos/long_video.py's folder, as the workers resolve it: $RUSHES_CHAOS_DIR when an earlier module
+    # (test_cluster) set it before the session's Ray restarted, else <RUSHES_CACHE>/chaos
+    chaos = chaos_dir()
     shutil.rmtree(chaos, ignore_errors=True)
-    chaos.mkdir()
+    chaos.mkdir(parents=True)
     manifest = make_manifest([{"id": "killed", "prompt": "a fox in the snow kill-after:1", "seed": 5,
                                "num_frames": 33}])
     spec = long_job(manifest, str(tmp_path / "out"),
