@@ -2,7 +2,6 @@
 the frames asked for, a sampling actor killed mid-video that resumes from its last saved segment, and a long
 row refused by a family that cannot extend."""
 import io
-import os
 
 import av
 import fsspec
