@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; an unpinned torch pulls several GB of CUDA wheels.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo test test-all browser bench clean
+.PHONY: install demo test browser bench clean
 
 install: $(VENV)/.installed
 
@@ -18,12 +18,8 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/rushes run manifests/demo.yaml
 
-# CI: every test but the `extended` ones (further whole-job cases, see pyproject.toml); test-all runs them too.
 test: install browser
-	$(VENV)/bin/python -m pytest -q -m "not extended" --durations=15
-
-test-all: install browser
-	$(VENV)/bin/python -m pytest -q --durations=25
+	$(VENV)/bin/python -m pytest -q --durations=15
 
 # The report's tests open it in Debian's chromium (Playwright cannot download its own browser here).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -59,7 +59,6 @@ def test_retries_then_a_complete_library_and_a_rerun_without_calls(ray_local, ll
     assert LLM_KEY.encode() not in every_file(session)
 
 
-@pytest.mark.extended  # the same timeout and retry without Ray: tests/stages/test_recaption_endpoint.py
 def test_a_hung_request_times_out_and_the_run_completes(ray_local, llm_server, faulty_llm, tmp_path):
     manifest = write_manifest(tmp_path / "m.parquet", ROWS)
     out = tmp_path / "lib"
@@ -70,7 +69,7 @@ def test_a_hung_request_times_out_and_the_run_completes(ray_local, llm_server, f
     assert not any("endpoint" in (r["expand_error"] or "") for r in records(out).values())
 
 
-@pytest.mark.parametrize("on_error", [pytest.param("fallback", marks=pytest.mark.extended), "fail"])
+@pytest.mark.parametrize("on_error", ["fallback", "fail"])
 def test_a_dead_endpoint_falls_back_or_fails_with_a_clear_error(ray_local, tmp_path, on_error):
     manifest = write_manifest(tmp_path / "m.parquet", ROWS)
     out = tmp_path / "lib"

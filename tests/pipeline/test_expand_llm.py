@@ -63,7 +63,6 @@ def test_rerun_skips_everything_without_loading_the_model(library):
     assert expand_actors() == actors
 
 
-@pytest.mark.extended  # batch sizes without Ray: tests/stages/test_recaption.py
 def test_same_seed_same_rewrite_across_runs_and_batch_sizes(library):
     base, manifest, out, _ = library
     other = str(base / "lib-batch-1")
@@ -82,7 +81,6 @@ def test_a_changed_system_prompt_regenerates(library):
     assert run.work == {"regenerated": 5}
 
 
-@pytest.mark.extended  # the same without Ray: tests/stages/test_recaption.py
 def test_fallback_is_recorded_and_fail_fails_the_variant(library, tmp_path):
     _, manifest, _, _ = library
     out = str(tmp_path / "lib")

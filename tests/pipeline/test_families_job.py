@@ -19,16 +19,13 @@ ROWS = [
     {"id": "car", "prompt": "a red car at night", "seed": 2},
     {"id": "odd", "prompt": "frames against the family's rule", "seed": 3, "num_frames": 11},
 ]
-# Wan2.2's two experts and LTX's packed latents in the default run; the others (each also sampled and decoded
-# through from_pretrained in tests/stages/test_families.py) with `make test-all`.
-extended = pytest.mark.extended
 MODELS = [
     pytest.param("wan", "builtin:tiny-wan22", id="tiny-wan22"),
-    pytest.param("wan", "builtin:tiny-wan22-ti2v", id="tiny-wan22-ti2v", marks=extended),
+    pytest.param("wan", "builtin:tiny-wan22-ti2v", id="tiny-wan22-ti2v"),
     pytest.param("ltx", "builtin:tiny-ltx", id="tiny-ltx"),
-    pytest.param("cogvideox", "builtin:tiny-cogvideox", id="tiny-cogvideox", marks=extended),
-    pytest.param("hunyuan", "builtin:tiny-hunyuan", id="tiny-hunyuan", marks=extended),
-    pytest.param("skyreels", "builtin:tiny-skyreels", id="tiny-skyreels", marks=extended),
+    pytest.param("cogvideox", "builtin:tiny-cogvideox", id="tiny-cogvideox"),
+    pytest.param("hunyuan", "builtin:tiny-hunyuan", id="tiny-hunyuan"),
+    pytest.param("skyreels", "builtin:tiny-skyreels", id="tiny-skyreels"),
 ]
 
 

@@ -353,7 +353,6 @@ def test_a_run_ends_by_writing_its_report(demo_run, browser, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.extended
 def test_a_library_of_100000_videos_pages_from_chunks(browser, tmp_path):
     """The page holds a small index and loads card chunks as it pages (its speed: bench/report.py)."""
     out, n = str(tmp_path / "big"), 100_000

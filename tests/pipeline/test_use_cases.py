@@ -32,14 +32,9 @@ def test_use_case_job_validates(tmp_path, monkeypatch, name):
     assert todo and not invalid
 
 
-# The matrix and the storyboard run in the default run; the two plain ones with `make test-all`.
-RUN = [pytest.param(n, marks=pytest.mark.extended) if n in ("training_sim.yaml", "virtual_event.yaml") else n
-       for n in JOBS]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("name", RUN)
+@pytest.mark.parametrize("name", JOBS)
 def test_use_case_job_runs(ray_local, tmp_path, monkeypatch, name):
     monkeypatch.chdir(ROOT)
     spec, todo, _ = planned(name, str(tmp_path / "out"))
