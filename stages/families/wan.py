@@ -6,9 +6,26 @@ Wan2.2 TI2V-5B's VAE compresses 16x, so its sizes are multiples of 32 (read from
 """
 from __future__ import annotations
 
-import functools
 
 from stages.families.base import DiffusersFamily
+
+
+
+_READ: dict = {}  # what was read from a checkpoint, by question and path
+
+
+def _read_once(key: tuple, path: str | None, read):
+    """`read(path, folder)`, asked once per manifest row, so read from a checkpoint's configs once per path.
+    A builtin model that is not built yet is not remembered as missing: planning builds it moments later."""
+    if key in _READ:
+        return _READ[key]
+    from stages.checkpoints import checkpoint_on_disk
+
+    folder = checkpoint_on_disk(path) if path else None
+    answer = read(path, folder)
+    if folder is not None or not (path or "").startswith("builtin:"):
+        _READ[key] = answer
+    return answer
 
 
 class WanFamily(DiffusersFamily):
@@ -33,15 +50,15 @@ class WanFamily(DiffusersFamily):
                             guidance_scale=5.0)
 
     @classmethod
-    @functools.lru_cache(maxsize=64)
     def kind_of(cls, path: str | None) -> str:
         """'a14b' (two experts), 'ti2v' (48-channel VAE) or '2.1', from the checkpoint's model_index.json when it
         is on disk, else from its name (Wan2.2 ... TI2V / Wan2.2 ... A14B)."""
+        return _read_once(("kind", path), path, cls._kind_of)
+
+    @classmethod
+    def _kind_of(cls, path: str | None, folder) -> str:
         import json
 
-        from stages.checkpoints import checkpoint_on_disk
-
-        folder = checkpoint_on_disk(path) if path else None
         if folder is not None:
             try:
                 index = json.loads((folder / "model_index.json").read_text())
@@ -82,16 +99,16 @@ class WanFamily(DiffusersFamily):
         return {}
 
     @classmethod
-    @functools.lru_cache(maxsize=64)  # asked once per manifest row: read the configs once per checkpoint
     def spatial_multiple_of(cls, path: str | None) -> int:
         """The checkpoint's own multiple: its VAE's spatial factor times its transformer's patch. 16 for
         Wan2.1 and Wan2.2 A14B (8 x 2); 32 for Wan2.2 TI2V-5B, whose VAE (z_dim 48) downsamples by 16.
         Read from the configs when the checkpoint is on disk; else the Wan2.1 rule (16)."""
+        return _read_once(("multiple", cls.spatial_multiple, path), path, cls._spatial_multiple_of)
+
+    @classmethod
+    def _spatial_multiple_of(cls, path: str | None, folder) -> int:
         import json
 
-        from stages.checkpoints import checkpoint_on_disk
-
-        folder = checkpoint_on_disk(path) if path else None
         if folder is None:
             return cls.spatial_multiple
         try:
