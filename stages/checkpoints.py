@@ -136,6 +136,18 @@ def checkpoint_on_disk(path: str, revision: str | None = None) -> Path | None:
         return None
 
 
+def resolve_builtin(path: str, known: dict[str, str], build, key: str, kind: str = "model") -> str:
+    """A path that `from_pretrained` accepts for a transformers model that may be a builtin (`known`: name ->
+    versioned folder), built into the cache by `build(folder)` on first use; `key` names the job-file key."""
+    if not path.startswith(BUILTIN_PREFIX):
+        return path
+    name = path[len(BUILTIN_PREFIX):]
+    if name not in known:
+        raise ValueError(f"{key}: unknown builtin {kind} '{path}' "
+                         f"(known: {', '.join(BUILTIN_PREFIX + k for k in known)})")
+    return build_once(known[name], "config.json", build)
+
+
 def build_once(folder: str, marker: str, build) -> str:
     """$RUSHES_CACHE/builtin/<folder>, made by `build(path)` unless its `marker` file is already there."""
     target = cache_dir() / "builtin" / folder

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.checkpoints import BUILTIN_PREFIX, build_once
+from stages.checkpoints import resolve_builtin
 
 CLIP_FRAMES = 8
 # Bump when the recipe changes, so a stale cached copy is never used.
@@ -77,13 +77,7 @@ def build_tiny_clip(target: Path) -> None:
 
 def resolve_clip_path(path: str) -> str:
     """A path that `from_pretrained` accepts; builds the builtin CLIP into the cache on first use."""
-    if not path.startswith(BUILTIN_PREFIX):
-        return path
-    name = path[len(BUILTIN_PREFIX):]
-    if name not in BUILTIN_CLIPS:
-        raise ValueError(f"filter.clip_model: unknown builtin model '{path}' "
-                         f"(known: {', '.join(BUILTIN_PREFIX + k for k in BUILTIN_CLIPS)})")
-    return build_once(BUILTIN_CLIPS[name], "config.json", build_tiny_clip)
+    return resolve_builtin(path, BUILTIN_CLIPS, build_tiny_clip, "filter.clip_model")
 
 
 class ClipScorer:

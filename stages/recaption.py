@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.checkpoints import BUILTIN_PREFIX, _build_tokenizer, build_once, weights_fingerprint
+from stages.checkpoints import _build_tokenizer, resolve_builtin, weights_fingerprint
 
 LLM_BUILTINS = {"tiny-qwen": "tiny-qwen-v1"}  # bump the version when the recipe changes
 
@@ -141,13 +141,7 @@ def build_tiny_qwen(target: Path) -> None:
 
 def resolve_llm_path(path: str) -> str:
     """A path that `from_pretrained` accepts; builds a builtin model into the cache on first use."""
-    if not path.startswith(BUILTIN_PREFIX):
-        return path
-    name = path[len(BUILTIN_PREFIX):]
-    if name not in LLM_BUILTINS:
-        raise ValueError(f"expand.model: unknown builtin language model '{path}' "
-                         f"(known: {', '.join(BUILTIN_PREFIX + k for k in LLM_BUILTINS)})")
-    return build_once(LLM_BUILTINS[name], "config.json", build_tiny_qwen)
+    return resolve_builtin(path, LLM_BUILTINS, build_tiny_qwen, "expand.model", "language model")
 
 
 def llm_weights_hash(path: str, revision: str | None) -> str | None:
