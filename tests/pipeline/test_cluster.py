@@ -90,11 +90,10 @@ def test_worker_crashes_and_a_failed_setup_do_not_stop_the_job(cluster, make_man
 
 def test_node_removed_and_added_mid_run_gives_the_exact_records(cluster, make_manifest, tmp_path):
     c, workers, chaos = cluster
-    prompts = [f"a glass city at dawn {i}" for i in range(8)]
-    # Rows 0 and 5 hold their sample worker until the test opens the gate: the job cannot finish before the
-    # node goes away, and a row is in flight on it when it does.
-    prompts[0] += " hold:gate2"
-    prompts[5] += " hold:gate2"
+    # Every row holds its sample worker until the test opens the gate: the job cannot finish before the node
+    # goes away, and rows are in flight on it when it does. (Holding only some rows let Ray Data queue a held
+    # row behind another on the same actor, so the second worker never held one.)
+    prompts = [f"a glass city at dawn {i} hold:gate2" for i in range(8)]
     spec = chaos_job(make_manifest, tmp_path, prompts,
                      sample={"batch_size": 1, "resources": {"num_cpus": 1, "num_gpus": 1, "replicas": 2}})
     result, lines = {}, []
@@ -155,9 +154,7 @@ def test_the_only_gpu_nodes_lost_and_never_replaced_stops_with_a_diagnosis(clust
     from pipeline.errors import JobFailed
 
     c, workers, chaos = cluster
-    prompts = [f"a lantern in the snow {i}" for i in range(6)]
-    prompts[0] += " hold:gate3"
-    prompts[3] += " hold:gate3"
+    prompts = [f"a lantern in the snow {i} hold:gate3" for i in range(6)]  # each worker holds its first row
     spec = chaos_job(make_manifest, tmp_path, prompts, ray={"stall_timeout_s": 45},
                      sample={"batch_size": 1, "resources": {"num_cpus": 1, "num_gpus": 1, "replicas": 2}})
     result = {}
@@ -186,6 +183,7 @@ def test_the_only_gpu_nodes_lost_and_never_replaced_stops_with_a_diagnosis(clust
         while len(workers) < 2:  # the module's cluster as it was
             workers.append(c.add_node(**WORKER))
         c.wait_for_nodes()
+        thread.join(timeout=180)  # a failed wait above must not leave the job running into the next test
     message = str(result["error"])
     assert "the run stalled" in message and "ray.stall_timeout_s" in message
     assert "actors waiting to be placed" in message and "MapBatches(sample)" in message
