@@ -17,24 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pyarrow as pa
-
 from machine_info import describe  # bench/machine_info.py, next to this file
-from pipeline.commit import MetadataWriter, record_schema
 from pipeline.report import write_report
-
-
-def library(out: str, n: int) -> None:
-    writer = MetadataWriter(out, "bench", record_schema(pa.schema([("campaign", pa.string())])))
-    for first in range(0, n, 20_000):
-        writer.commit([{"id": f"v-{i:06d}", "variant": 0, "row": i, "status": ["accepted", "rejected"][i % 2],
-                        "prompt": f"a slow pan over a harbour at dawn, shot {i}", "style": ["anime", None][i % 2],
-                        "expanded_prompt": f"a slow pan over a harbour at dawn, shot {i}, wide shot, soft light",
-                        "tags": [["sim"], ["ad", "night"]][i % 2], "metrics": {"motion": i % 97 / 10},
-                        "aspect_ratio": ["16:9", "9:16", "1:1"][i % 3], "seed_index": i // 3 % 2,
-                        "reasons": ["frozen: motion 0.1 < 0.2"] if i % 2 else [],
-                        "extra": {"campaign": f"c{i % 7}"}} for i in range(first, min(n, first + 20_000))])
-    writer.save_text("runs/bench/job.yaml", "name: bench\n")
+from tests.synthetic_library import synthetic_library
 
 
 def main() -> None:
@@ -43,7 +28,7 @@ def main() -> None:
     args = ap.parse_args()
     print(describe(with_torch=False))
     out = tempfile.mkdtemp()
-    library(out, args.cards)
+    synthetic_library(out, "bench", args.cards)
     start = time.perf_counter()
     write_report(out)
     written = time.perf_counter() - start

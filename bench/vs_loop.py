@@ -13,7 +13,9 @@
    setting found on a 2-core machine, where the tiny model's VAE decode is most of the work;
    `--set KEY=VALUE` (a YAML value) changes any job key. `--defaults` leaves every stage setting
    (resources, replicas, batch sizes) and the commit settings at the job file's defaults, as a new
-   user's job would have them.
+   user's job would have them. Rushes' decode uses its CPU kernels (stages/cpu_kernels.py,
+   `decode.fast_cpu_kernels`); `--loop-fast-kernels` gives them to the loop as well, which separates
+   what the kernels gain from what the pipeline's scheduling gains.
 
 Prints the machine and, for each, videos/s end to end (the loop's pipeline load, Rushes' Ray start-up
 and actor model loads included) and after the first video (once each runs full), their ratios, and
@@ -82,6 +84,10 @@ def plain_loop(rows: list[dict], a, out: str) -> tuple[float, float, float]:
     start = time.perf_counter()
     pipe = WanPipeline.from_pretrained(resolve_model_path("builtin:tiny-wan"), torch_dtype=torch.float32).to(device)
     pipe.set_progress_bar_config(disable=True)
+    if a.loop_fast_kernels:
+        from stages.cpu_kernels import speed_up_cpu_decode
+
+        speed_up_cpu_decode(pipe.vae)
     loaded = time.perf_counter() - start
     os.makedirs(out, exist_ok=True)
     start = time.perf_counter()
@@ -146,6 +152,9 @@ def main() -> None:
                          "sizes or commit settings set (only the model, the sampling shape, expansion off and "
                          "keep_rejected, so both sides make the same videos)")
     ap.add_argument("--loop-threads", type=int, help="torch threads of the loop (default: torch's, one per core)")
+    ap.add_argument("--loop-fast-kernels", action="store_true",
+                    help="give the loop's VAE Rushes' CPU decode kernels (stages/cpu_kernels.py), to separate "
+                         "what the kernels gain from what the pipeline's scheduling gains")
     a = ap.parse_args()
     if a.loop_threads:
         torch.set_num_threads(a.loop_threads)
@@ -175,7 +184,8 @@ def main() -> None:
 
     print(describe())
     print(f"{a.rows} rows, tiny Wan, {a.width}x{a.height}, {a.frames} frames, {a.steps} steps, CFG 5.0; "
-          f"Rushes settings: {', '.join(a.set) or 'as in the job below'}")
+          f"Rushes settings: {', '.join(a.set) or 'as in the job below'}"
+          + ("; the loop's VAE has Rushes' CPU kernels" if a.loop_fast_kernels else ""))
     print("  job: " + yaml.safe_dump({k: job[k] for k in ("sample", "decode", "encode") if k in job},
                                      default_flow_style=True, width=200).strip())
     loop_rate = None

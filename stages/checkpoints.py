@@ -190,23 +190,27 @@ def weights_fingerprint(folder: str | Path, only: str | None = None) -> str:
     return h.hexdigest()
 
 
+def fingerprint_of(local: str, revision: str | None) -> str | None:
+    """The weights fingerprint of a checkpoint folder, or of a hub id already in the local cache, without
+    loading it; None for a hub id not cached here (its id and revision then stand for it)."""
+    if Path(local).is_dir():
+        return weights_fingerprint(local)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return weights_fingerprint(snapshot_download(local, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached here
+        return None
+
+
 def model_identity(family: str, path: str, revision: str | None, dtype: str, loras: list = ()) -> dict:
     """Everything about the model that decides the pixels, without loading it (LoRAs only when there are
     any, so that a model without them keeps its identity)."""
-    local = resolve_model_path(path)
-    fingerprint = None
     weightless = path.startswith(BUILTIN_PREFIX) and path[len(BUILTIN_PREFIX):] in WEIGHTLESS_BUILTINS
     if weightless:
         fingerprint = WEIGHTLESS_BUILTINS[path[len(BUILTIN_PREFIX):]]
-    elif Path(local).is_dir():
-        fingerprint = weights_fingerprint(local)
     else:
-        try:  # a hub id already in the local cache can be fingerprinted; otherwise id + revision is all
-            from huggingface_hub import snapshot_download
-
-            fingerprint = weights_fingerprint(snapshot_download(local, revision=revision, local_files_only=True))
-        except Exception:
-            fingerprint = None
+        fingerprint = fingerprint_of(resolve_model_path(path), revision)
     identity = {"family": family, "path": path, "revision": revision, "dtype": dtype, "weights_hash": fingerprint}
     if loras:
         from stages.lora import lora_identity

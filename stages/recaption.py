@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.checkpoints import _build_tokenizer, resolve_builtin, weights_fingerprint
+from stages.checkpoints import _build_tokenizer, fingerprint_of, resolve_builtin
 
 LLM_BUILTINS = {"tiny-qwen": "tiny-qwen-v1"}  # bump the version when the recipe changes
 
@@ -147,15 +147,7 @@ def resolve_llm_path(path: str) -> str:
 def llm_weights_hash(path: str, revision: str | None) -> str | None:
     """A fingerprint of a local language model's weights, without loading it (None: a hub id not yet in
     the local cache; its id and revision then stand for it)."""
-    local = resolve_llm_path(path)
-    if Path(local).is_dir():
-        return weights_fingerprint(local)
-    try:
-        from huggingface_hub import snapshot_download
-
-        return weights_fingerprint(snapshot_download(local, revision=revision, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached here: identity is id + revision
-        return None
+    return fingerprint_of(resolve_llm_path(path), revision)
 
 
 class LocalRewriter:

@@ -21,6 +21,7 @@ from pipeline.library import read_records
 from pipeline.report import CHUNK, PAGE_SIZE, ReportError, relative_link, write_report
 from stages.storage import filesystem, join, put_atomic
 from tests.browser import Chromium, find_chromium
+from tests.synthetic_library import synthetic_library
 
 RUN = "20261125T120000Z-abcdef"
 
@@ -356,17 +357,7 @@ def test_a_run_ends_by_writing_its_report(demo_run, browser, tmp_path):
 def test_a_library_of_100000_videos_pages_from_chunks(browser, tmp_path):
     """The page holds a small index and loads card chunks as it pages (its speed: bench/report.py)."""
     out, n = str(tmp_path / "big"), 100_000
-    writer = MetadataWriter(out, RUN, record_schema(pa.schema([("campaign", pa.string())])))
-    for first in range(0, n, 20_000):
-        writer.commit([{"id": f"v-{i:06d}", "variant": 0, "row": i, "status": ["accepted", "rejected"][i % 2],
-                        "prompt": f"a slow pan over a harbour at dawn, shot {i}", "style": ["anime", None][i % 2],
-                        "expanded_prompt": f"a slow pan over a harbour at dawn, shot {i}, wide shot, soft light",
-                        "tags": [["sim"], ["ad", "night"]][i % 2], "metrics": {"motion": i % 97 / 10},
-                        "aspect_ratio": ["16:9", "9:16", "1:1"][i % 3], "seed_index": i // 3 % 2,
-                        "reasons": ["frozen: motion 0.1 < 0.2"] if i % 2 else [],
-                        "preview_uri": f"{tmp_path.as_uri()}/big/previews/v-{i:06d}/0.webp",
-                        "extra": {"campaign": f"c{i % 7}"}} for i in range(first, first + 20_000)])
-    writer.save_text(f"runs/{RUN}/job.yaml", "name: big\n")
+    synthetic_library(out, RUN, n, preview_root=f"{tmp_path.as_uri()}/big/previews")
     write_report(out)
     report = tmp_path / "big" / "report"
     assert (report / "index.html").stat().st_size < 20 * n + 100_000  # the index: a few bytes per card
