@@ -140,6 +140,11 @@ class RaySpec(Strict):
         900.0, gt=0, description="stop (exit 1, saying why) when no record is committed and no stage shows a "
                                  "sign of life for this long; working stages send heartbeats, so a slow model "
                                  "never trips it")
+    batch_timeout_s: float | None = Field(
+        None, gt=0, description="end a worker whose stage batch runs longer than this (a hang inside a live "
+                                "worker); Ray restarts it and the rows are charged as for a crash, so a row "
+                                "that always hangs is recorded failed after ray.max_row_attempts. null: no limit. "
+                                "Set it to several times your slowest batch")
     max_rows_per_dataset: int = Field(
         25_000, ge=1, description="variants per Ray Data dataset: a longer run goes in waves of this many, "
                                    "because the driver's Ray Data bookkeeping grows with one dataset's blocks; "

@@ -9,7 +9,8 @@ and the nodes that were lost.
 
 A slow model never trips it: a stage that is working sends heartbeats. What trips it is work that
 cannot start: actors or tasks that no node can take (a starved cluster, a lost GPU node that is never
-replaced), or workers that died and cannot be restarted.
+replaced), or workers that died and cannot be restarted. A batch that hangs inside a live worker keeps
+its heartbeats going; `ray.batch_timeout_s` is for that (pipeline/graph.py, GuardedStage).
 """
 from __future__ import annotations
 

@@ -190,3 +190,27 @@ def test_the_only_gpu_nodes_lost_and_never_replaced_stops_with_a_diagnosis(clust
     assert "GPU" in message and "was lost" in message
     assert "run the same job again" in message
 
+
+
+def test_a_batch_that_hangs_in_a_live_worker_is_ended_by_the_batch_timeout(cluster, make_manifest, tmp_path):
+    """A row whose sampling never returns (its worker stays alive and keeps sending heartbeats, so the stall
+    watchdog cannot see it): with ray.batch_timeout_s the worker ends itself, Ray restarts it, the row is
+    charged like a crash and recorded failed naming the timeout, and every other row is made once."""
+    prompts = [f"a paper boat on a pond {i}" for i in range(4)]
+    prompts[1] += " hold:never"  # no test ever opens this gate
+    spec = chaos_job(make_manifest, tmp_path, prompts, ray={"batch_timeout_s": 4, "max_row_attempts": 2})
+    lines = []
+    summary = run_job(spec, echo=lines.append)
+
+    recs = records(spec.output)
+    by_id = {r["id"]: r for r in recs}
+    assert sorted(by_id) == [f"r{i:02d}" for i in range(4)] and len(recs) == 4
+    hung = by_id["r01"]
+    assert hung["status"] == "failed"
+    assert "died 2 times while running this row alone (2 of them past ray.batch_timeout_s=4 s" in hung["error"], \
+        hung["error"]
+    assert "max_row_attempts=2" in hung["error"]
+    assert len(list(cluster[2].glob("holding-never-*"))) == 3  # once in its batch, then twice alone
+    for rid in ("r00", "r02", "r03"):
+        assert by_id[rid]["status"] in ("accepted", "rejected"), by_id[rid]["error"]
+    assert summary.counts["failed"] == 1
