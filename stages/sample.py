@@ -73,35 +73,57 @@ class SampleStage(Stage):
     def speed_options_set(self) -> bool:
         return any(getattr(self.options, k) != f.default for k, f in SpeedOptions.model_fields.items())
 
-    def read_by_encoder(self, r: dict) -> str:
-        """The prompt as the text encoder reads it: one longer than the family's token budget is cut there,
-        and the record says so (`prompt_tokens`, `truncated`) instead of the encoder dropping the rest silently."""
+    def as_read(self, text: str) -> tuple[str, int | None, bool]:
+        """`text` as the text encoder reads it: one longer than the family's token budget is cut there. With
+        its length in the encoder's tokens and whether it was cut (None, False: a family without one)."""
         tokenizer = getattr(self.pipe, "tokenizer", None)
-        text = r["expanded_prompt"]
         if tokenizer is None:  # a family without a text encoder (null)
-            r.update(prompt_tokens=None, truncated=False)
-            return text
+            return text, None, False
         budget = int(getattr(self.family, "max_sequence_length", None) or 512)
-        ids = tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"]
-        r.update(prompt_tokens=len(ids), truncated=len(ids) > budget)
-        if len(ids) <= budget:
-            return text
-        return tokenizer.decode(ids[:budget], skip_special_tokens=True)
+        ids = tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+        special = tokenizer.num_special_tokens_to_add()  # e.g. T5's end-of-sequence token
+        if len(ids) + special <= budget:
+            return text, len(ids) + special, False
+        return tokenizer.decode(ids[:budget - special], skip_special_tokens=True), len(ids) + special, True
+
+    def read_by_encoder(self, r: dict) -> str:
+        """The row's prompt as the encoder reads it; the record says how long it was and whether it was cut
+        (`prompt_tokens`, `truncated`) instead of the encoder dropping the rest silently."""
+        text, tokens, cut = self.as_read(r["expanded_prompt"])
+        r.update(prompt_tokens=tokens, truncated=cut)
+        return text
+
+    def shots_as_read(self, r: dict) -> list[dict] | None:
+        """A storyboard's shots with each prompt as the encoder reads it (the record keeps them as written).
+        The encoder reads the shots, not the row's prompt, so `prompt_tokens` is then the longest shot's and
+        `truncated` says whether any shot was cut."""
+        if not r.get("shots"):
+            return None
+        shots, lengths, cut_any = [], [], False
+        for shot in r["shots"]:
+            text, tokens, cut = self.as_read(shot.get("expanded_prompt") or shot["prompt"])
+            shots.append({**shot, "expanded_prompt": text})
+            lengths.append(tokens)
+            cut_any = cut_any or cut
+        r.update(prompt_tokens=None if None in lengths else max(lengths), truncated=cut_any)
+        return shots
 
     def _sample(self, rows: list[dict]) -> np.ndarray:
         self.calls += 1
         transformers = getattr(self.family, "transformers", ("transformer",))
+        prompts = [self.read_by_encoder(r) for r in rows]
+        long_rows = self.segments(rows)  # after read_by_encoder: a storyboard's shots set its prompt_tokens
         with cache_enabled(self.pipe, self.options, transformers, rows[0]["num_inference_steps"], self.family):
             return self.family.sample(
-                self.pipe, [self.read_by_encoder(r) for r in rows], [r["negative_prompt"] for r in rows],
-                [r["seed"] for r in rows], **{k: rows[0].get(k) for k in BUCKET_FIELDS}, **self.segments(rows))
+                self.pipe, prompts, [r["negative_prompt"] for r in rows],
+                [r["seed"] for r in rows], **{k: rows[0].get(k) for k in BUCKET_FIELDS}, **long_rows)
 
     def segments(self, rows: list[dict]) -> dict:
         """A family that extends long videos saves and resumes each one's segments (stages/long_video.py), and
         makes a storyboard's shots in order."""
         if not getattr(self.family, "extends", False):
             return {}
-        return {"segments": [store_for(self.ctx, r) for r in rows], "shots": [r.get("shots") for r in rows]}
+        return {"segments": [store_for(self.ctx, r) for r in rows], "shots": [self.shots_as_read(r) for r in rows]}
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         buckets: dict[tuple, list[dict]] = defaultdict(list)

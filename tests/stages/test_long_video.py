@@ -90,3 +90,24 @@ def test_families_that_cannot_extend_refuse_long_rows_naming_their_window():
     assert "overlap_history: required" in check_row(df, {**ok, "overlap_history": None}, None)
     assert "base_num_frames: must be 4*k+1" in check_row(df, {**ok, "base_num_frames": 96}, None)
     assert "must leave new frames" in check_row(df, {**ok, "overlap_history": 97}, None)
+
+
+def test_shot_prompts_are_cut_to_the_encoders_budget_and_the_record_says_so(tmp_path):
+    ctx = RunContext(run_id="r", output=str(tmp_path), model=ModelSpec(family="skyreels_df", path=DF))
+    stage = SampleStage(SampleOptions(resources={"num_gpus": 0}), ctx)
+    stage.setup()
+    budget = stage.family.max_sequence_length
+    long_shot = "a lighthouse keeper climbs the stairs " * 200
+    shots = [{"prompt": "a harbour at dawn", "duration_s": 1.0, "expanded_prompt": "a harbour at dawn, mist",
+              "first_frame": None, "end_frame": None},
+             {"prompt": "the keeper climbs", "duration_s": 1.0, "expanded_prompt": long_shot,
+              "first_frame": None, "end_frame": None}]
+    row = {"id": "a", "variant": 0, "params_hash": "f" * 64, "expanded_prompt": "a harbour", "shots": shots}
+    stage.read_by_encoder(row)
+    read = stage.segments([row])["shots"][0]
+    tokenizer = stage.pipe.tokenizer
+    assert read[0]["expanded_prompt"] == "a harbour at dawn, mist"
+    assert len(tokenizer(read[1]["expanded_prompt"])["input_ids"]) <= budget < len(tokenizer(long_shot)["input_ids"])
+    assert read[1]["expanded_prompt"] and long_shot.startswith(read[1]["expanded_prompt"].strip()[:30])
+    assert row["truncated"] is True and row["prompt_tokens"] == len(tokenizer(long_shot)["input_ids"])
+    assert row["shots"][1]["expanded_prompt"] == long_shot  # the record keeps the shot as it was written
