@@ -19,7 +19,7 @@ from pydantic import Field, field_validator, model_validator
 
 from stages.base import Stage, StageOptions, pick_device, use_threads
 from stages.quality import as_uint8, frame_metrics
-from stages.stream import stream_metrics
+from stages.stream import segment_prompt, stream_metrics
 
 # (metric, FilterOptions field, "<" rejects below / ">" rejects above, verdict word). One metric may
 # have two checks (motion: frozen and chaotic); `score_only` names metrics.
@@ -143,7 +143,11 @@ class FilterStage(Stage):
             try:
                 if r.get("frame_chunks"):  # a long video, read a segment at a time (stages/stream.py)
                     frames, nonfinite = None, 0.0
-                    metrics, r["phash"], cuts = stream_metrics(r, self.options.black_luma, self.ctx.storage_options)
+                    # CLIP per segment, against the prompt (a storyboard's: the shot's) it was made from
+                    clip = (lambda first, end, chunk, r=r: {"clip_score": self.clip.score(
+                        segment_prompt(r, first, end), chunk)}) if self.clip else None
+                    metrics, r["phash"], cuts = stream_metrics(r, self.options.black_luma, self.ctx.storage_options,
+                                                               extra=clip)
                 else:
                     frames, nonfinite = as_uint8(r["frames"])
                     metrics, r["phash"], cuts = frame_metrics(frames, self.options.black_luma)

@@ -111,9 +111,21 @@ def read_chunk(uri: str, storage_options: dict | None) -> np.ndarray:
     return np.load(io.BytesIO(read_bytes(fs, path)))
 
 
-def stream_metrics(r: dict, black_luma: float, storage_options: dict | None) -> tuple[dict, str, list[int]]:
+def segment_prompt(r: dict, first: int, end: int) -> str:
+    """The prompt frames [first, end) were made from: a storyboard's shot that holds most of them, or the row's."""
+    shots = [s for s in (r.get("shots") or []) if s.get("first_frame") is not None]
+    if shots:
+        shot = max(shots, key=lambda s: min(end, s["end_frame"]) - max(first, s["first_frame"]))
+        return shot.get("expanded_prompt") or shot["prompt"]
+    return r.get("expanded_prompt") or r["prompt"]
+
+
+def stream_metrics(r: dict, black_luma: float, storage_options: dict | None,
+                   extra=None) -> tuple[dict, str, list[int]]:
     """Metrics per segment and overall, the perceptual hash, and the frames where cuts start, read a chunk at a
-    time. A cut between two segments is looked for on the pair of frames that straddles them."""
+    time. A cut between two segments is looked for on the pair of frames that straddles them. `extra(first,
+    end, frames)` adds metrics of its own per segment (the CLIP score); their overall value is the mean
+    weighted by frames, like the others'."""
     from stages.quality import (ANALYSIS_WIDTH, PHASH_FRAMES, clip_phash, cut_frames, downscale, frame_metrics,
                                 grey)
 
@@ -123,6 +135,8 @@ def stream_metrics(r: dict, black_luma: float, storage_options: dict | None) -> 
     for k, (uri, (first, end)) in enumerate(zip(r["frame_chunks"], r["segment_frames"])):
         frames = read_chunk(uri, storage_options)
         m, _, seg_cuts = frame_metrics(frames, black_luma)
+        if extra is not None:
+            m.update(extra(first, end, frames))
         per.append(m)
         weights.append(len(frames))
         metrics.update({f"segment_{k}/{name}": v for name, v in m.items()})

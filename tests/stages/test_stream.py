@@ -138,3 +138,32 @@ def test_the_llm_writes_every_shot_with_the_whole_storyboard_in_its_prompt():
             if r["expand_error"] and f"shot {k + 1}:" in r["expand_error"]:
                 assert s["expanded_prompt"] == f"{cast}. {s['prompt']}"
     assert shots[0]["expanded_prompt"] is None  # the manifest's list is not changed under other variants
+
+
+def test_clip_scores_each_segment_against_its_shots_prompt(tmp_path):
+    """A streamed video gets a CLIP score per segment, each against the prompt it was made from (a
+    storyboard's shot), and an overall one: their mean weighted by frames."""
+    from stages.clip_score import ClipScorer
+    from stages.filter import FilterOptions, FilterStage
+
+    rng = np.random.default_rng(4)
+    chunks = [rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8) for n in (9, 8, 8)]
+    paths = []
+    for k, chunk in enumerate(chunks):
+        paths.append(str(tmp_path / f"{k}.npy"))
+        np.save(paths[-1], chunk)
+    shots = [{"prompt": "a harbour", "expanded_prompt": "a harbour at dawn", "first_frame": 0, "end_frame": 9},
+             {"prompt": "a keeper", "expanded_prompt": None, "first_frame": 9, "end_frame": 25}]
+    row = {"id": "s", "variant": 0, "status": "pending", "prompt": "a story", "expanded_prompt": "a story",
+           "num_frames": 25, "frame_chunks": paths, "segment_frames": [[0, 9], [9, 17], [17, 25]], "shots": shots,
+           "stage_seconds": {}}
+    stage = FilterStage(FilterOptions(clip_model="builtin:tiny-clip", resources={"num_gpus": 0}),
+                        RunContext(output=str(tmp_path)))
+    stage.setup()
+    out = stage([row])[0]
+    scorer = ClipScorer("builtin:tiny-clip")
+    expected = [scorer.score("a harbour at dawn", chunks[0]), scorer.score("a keeper", chunks[1]),
+                scorer.score("a keeper", chunks[2])]
+    for k in range(3):
+        assert out["metrics"][f"segment_{k}/clip_score"] == pytest.approx(expected[k], rel=1e-5)
+    assert out["metrics"]["clip_score"] == pytest.approx(np.average(expected, weights=[9, 8, 8]), rel=1e-5)
