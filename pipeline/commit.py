@@ -73,8 +73,9 @@ class CommitBuffer:
     one metadata object per few hundred records instead of one per Ray Data block (a block is one
     sample batch, a few variants), which keeps the library's object count and its read-back time down."""
 
-    def __init__(self, writer: MetadataWriter, max_records: int, max_wait_s: float):
+    def __init__(self, writer: MetadataWriter, max_records: int, max_wait_s: float, on_commit=None):
         self.writer, self.max_records, self.max_wait_s = writer, max_records, max_wait_s
+        self.on_commit = on_commit  # called with each committed list of records, after the commit
         self.records: list[dict] = []
         self.since = 0.0
         self.committed = 0
@@ -95,7 +96,10 @@ class CommitBuffer:
             self._commit(self.max_records)
 
     def _commit(self, n: int) -> None:
-        self.writer.commit(self.records[:n])
-        self.committed += len(self.records[:n])
+        done = self.records[:n]
+        self.writer.commit(done)
+        self.committed += len(done)
         self.records = self.records[n:]
         self.since = time.monotonic()
+        if self.on_commit:
+            self.on_commit(done)

@@ -215,7 +215,8 @@ class Run:
         self.metrics.invalid(self.summary.counts["invalid"])
         self.total = total
         self.curator = Curator(spec, self.state)
-        self.commits = CommitBuffer(self.writer, spec.commit.max_records, spec.commit.max_wait_s)
+        self.commits = CommitBuffer(self.writer, spec.commit.max_records, spec.commit.max_wait_s,
+                                    on_commit=self.forget_segments)
         per_wave = max(1, spec.ray.max_rows_per_dataset // plan_object_rows(spec))  # plan objects per dataset
         round_ = 0
         while plan_uris:
@@ -278,6 +279,19 @@ class Run:
         finally:
             self.tick()  # the gauges end on what was committed
             ray.kill(ledger)
+
+    def forget_segments(self, records: list[dict]) -> None:
+        """A finished long video's saved segments go once its record is committed, not when its objects are
+        written: a driver killed in between then resumes every segment instead of sampling the video again.
+        A removal that fails only leaves the folder behind (it never fails the run)."""
+        from stages.long_video import forget_segments
+
+        for r in records:
+            if r.get("status") in ("accepted", "rejected"):
+                try:
+                    forget_segments(self.ctx, r)
+                except Exception as e:  # noqa: BLE001 - committed already; the folder is only left over
+                    log.warning("could not remove the saved segments of %s/%s: %s", r["id"], r["variant"], e)
 
     def tick(self) -> None:
         """The live metrics, and the progress line on a terminal."""

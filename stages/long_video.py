@@ -10,7 +10,8 @@ to `<output>/segments/<id>/<variant>/<params_hash[:16]>/<n>.npz` with an atomic 
 mid-video (a killed actor, a lost node, a killed driver and a re-run) starts again from the last saved
 segment, not from the first. The folder is keyed by `params_hash`, so a changed prompt or setting never
 resumes from another video's segments, and a re-run under a new run id still finds them. It is removed once
-the video's objects are written, or once it is rejected (`forget_segments`, from the write stage).
+the video's record (accepted or rejected) is committed (`forget_segments`, from the driver): a driver that
+dies between writing the objects and committing finds every segment again on the re-run.
 
 In: a row's settings. Out: its number of frames, a refusal, and a `SegmentStore` for the sampler.
 """

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 
 from stages.base import Stage
-from stages.long_video import forget_segments
 from stages.storage import filesystem, join, put_atomic
 from stages.variant import RECORD_SCHEMA
 
@@ -37,8 +36,6 @@ class WriteStage(Stage):
             if video is not None:
                 self.write(r, video, poster, preview)
             records.append(self.record(r))
-            if r["status"] in ("accepted", "rejected"):
-                forget_segments(self.ctx, r)  # a long video's saved segments are no longer needed
         return records
 
     def write(self, r: dict, video: bytes, poster: bytes, preview: bytes | None) -> None:

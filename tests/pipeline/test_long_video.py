@@ -89,6 +89,42 @@ def test_a_killed_sampler_resumes_from_its_last_saved_segment(ray_local, model_c
     assert lines.count("start") == 4
 
 
+def test_a_driver_that_dies_before_committing_resumes_every_segment(ray_local, model_cache, make_manifest, tmp_path,
+                                                                   monkeypatch):
+    """The segments outlive the video's objects until its record is committed: a run whose commits fail (as
+    a driver killed between the write and the commit) leaves them, and the re-run samples no window."""
+    import shutil
+
+    from pipeline.commit import MetadataWriter
+    from tests.chaos.long_video import chaos_dir
+
+    chaos = chaos_dir()
+    shutil.rmtree(chaos, ignore_errors=True)
+    chaos.mkdir(parents=True)
+    manifest = make_manifest([{"id": "kept", "prompt": "a fox on a frozen lake", "seed": 6, "num_frames": 33}])
+    family = {"family": "tests.chaos.long_video:ChaosSkyReelsDF", "path": "builtin:tiny-skyreels-df"}
+
+    def metadata_store_down(self, records):
+        raise OSError("injected: the metadata store is down")
+
+    with monkeypatch.context() as m:
+        m.setattr(MetadataWriter, "commit", metadata_store_down)
+        with pytest.raises(Exception, match="metadata store is down"):
+            run_job(long_job(manifest, str(tmp_path / "out"), model=family), echo=lambda *_: None)
+    folder = tmp_path / "out" / "segments" / "kept" / "0"
+    assert len(list(folder.glob("*/*.npz"))) == 3  # the video was written, its segments kept
+    started = (chaos / "segments.log").read_text().split().count("start")
+    assert started == 3
+
+    spec = long_job(manifest, str(tmp_path / "out"), model=family)
+    run_job(spec, echo=lambda *_: None)
+    r = records(spec.output)["kept"]
+    assert r["status"] in ("accepted", "rejected"), r["error"]
+    assert frame_count(r["video_uri"]) == 33
+    assert (chaos / "segments.log").read_text().split().count("start") == started  # no window sampled again
+    assert not list(folder.glob("*/*.npz"))  # removed once committed
+
+
 def test_a_long_row_is_refused_by_a_family_that_cannot_extend(ray_local, make_manifest, tmp_path):
     manifest = make_manifest([{"id": "long", "prompt": "a minute of surf", "num_frames": 97},
                               {"id": "short", "prompt": "a short wave", "num_frames": 9}])
