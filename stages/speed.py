@@ -142,10 +142,20 @@ def check_family(speed: SpeedOptions, family) -> None:
 
 
 def from_pretrained_kwargs(speed: SpeedOptions | None, components: tuple[str, ...], path: str | None = None,
-                           revision: str | None = None) -> dict:
+                           revision: str | None = None, device: str | None = None) -> dict:
     """Arguments of the pipeline's `from_pretrained` (quantization is applied while loading)."""
     if speed is None or speed.quantization is None:
         return {}
+    backend = speed.quantization.backend
+    if backend.startswith("bitsandbytes"):
+        if device is not None and not device.startswith("cuda"):
+            raise ValueError(f"sample.quantization.backend {backend}: diffusers' bitsandbytes quantizer needs a CUDA "
+                             f"GPU, and this sampler runs on {device}; on CPU use backend torchao")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ValueError(f"sample.quantization.backend {backend}: bitsandbytes is not installed "
+                             "(pip install bitsandbytes)") from None
     if path is not None:  # only the components this checkpoint has (Wan2.1 has no transformer_2)
         from diffusers import DiffusionPipeline
 

@@ -201,7 +201,7 @@ class DiffusersFamily:
         # The VAE is loaded by the decode stage alone; the sampler never holds it.
         pipe = getattr(diffusers, cls.pipeline_class).from_pretrained(
             path, vae=None, torch_dtype=torch_dtype(dtype), revision=revision,
-            **from_pretrained_kwargs(speed, cls.transformers, path, revision))
+            **from_pretrained_kwargs(speed, cls.transformers, path, revision, device))
         cls.after_load(pipe, path, revision)
         if loras:
             from stages.lora import load_loras

@@ -158,3 +158,26 @@ def test_a_job_file_sets_speed_options_under_sample():
         "cache": {"kind": "taylorseer", "cache_interval": 4}, "attention_backend": "native", "fp8_storage": True}})
     assert spec.sample.cache.settings()["cache_interval"] == 4
     assert spec.sample.pixel_settings()["sample_speed"]["fp8_storage"] is True
+
+
+def test_bitsandbytes_on_cpu_is_refused_with_the_reason():
+    s = stage(quantization={"backend": "bitsandbytes_8bit"})
+    with pytest.raises(ValueError, match="bitsandbytes_8bit: diffusers' bitsandbytes quantizer needs a CUDA GPU, "
+                                         "and this sampler runs on cpu; on CPU use backend torchao"):
+        s.setup()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["bitsandbytes_8bit", "bitsandbytes_4bit"])
+def test_bitsandbytes_quantizes_the_transformer_on_a_gpu(backend):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    pytest.importorskip("bitsandbytes")
+    s = SampleStage(SampleOptions(resources={"num_gpus": 1}, quantization={"backend": backend}),
+                    RunContext(model=ModelSpec(family="wan", path="builtin:tiny-wan")))
+    s.setup()
+    kinds = {type(m).__name__ for m in s.pipe.transformer.modules()}
+    assert kinds & {"Linear8bitLt", "Linear4bit"}, kinds
+    out = s(rows(1))[0]
+    assert out["status"] == "pending" and np.isfinite(out["latents"]).all()
