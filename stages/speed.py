@@ -151,11 +151,11 @@ def from_pretrained_kwargs(speed: SpeedOptions | None, components: tuple[str, ..
         if device is not None and not device.startswith("cuda"):
             raise ValueError(f"sample.quantization.backend {backend}: diffusers' bitsandbytes quantizer needs a CUDA "
                              f"GPU, and this sampler runs on {device}; on CPU use backend torchao")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
             raise ValueError(f"sample.quantization.backend {backend}: bitsandbytes is not installed "
-                             "(pip install bitsandbytes)") from None
+                             "(pip install bitsandbytes)")
     if path is not None:  # only the components this checkpoint has (Wan2.1 has no transformer_2)
         from diffusers import DiffusionPipeline
 
