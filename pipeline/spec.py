@@ -49,6 +49,9 @@ class SamplingSpec(Strict):
     guidance_scale: float | None = Field(None, ge=0)
     guidance_scale_2: float | None = Field(None, ge=0, description="Wan2.2 A14B: guidance of the low-noise expert")
     flow_shift: float | None = Field(None, ge=0, description="the scheduler's shift (None: the family's or checkpoint's)")
+    true_cfg_scale: float | None = Field(None, ge=0, description="HunyuanVideo: true classifier-free guidance with the "
+                                         "negative prompt, a second pass per step (above 1; its guidance_scale is "
+                                         "embedded)")
     duration_s: float | None = Field(None, gt=0, le=3600, description="the length instead of num_frames: the "
                                      "fewest frames on the family's rule that hold it (60 s at 24 fps: 1441)")
     # long videos (stages/long_video.py): diffusion forcing's settings; unset: the family's recommendation

@@ -66,6 +66,9 @@ FIELDS = [
       planned=True, hash_if_set=True),
     V("flow_shift", pa.float64(), override="float", bounds=(0.0, 100.0), pixels=True, bucket=True, planned=True,
       hash_if_set=True),
+    # HunyuanVideo's true classifier-free guidance (a negative pass); its guidance_scale is embedded
+    V("true_cfg_scale", pa.float64(), override="float", bounds=(0.0, 100.0), pixels=True, bucket=True,
+      planned=True, hash_if_set=True),
     # long videos by diffusion forcing (stages/long_video.py, stages/families/skyreels_df.py): the window, the
     # frames each window continues from, the noise added to them, and the asynchronous schedule; unset elsewhere
     V("base_num_frames", pa.int32(), override="int", bounds=(1, 1024), pixels=True, bucket=True, planned=True,

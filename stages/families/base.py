@@ -116,13 +116,14 @@ def _cat(tensors: list):
 
 
 # The settings a family recommends when the job file leaves them unset. `None` for `flow_shift`: the
-# checkpoint's own scheduler config; for `guidance_scale_2`: none (only Wan2.2 A14B has a second expert).
+# checkpoint's own scheduler config; for `guidance_scale_2`: none (only Wan2.2 A14B has a second expert); for
+# `true_cfg_scale`: none (HunyuanVideo's true CFG is off unless asked for).
 SETTINGS = ("height", "width", "num_frames", "fps", "num_inference_steps", "guidance_scale", "guidance_scale_2",
-            "flow_shift")
+            "flow_shift", "true_cfg_scale")
 # The builtin tiny models' settings: small enough for a CPU, and the Wan defaults Rushes had before families
 # recommended their own (so that tiny-wan's params_hash values did not change).
 TINY = dict(height=96, width=160, num_frames=17, fps=8, num_inference_steps=4, guidance_scale=5.0,
-            guidance_scale_2=None, flow_shift=None)
+            guidance_scale_2=None, flow_shift=None, true_cfg_scale=None)
 
 
 class DiffusersFamily:
@@ -152,7 +153,7 @@ class DiffusersFamily:
         """Every sampling setting this model recommends, for those the job file leaves unset."""
         if path and path.startswith("builtin:"):
             return {**TINY, **cls.tiny_overrides(path)}
-        return {**TINY, "guidance_scale_2": None, "flow_shift": None, **cls.RECOMMENDED}
+        return {**TINY, "guidance_scale_2": None, "flow_shift": None, "true_cfg_scale": None, **cls.RECOMMENDED}
 
     @classmethod
     def tiny_overrides(cls, path: str) -> dict:
@@ -165,6 +166,9 @@ class DiffusersFamily:
             return "guidance_scale_2: only a two-expert model (Wan2.2 A14B) has a second guidance scale"
         if settings.get("flow_shift") is not None and not cls.shifted:
             return f"flow_shift: family '{cls.name}' has no flow shift to set (its scheduler is not shifted)"
+        if settings.get("true_cfg_scale") is not None and not cls.guidance_distilled:
+            return (f"true_cfg_scale: family '{cls.name}' already runs classifier-free guidance with guidance_scale "
+                    "(true_cfg_scale is for a guidance-distilled model: hunyuan)")
         return None
 
     @classmethod
@@ -234,6 +238,11 @@ class DiffusersFamily:
         return {}
 
     @classmethod
+    def negative_pass(cls, guidance_scale: float, settings: dict) -> bool:
+        """Whether the denoiser also runs on the negative prompt (so that it must be encoded)."""
+        return guidance_scale > 1.0
+
+    @classmethod
     def set_flow_shift(cls, pipe, flow_shift: float | None) -> None:
         """The scheduler with this shift, or with the checkpoint's own config when None (every call sets it, so
         one variant's shift never carries over to the next)."""
@@ -261,7 +270,7 @@ class DiffusersFamily:
 
         device = pipe._execution_device
         # Prompts are encoded one at a time for the same reason the denoiser runs per item.
-        cfg = guidance_scale > 1.0
+        cfg = cls.negative_pass(guidance_scale, settings)
         encoded = [cls.encode_one(pipe, p, n, cfg, device) for p, n in zip(prompts, negative_prompts)]
         embeds = {k: _cat([e[k] for e in encoded]) for k in encoded[0]}
         generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]

@@ -1,8 +1,10 @@
 """HunyuanVideo (`HunyuanVideoPipeline`: a Llama text encoder with a prompt template, CLIP for the pooled
 embedding, `AutoencoderKLHunyuanVideo`).
 
-HunyuanVideo is guidance-distilled: `guidance_scale` is embedded into the transformer, there is no second
-(negative) pass, so the negative prompt is not used. Latents: (C, T', H', W') scaled by `scaling_factor`.
+HunyuanVideo is guidance-distilled: `guidance_scale` is embedded into the transformer and there is no second
+(negative) pass, so the negative prompt is not used, unless `true_cfg_scale` is above 1: the pipeline then also
+runs the negative prompt each step and mixes the two (true classifier-free guidance, twice the denoiser's
+work). Latents: (C, T', H', W') scaled by `scaling_factor`.
 """
 from __future__ import annotations
 
@@ -27,7 +29,22 @@ class HunyuanFamily(DiffusersFamily):
     def encode_one(cls, pipe, prompt: str, negative: str, cfg: bool, device) -> dict:
         pos, pooled, mask = pipe.encode_prompt(prompt=[prompt], prompt_2=[prompt], device=device,
                                                 max_sequence_length=cls.max_sequence_length)
-        return {"prompt_embeds": pos, "pooled_prompt_embeds": pooled, "prompt_attention_mask": mask}
+        out = {"prompt_embeds": pos, "pooled_prompt_embeds": pooled, "prompt_attention_mask": mask}
+        if cfg:  # true CFG: the negative prompt too
+            neg, neg_pooled, neg_mask = pipe.encode_prompt(prompt=[negative], prompt_2=[negative], device=device,
+                                                           max_sequence_length=cls.max_sequence_length)
+            out.update(negative_prompt_embeds=neg, negative_pooled_prompt_embeds=neg_pooled,
+                       negative_prompt_attention_mask=neg_mask)
+        return out
+
+    @classmethod
+    def negative_pass(cls, guidance_scale: float, settings: dict) -> bool:
+        return (settings.get("true_cfg_scale") or 0.0) > 1.0
+
+    @classmethod
+    def call_kwargs(cls, pipe, settings: dict) -> dict:
+        true_cfg = settings.get("true_cfg_scale")
+        return {"true_cfg_scale": true_cfg} if true_cfg is not None else {}
 
     @classmethod
     def decode_video(cls, vae, z, seed: int):

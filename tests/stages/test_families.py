@@ -200,3 +200,35 @@ def test_ltx_decode_noise_is_seeded_by_the_variant():
     a, _ = fam.decode(vae, z, seed=1)
     np.testing.assert_array_equal(a, fam.decode(vae, z, seed=1)[0])
     assert not np.array_equal(a, fam.decode(vae, z, seed=2)[0])
+
+
+def test_hunyuan_true_cfg_runs_the_negative_prompt_as_the_pipeline_does():
+    """true_cfg_scale above 1 adds HunyuanVideo's negative pass: the latents equal the pipeline's own call with
+    the same negative prompt and scale, batching still never changes them, and unset it is off."""
+    import diffusers
+
+    stage = sampler("hunyuan", "builtin:tiny-hunyuan", batch_size=2)
+    stage.setup()
+    off = stage(rows(1))[0]["latents"]
+    two = stage(rows(2, true_cfg_scale=4.0))
+    on = two[0]["latents"]
+    assert not np.allclose(on, off, atol=1e-4)
+    np.testing.assert_array_equal(stage(rows(1, true_cfg_scale=4.0))[0]["latents"], on)  # alone = batched
+    negative = stage(rows(1, true_cfg_scale=4.0, negative_prompt="a dark empty room"))[0]["latents"]
+    assert not np.allclose(negative, on, atol=1e-4)  # the negative prompt now matters
+
+    pipe = diffusers.HunyuanVideoPipeline.from_pretrained(resolve_model_path("builtin:tiny-hunyuan"))
+    pipe.set_progress_bar_config(disable=True)
+    own = pipe(prompt=PROMPTS[0], negative_prompt="blurry", true_cfg_scale=4.0, height=64, width=64, num_frames=9,
+               num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(10),
+               output_type="latent").frames[0]
+    np.testing.assert_allclose(on, own.float().numpy(), atol=1e-5)
+
+
+def test_true_cfg_is_refused_for_families_that_run_cfg_already():
+    from pipeline.spec import JobSpecError, load_job
+
+    with pytest.raises(JobSpecError, match="true_cfg_scale: family 'wan' already runs classifier-free guidance"):
+        load_job({"manifest": "m", "output": "o", "model": {"family": "wan"}, "sampling": {"true_cfg_scale": 4.0}})
+    spec = load_job({"manifest": "m", "output": "o", "model": {"family": "hunyuan"}, "sampling": {"true_cfg_scale": 4.0}})
+    assert spec.sampling_defaults()["true_cfg_scale"] == 4.0
