@@ -75,8 +75,11 @@ def fast_wan_norms(module) -> int:
 
 
 def speed_up_cpu_decode(vae) -> dict[str, int]:
-    """Both of the above on a VAE that decodes on CPU; a no-op (counts of 0) for one on another device."""
-    params = next(vae.parameters(), None)
+    """Both of the above on a VAE that decodes on CPU; a no-op (counts of 0) for one on another device, or
+    for a family whose "VAE" is no torch module (the null family)."""
+    import torch
+
+    params = next(vae.parameters(), None) if isinstance(vae, torch.nn.Module) else None
     if params is None or params.device.type != "cpu":
         return {"convolutions": 0, "norms": 0}
     return {"convolutions": use_onednn_convolutions(vae), "norms": fast_wan_norms(vae)}

@@ -87,3 +87,7 @@ def test_the_tiny_wan_vae_decodes_the_same_frames_without_the_slow_kernels(model
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     as_uint8 = lambda v: ((v.clamp(-1, 1) + 1) * 127.5).round()  # noqa: E731
     assert (as_uint8(got) - as_uint8(expected)).abs().max() <= 1
+
+
+def test_a_vae_that_is_no_torch_module_is_left_alone():
+    assert speed_up_cpu_decode("null-vae") == {"convolutions": 0, "norms": 0}  # the null family's stand-in
