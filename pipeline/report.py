@@ -37,7 +37,7 @@ WRITERS = 16  # chunk files written at once: on S3 each is a round trip
 MEDIA_FOLDERS = ("videos", "posters", "previews")
 COLUMNS = ("run_id", "id", "variant", "status", "error", "reasons", "prompt", "expanded_prompt", "style",
            "tags", "video_uri", "preview_uri", "poster_uri", "metrics", "stage_seconds", "seed", "resolution",
-           "duration_s", "aspect_ratio", "seed_index", "committed_at")
+           "duration_s", "aspect_ratio", "seed_index", "shots", "committed_at")
 STATUSES = ("accepted", "rejected", "invalid", "failed")
 MIME = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8"}
 
@@ -80,10 +80,16 @@ def campaign_column(names: list[str]) -> str | None:
 
 def card(rec: dict, campaign: str | None, root_uri: str) -> dict:
     """What one gallery card shows (keys left out when empty, to keep the chunks small)."""
+    metrics = [(k, v) for k, v in (rec["metrics"] or []) if v is not None and math.isfinite(v)]
     c = {"id": rec["id"], "variant": rec["variant"], "status": rec["status"], "prompt": rec["prompt"],
          "expanded": rec["expanded_prompt"], "style": rec["style"], "tags": rec["tags"],
          "campaign": None if campaign is None or rec.get(campaign) is None else str(rec[campaign]),
-         "metrics": {k: short(v) for k, v in (rec["metrics"] or []) if v is not None and math.isfinite(v)},
+         # a long video's card shows the whole video's metrics; its per-segment ones stay in the record
+         "metrics": {k: short(v) for k, v in metrics if "/" not in k},
+         "segments": len({k.split("/", 1)[0] for k, _ in metrics if "/" in k}) or None,
+         # a storyboard: each shot's frames, prompt and expanded prompt
+         "shots": [{"frames": [s["first_frame"], s["end_frame"]], "prompt": s["prompt"],
+                    "expanded": s.get("expanded_prompt")} for s in rec.get("shots") or []],
          "reasons": rec["reasons"], "error": rec["error"], "seed": rec["seed"],
          "resolution": rec["resolution"], "duration": rec["duration_s"] and round(rec["duration_s"], 2),
          # the cell of the job's variant matrix (libraries older than the matrix have no such columns)

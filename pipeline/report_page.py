@@ -65,6 +65,8 @@ table.cells th:nth-child(-n+2), table.cells td:nth-child(-n+2) { text-align: lef
 .reasons { font-size: 12px; color: #b35900; margin: 6px 0 0; padding-left: 16px; }
 .error { font-size: 12px; color: #c62828; margin: 6px 0 0; word-break: break-word; }
 .foot { font-size: 12px; margin-top: 6px; color: #6e6e73; }
+.shots { font-size: 12px; margin: 6px 0 0; padding-left: 18px; } .shots li { margin-bottom: 4px; }
+.shots .frames { color: #6e6e73; } .shots .expanded { display: block; color: #6e6e73; }
 </style>
 </head>
 <body>
@@ -221,7 +223,8 @@ function cardElement(c) {
     for (const m of names.slice(i, i + 2)) tr.append(el("td", {}, m), el("td", {}, String(c.metrics[m])));
     metrics.append(tr);
   }
-  const foot = [c.seed !== undefined ? "seed " + c.seed : null, c.resolution, c.duration ? c.duration + " s" : null]
+  const foot = [c.seed !== undefined ? "seed " + c.seed : null, c.resolution, c.duration ? c.duration + " s" : null,
+                c.segments ? c.segments + " segments (metrics per segment in the record)" : null]
     .filter(Boolean).join(" · ");
   return el("article", {class: "card", "data-id": c.id ?? "", "data-variant": String(c.variant),
                         "data-status": c.status, "data-seed-index": inCell(c) ? String(c.seedIndex) : ""},
@@ -233,6 +236,9 @@ function cardElement(c) {
     el("div", {class: "prompts"},
       el("div", {}, el("h4", {}, "prompt"), el("p", {}, c.prompt || "")),
       el("div", {}, el("h4", {}, "expanded prompt"), el("p", {}, c.expanded || "—"))),
+    c.shots ? el("ol", {class: "shots"}, ...c.shots.map(s => el("li", {},
+      el("span", {class: "frames"}, "frames " + s.frames[0] + "–" + s.frames[1] + ": "), s.prompt,
+      s.expanded && s.expanded !== s.prompt ? el("span", {class: "expanded"}, s.expanded) : null))) : null,
     names.length ? metrics : null,
     c.reasons ? el("ul", {class: "reasons"}, ...c.reasons.map(r => el("li", {}, r))) : null,
     c.error ? el("p", {class: "error"}, c.error) : null,

@@ -401,3 +401,27 @@ def test_a_run_that_stops_still_writes_its_report_and_a_report_never_fails_a_run
     summary = run_job(load_job(job_dict(manifest, str(tmp_path / "out"))), echo=lambda *_: None)
     assert summary.report_uri == "" and "report:" not in summary.render()
     assert "could not write the report (rushes report" in caplog.text
+
+
+def test_a_storyboard_card_lists_its_shots_and_the_whole_videos_metrics(browser, tmp_path):
+    """A long video's card: each shot with its frames and prompts, the whole video's metrics only (the
+    per-segment ones stay in the record), and how many segments it had."""
+    out = str(tmp_path / "lib")
+    shots = [{"prompt": "Mara opens the door", "duration_s": 1.0, "expanded_prompt": "Mara, in a red coat, opens",
+              "first_frame": 0, "end_frame": 9},
+             {"prompt": "Tom waves", "duration_s": 2.0, "expanded_prompt": "Tom, in a blue cap, waves",
+              "first_frame": 9, "end_frame": 25}]
+    metrics = {"motion": 3.5, "scene_cuts": 0.0, **{f"segment_{k}/motion": 3.0 + k for k in range(3)}}
+    writer = MetadataWriter(out, RUN, record_schema(pa.schema([])))
+    writer.commit([{"id": "story", "variant": 0, "row": 0, "status": "accepted", "prompt": "two friends meet",
+                    "expanded_prompt": "two friends meet", "shots": shots, "metrics": metrics}])
+    writer.save_text(f"runs/{RUN}/job.yaml", "name: story\n")
+    uri = write_report(out)
+    browser.open(uri)
+    browser.wait_for("document.body.dataset.ready === '1'")
+    items = browser.evaluate("[...document.querySelectorAll('.card .shots li')].map(li => li.textContent)")
+    assert items == ["frames 0–9: Mara opens the doorMara, in a red coat, opens",
+                     "frames 9–25: Tom wavesTom, in a blue cap, waves"]
+    table = browser.evaluate("document.querySelector('.card .metrics').textContent")
+    assert "motion" in table and "scene_cuts" in table and "segment_" not in table
+    assert "3 segments" in browser.evaluate("document.querySelector('.card .foot').textContent")
