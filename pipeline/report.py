@@ -37,7 +37,8 @@ WRITERS = 16  # chunk files written at once: on S3 each is a round trip
 MEDIA_FOLDERS = ("videos", "posters", "previews")
 COLUMNS = ("run_id", "id", "variant", "status", "error", "reasons", "prompt", "expanded_prompt", "style",
            "tags", "video_uri", "preview_uri", "poster_uri", "metrics", "stage_seconds", "seed", "resolution",
-           "duration_s", "aspect_ratio", "seed_index", "shots", "committed_at")
+           "duration_s", "aspect_ratio", "seed_index", "shots", "expand_model", "expand_error", "prompt_tokens",
+           "truncated", "committed_at")
 STATUSES = ("accepted", "rejected", "invalid", "failed")
 MIME = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8"}
 
@@ -90,6 +91,13 @@ def card(rec: dict, campaign: str | None, root_uri: str) -> dict:
          # a storyboard: each shot's frames, prompt and expanded prompt
          "shots": [{"frames": [s["first_frame"], s["end_frame"]], "prompt": s["prompt"],
                     "expanded": s.get("expanded_prompt")} for s in rec.get("shots") or []],
+         # what a reviewer should know about the prompt the model read (older libraries lack the columns)
+         "notes": [n for n in (
+             f"rewriter: {rec['expand_model']}" if (rec.get("expand_model") or "").split(":")[0]
+             not in ("", "template", "none") else None,
+             f"expansion: {rec['expand_error']}" if rec.get("expand_error") else None,
+             f"prompt cut to the text encoder's budget ({rec['prompt_tokens']} tokens given)"
+             if rec.get("truncated") else None) if n],
          "reasons": rec["reasons"], "error": rec["error"], "seed": rec["seed"],
          "resolution": rec["resolution"], "duration": rec["duration_s"] and round(rec["duration_s"], 2),
          # the cell of the job's variant matrix (libraries older than the matrix have no such columns)

@@ -67,6 +67,7 @@ table.cells th:nth-child(-n+2), table.cells td:nth-child(-n+2) { text-align: lef
 .foot { font-size: 12px; margin-top: 6px; color: #6e6e73; }
 .shots { font-size: 12px; margin: 6px 0 0; padding-left: 18px; } .shots li { margin-bottom: 4px; }
 .shots .frames { color: #6e6e73; } .shots .expanded { display: block; color: #6e6e73; }
+.notes { font-size: 12px; color: #6e6e73; margin: 6px 0 0; padding-left: 16px; }
 </style>
 </head>
 <body>
@@ -236,6 +237,7 @@ function cardElement(c) {
     el("div", {class: "prompts"},
       el("div", {}, el("h4", {}, "prompt"), el("p", {}, c.prompt || "")),
       el("div", {}, el("h4", {}, "expanded prompt"), el("p", {}, c.expanded || "—"))),
+    c.notes ? el("ul", {class: "notes"}, ...c.notes.map(n => el("li", {}, n))) : null,
     c.shots ? el("ol", {class: "shots"}, ...c.shots.map(s => el("li", {},
       el("span", {class: "frames"}, "frames " + s.frames[0] + "–" + s.frames[1] + ": "), s.prompt,
       s.expanded && s.expanded !== s.prompt ? el("span", {class: "expanded"}, s.expanded) : null))) : null,

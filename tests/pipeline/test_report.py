@@ -425,3 +425,26 @@ def test_a_storyboard_card_lists_its_shots_and_the_whole_videos_metrics(browser,
     table = browser.evaluate("document.querySelector('.card .metrics').textContent")
     assert "motion" in table and "scene_cuts" in table and "segment_" not in table
     assert "3 segments" in browser.evaluate("document.querySelector('.card .foot').textContent")
+
+
+def test_a_card_says_who_rewrote_its_prompt_and_whether_it_was_cut_or_fell_back(browser, tmp_path):
+    out = str(tmp_path / "lib")
+    base = {"variant": 0, "status": "accepted", "prompt": "a kite", "expanded_prompt": "a red kite"}
+    writer = MetadataWriter(out, RUN, record_schema(pa.schema([])))
+    writer.commit([
+        {**base, "id": "llm", "row": 0, "expand_model": "local:builtin:tiny-qwen", "prompt_tokens": 40},
+        {**base, "id": "fell-back", "row": 1, "expand_model": "openai:qwen", "expanded_prompt": "a kite",
+         "expand_error": "endpoint http://127.0.0.1:9: cannot connect"},
+        {**base, "id": "cut", "row": 2, "expand_model": "template", "prompt_tokens": 900, "truncated": True},
+        {**base, "id": "plain", "row": 3, "expand_model": "template", "prompt_tokens": 12, "truncated": False}])
+    writer.save_text(f"runs/{RUN}/job.yaml", "name: notes\n")
+    browser.open(write_report(out))
+    browser.wait_for("document.body.dataset.ready === '1'")
+    notes = dict(browser.evaluate(
+        "[...document.querySelectorAll('.card')].map(c => [c.dataset.id, "
+        "[...c.querySelectorAll('.notes li')].map(li => li.textContent)])"))
+    assert notes == {
+        "llm": ["rewriter: local:builtin:tiny-qwen"],
+        "fell-back": ["rewriter: openai:qwen", "expansion: endpoint http://127.0.0.1:9: cannot connect"],
+        "cut": ["prompt cut to the text encoder's budget (900 tokens given)"],
+        "plain": []}
