@@ -181,10 +181,13 @@ def store_for(ctx, row: dict) -> SegmentStore | None:
 
 
 def forget_segments(ctx, row: dict) -> None:
-    """Remove a finished long video's segments and frame chunks (its video is written, or it was rejected:
-    a re-run would skip it either way)."""
+    """Remove a finished long video's segments and frame chunks (its record is committed, accepted or
+    rejected: a re-run would skip it either way). The driver calls it for every committed record, so a
+    record that is no long video costs nothing (no store, no filesystem)."""
     from stages.stream import is_streamed
 
+    if not is_streamed(row):
+        return
     store = store_for(ctx, row)
-    if store is not None and is_streamed(row):
+    if store is not None:
         store.remove()

@@ -153,7 +153,7 @@ class DiffusersFamily:
         """Every sampling setting this model recommends, for those the job file leaves unset."""
         if path and path.startswith("builtin:"):
             return {**TINY, **cls.tiny_overrides(path)}
-        return {**TINY, "guidance_scale_2": None, "flow_shift": None, "true_cfg_scale": None, **cls.RECOMMENDED}
+        return {**TINY, **cls.RECOMMENDED}  # TINY's optional settings (guidance_scale_2, ...) are None
 
     @classmethod
     def tiny_overrides(cls, path: str) -> dict:
