@@ -1,4 +1,4 @@
-"""VAE decode on CPU with PyTorch's own kernel choices against Rushes' (stages/cpu_kernels.py), side by side.
+"""VAE decode on CPU with PyTorch's own kernel choices against Rushes' (stages/models/cpu_kernels.py), side by side.
 
     python bench/cpu_decode.py [--threads 1] [--height 240 --width 416 --latent-frames 9] [--real-size]
 
@@ -42,13 +42,13 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     from diffusers import AutoencoderKLWan
 
-    from stages.cpu_kernels import speed_up_cpu_decode
+    from stages.models.cpu_kernels import speed_up_cpu_decode
 
     torch.manual_seed(0)
     if a.real_size:
         vae, name = AutoencoderKLWan().eval(), "Wan2.1 VAE config (base_dim 96, random weights)"
     else:
-        from stages.checkpoints import resolve_model_path
+        from stages.models.checkpoints import resolve_model_path
 
         vae = AutoencoderKLWan.from_pretrained(resolve_model_path("builtin:tiny-wan"), subfolder="vae").eval()
         name = "builtin:tiny-wan VAE (base_dim 8)"

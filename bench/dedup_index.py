@@ -1,4 +1,4 @@
-"""The near-duplicate index (stages/dedup.py): lookups/s against a linear scan, add throughput, memory.
+"""The near-duplicate index (stages/media/dedup.py): lookups/s against a linear scan, add throughput, memory.
 
     python bench/dedup_index.py [--sizes 100000 1000000] [--lookups 2000] [--max-distance 24] [--radii R ...]
 
@@ -19,7 +19,7 @@ import tracemalloc
 
 import numpy as np
 
-from stages.dedup import NearDuplicateIndex
+from stages.media.dedup import NearDuplicateIndex
 
 from machine_info import describe  # bench/machine_info.py, next to this file
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from stages.base import ModelSpec, RunContext
-from stages.checkpoints import resolve_model_path
+from stages.contract import ModelSpec, RunContext
+from stages.models.checkpoints import resolve_model_path
 from stages.decode import DecodeOptions, DecodeStage
 from stages.encode import EncodeOptions, EncodeStage
 from stages.filter import FilterOptions, FilterStage

@@ -18,6 +18,7 @@ import numpy as np
 
 from stages.encode import EncodeOptions, EncodeStage
 from stages.filter import FilterOptions, FilterStage
+from stages.media.frames import FrameArray
 
 from machine_info import describe  # noqa: E402 - bench/ is the script's folder
 
@@ -38,7 +39,7 @@ def moving_clip(t: int, h: int, w: int, seed: int) -> np.ndarray:
 
 
 def rows_for(clips: list[np.ndarray], fps: int) -> list[dict]:
-    return [{"id": f"v{i}", "variant": 0, "status": "pending", "frames": c, "prompt": "bench", "fps": fps,
+    return [{"id": f"v{i}", "variant": 0, "status": "pending", "frames": FrameArray(c), "prompt": "bench", "fps": fps,
              "params_hash": "0" * 64, "stage_seconds": {}} for i, c in enumerate(clips)]
 
 
@@ -67,6 +68,7 @@ def main() -> None:
 
     if a.with_model:
         from stages.decode import DecodeOptions, DecodeStage
+        from stages.common.variant import variants_of
         from stages.expand import ExpandOptions, ExpandStage
         from stages.sample import SampleOptions, SampleStage
 
@@ -74,7 +76,10 @@ def main() -> None:
                        "seed": i, "num_variants": 1, "height": a.height, "width": a.width, "num_frames": a.frames,
                        "fps": a.fps, "num_inference_steps": 4, "guidance_scale": 5.0, "style": None, "tags": [],
                        "extra": {}} for i in range(a.videos)]
-        data = ExpandStage(ExpandOptions())(model_rows)
+        expand, data = ExpandStage(ExpandOptions()), []
+        for r in model_rows:  # planned as a run does it: the template writes the prompts in the driver
+            data += variants_of(r, None)
+            expand.plan(r, data[-1:])
         cpu = {"num_gpus": 0}
         for name, stage in (("sample (tiny, 4 steps)", SampleStage(SampleOptions(resources=cpu))),
                             ("decode (tiny)", DecodeStage(DecodeOptions(resources=cpu)))):
@@ -89,7 +94,7 @@ def main() -> None:
     walls = {}
     for codec, preset in (("h264", "medium"), ("h264", "veryfast"), ("av1", "medium"), ("vp9", "medium")):
         stage = EncodeStage(EncodeOptions(codec=codec, preset=preset))
-        enc_rows = [dict(r, status="accepted", frames=c, stage_seconds={}) for r, c in zip(rows, clips)]
+        enc_rows = [dict(r, status="accepted", frames=FrameArray(c), stage_seconds={}) for r, c in zip(rows, clips)]
         out, walls[codec, preset] = timed(f"encode {codec} {preset}", stage, enc_rows, a.frames)
         assert all(r["status"] == "accepted" for r in out), [r.get("error") for r in out]
         print(f"    {np.mean([len(r['video_bytes']) for r in out]) / 1e6:.2f} MB/video, "

@@ -295,9 +295,9 @@ def build_checkpoint(folder: str, transformer) -> None:
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from stages.checkpoints import _build_tokenizer
+    from stages.models.builtin import build_tokenizer
 
-    tokenizer = _build_tokenizer()
+    tokenizer = build_tokenizer()
     torch.manual_seed(0)
     text_encoder = UMT5EncoderModel(UMT5Config(
         vocab_size=len(tokenizer), d_model=4096, d_kv=64, d_ff=1024, num_layers=1, num_heads=8,

@@ -4,7 +4,7 @@ instruct model. Needs a CUDA GPU; elsewhere it says so and exits.
     python bench/gpu_recaption.py [--batches 1 8 32 64] [--prompts 64] [--new-tokens 200]
 
 The model is Qwen2.5-7B-Instruct's architecture (its config, random bf16 weights: nothing is downloaded)
-run by `stages.recaption.LocalRewriter` exactly as `expand: {mode: llm, backend: local}` runs it, with
+run by `stages.models.rewriters.LocalRewriter` exactly as `expand: {mode: llm, backend: local}` runs it, with
 the builtin tokenizer. Random weights never say when to stop, so every rewrite is --new-tokens long
 (200 is about a 120-word caption): the figure is the steady cost of that caption length.
 
@@ -44,10 +44,10 @@ def main() -> None:
         return
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from stages.checkpoints import _build_tokenizer
-    from stages.recaption import SYSTEM_PROMPTS, LocalRewriter, messages_for
+    from stages.models.builtin import build_tokenizer
+    from stages.models.rewriters import SYSTEM_PROMPTS, LocalRewriter, messages_for
 
-    tok = _build_tokenizer()
+    tok = build_tokenizer()
     tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
                          "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """Peak memory of the decode, filter and encode workers for a long video, at 10 s and at 60 s.
 
-A long row never holds its frames (stages/stream.py): decode writes one segment's frames at a time, filter and
+A long row never holds its frames (stages/long_video/stream.py): decode writes one segment's frames at a time, filter and
 encode read one at a time. This runs each worker's part alone in a fresh process (its peak RSS is its own, not
 the benchmark's) on the same model and size at each duration, and prints the peaks, which should be about equal.
 For contrast it also runs the whole-video decode and encode that short rows use (frames held whole), at 10 s only
@@ -33,7 +33,7 @@ MODEL = "builtin:tiny-skyreels-df"
 
 
 def row_for(seconds: float, args) -> dict:
-    from stages.long_video import frames_for
+    from stages.long_video.windows import frames_for
 
     n = frames_for(seconds, args.fps)
     return {"id": f"bench-{seconds:g}s", "variant": 0, "params_hash": "b" * 64, "num_frames": n, "fps": args.fps,
@@ -51,11 +51,14 @@ def worker(part: str, seconds: float, args) -> dict:
     """One worker's part on one video, in this process; returns what it did and its peak RSS."""
     import numpy as np
 
-    from stages.base import ModelSpec, RunContext
-    from stages.checkpoints import resolve_model_path
+    from stages.contract import ModelSpec, RunContext
+    from stages.models.checkpoints import resolve_model_path
     from stages.encode import EncodeOptions
-    from stages.families import family_for
-    from stages.stream import encode_stream, stream_decode, stream_metrics
+    from stages.models.families import family_for
+    from stages.long_video.segments import SegmentStore
+    from stages.long_video.stream import encode_stream, stream_metrics, write_chunks
+    from stages.long_video.windows import segment_frames
+    from stages.media.frames import FrameChunks, write_chunk
 
     fam = family_for("skyreels_df")
     r = row_for(seconds, args)
@@ -63,23 +66,15 @@ def worker(part: str, seconds: float, args) -> dict:
     state = os.path.join(args.output, f"{r['id']}.json")
     start = time.perf_counter()
     if part == "synthetic":  # the decode worker's output without a VAE: a moving picture, one chunk per segment
-        from stages.long_video import SegmentStore
-        from stages.storage import put_atomic
-        from stages.stream import segment_frames
-
         store = SegmentStore(args.output, r["id"], 0, r["params_hash"])
-        r["segment_frames"] = [list(b) for b in segment_frames(r)]
-        r["frame_chunks"] = []
+        r["bounds"] = segment_frames(r)
+        r["frame_uris"] = []
         yy, xx = np.mgrid[0:args.height, 0:args.width].astype(np.float32)
-        for k, (first, end) in enumerate(r["segment_frames"]):
+        for k, (first, end) in enumerate(r["bounds"]):
             t = np.arange(first, end, dtype=np.float32)[:, None, None]
             base = 128 + 60 * np.sin((xx[None] + 4 * t) / 40) + 40 * np.cos((yy[None] - 2 * t) / 30)
             frames = np.stack([base, np.roll(base, 7, axis=2), 255 - base], axis=-1).clip(0, 255).astype(np.uint8)
-            buf = __import__("io").BytesIO()
-            np.save(buf, frames)
-            path = f"{store.folder}/frames/{k:04d}.npy"
-            put_atomic(store.fs, path, buf.getvalue())
-            r["frame_chunks"].append(store.fs.unstrip_protocol(path))
+            r["frame_uris"].append(write_chunk(store.fs, f"{store.folder}/frames/{k:04d}.npy", frames))
         with open(state, "w") as f:
             json.dump(r, f)
     elif part in ("decode", "whole-decode"):
@@ -89,7 +84,9 @@ def worker(part: str, seconds: float, args) -> dict:
         vae = fam.load_vae(resolve_model_path(MODEL), "float32", "cpu")
         latents = latents_for(r, args)
         if part == "decode":
-            r["frame_chunks"], _ = stream_decode(fam, vae, r, latents, ctx)
+            store = SegmentStore(ctx.output, r["id"], 0, r["params_hash"])
+            frames, _ = write_chunks(fam.decode_chunks(vae, latents), segment_frames(r), store.fs, store.folder)
+            r["frame_uris"], r["bounds"] = frames.uris, frames.bounds
             with open(state, "w") as f:
                 json.dump(r, f)
         else:
@@ -98,11 +95,12 @@ def worker(part: str, seconds: float, args) -> dict:
     elif part == "filter":
         with open(state) as f:
             r = json.load(f)
-        stream_metrics(r, 8.0, None)
+        stream_metrics(r, FrameChunks(r["frame_uris"], r["bounds"]), 8.0)
     elif part == "encode":
         with open(state) as f:
             r = json.load(f)
-        r["bytes"] = len(encode_stream(r, EncodeOptions(preset=args.preset), {}, None)["video_bytes"])
+        frames = FrameChunks(r["frame_uris"], r["bounds"])
+        r["bytes"] = len(encode_stream(r, frames, EncodeOptions(preset=args.preset), {})["video_bytes"])
     elif part == "whole-encode":
         from stages.encode import EncodeStage
 

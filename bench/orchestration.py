@@ -129,13 +129,13 @@ class ProcessPoller:
 def stage_work(a, base: str, n: int = 200) -> dict[str, float]:
     """CPU seconds per row of each stage called directly in this process, without Ray: the work the
     pipeline must do anyway. What a job costs above this is the orchestration's own cost."""
-    from stages.base import ModelSpec, RunContext
+    from stages.contract import ModelSpec, RunContext
     from stages.decode import DecodeOptions, DecodeStage
     from stages.encode import EncodeOptions, EncodeStage
     from stages.expand import ExpandOptions, ExpandStage
     from stages.filter import FilterOptions, FilterStage
     from stages.sample import SampleOptions, SampleStage
-    from stages.variant import params_hash
+    from stages.common.variant import params_hash, variants_of
     from stages.write import WriteStage
 
     identity = {"family": "null", "path": "builtin:null", "revision": None, "dtype": "float32", "weights_hash": "x"}
@@ -155,10 +155,16 @@ def stage_work(a, base: str, n: int = 200) -> dict[str, float]:
     for name, stage in stages:
         stage.setup()
         start = time.process_time()
-        rows = stage(rows)
         if name == "expand":  # the planner's part, as a run does it
+            planned = []
+            for r in rows:
+                planned += variants_of(r, None)
+                stage.plan(r, planned[-1:])
+            rows = planned
             for v in rows:
                 v["params_hash"] = params_hash({"model": identity}, v)
+        else:
+            rows = stage(rows)
         cost[name] = (time.process_time() - start) / n
     return cost
 

@@ -28,7 +28,7 @@ IDEAS = ["a cat walking along a beach at sunset", "a red car driving through a c
 
 
 def local(prompts: list[str], batches: list[int], max_new_tokens: int) -> None:
-    from stages.recaption import SYSTEM_PROMPTS, LocalRewriter, messages_for
+    from stages.models.rewriters import SYSTEM_PROMPTS, LocalRewriter, messages_for
 
     rw = LocalRewriter("builtin:tiny-qwen", "float32", "cpu")
     chats = [messages_for(p, SYSTEM_PROMPTS["en"], []) for p in prompts]
@@ -47,7 +47,7 @@ def local(prompts: list[str], batches: list[int], max_new_tokens: int) -> None:
 
 
 def endpoint(prompts: list[str], levels: list[int], max_new_tokens: int) -> None:
-    from stages.recaption import SYSTEM_PROMPTS, EndpointRewriter, messages_for, resolve_llm_path
+    from stages.models.rewriters import SYSTEM_PROMPTS, EndpointRewriter, messages_for, resolve_llm_path
     from tests.faulty_llm import LLMServer
 
     model = resolve_llm_path("builtin:tiny-qwen")

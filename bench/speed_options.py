@@ -21,8 +21,8 @@ import time
 
 import numpy as np
 
-from stages.base import ModelSpec, RunContext
-from stages.checkpoints import resolve_model_path
+from stages.contract import ModelSpec, RunContext
+from stages.models.checkpoints import resolve_model_path
 from stages.decode import DecodeOptions, DecodeStage
 from stages.sample import SampleOptions, SampleStage
 
@@ -126,7 +126,7 @@ def main() -> None:
             per_round.append(x / y)
         frames_off = decoder([dict(r, latents=z) for r, z in zip(rows(a, a.videos), z_off)])
         frames_on = decoder([dict(r, latents=z) for r, z in zip(rows(a, a.videos), z_on)])
-        quality = min(psnr(p["frames"], q["frames"]) for p, q in zip(frames_off, frames_on))
+        quality = min(psnr(p["frames"].array, q["frames"].array) for p, q in zip(frames_off, frames_on))
         print(f"{label:<30}{statistics.median(t_off):>8.2f}{statistics.median(t_on):>8.2f}"
               f"{statistics.median(per_round):>9.2f}x{quality:>9.1f}")
 

@@ -16,9 +16,15 @@ from stages.encode import EncodeOptions, EncodeStage
 from stages.expand import ExpandOptions, ExpandStage
 from stages.filter import FilterOptions, FilterStage
 from stages.sample import SampleOptions, SampleStage
-from stages.variant import params_hash
+from stages.common.variant import params_hash, variants_of
 
 from machine_info import describe  # noqa: E402 - bench/ is the script's folder
+
+
+def planned(stage, row: dict) -> list[dict]:
+    variants = variants_of(row, None)
+    stage.plan(row, variants)
+    return variants
 
 
 def main() -> None:
@@ -36,7 +42,7 @@ def main() -> None:
              "extra": {}} for i in range(a.videos)]
     gpu = 1 if torch.cuda.is_available() else 0
     stages = [
-        ("expand", ExpandStage(ExpandOptions())),
+        ("expand", ExpandStage(ExpandOptions())),  # planned in the driver, as a run does it
         ("sample", SampleStage(SampleOptions(batch_size=a.batch_size, resources={"num_gpus": gpu}))),
         ("decode", DecodeStage(DecodeOptions(resources={"num_gpus": gpu}))),
         ("filter", FilterStage(FilterOptions(min_motion=0))),
@@ -49,10 +55,12 @@ def main() -> None:
     for name, stage in stages:
         stage.setup()
         start = time.perf_counter()
-        data = stage(data)
         if name == "expand":  # the planner's part, as a run does it
+            data = [v for r in data for v in planned(stage, r)]
             for v in data:
                 v["params_hash"] = params_hash({}, v)
+        else:
+            data = stage(data)
         per = (time.perf_counter() - start) / a.videos
         print(f"  {name:<7} {per:8.4f} s/video  ({a.frames / per:8.1f} frames/s)")
     print(f"  statuses: {sorted({r['status'] for r in data})}")

@@ -13,7 +13,7 @@
    setting found on a 2-core machine, where the tiny model's VAE decode is most of the work;
    `--set KEY=VALUE` (a YAML value) changes any job key. `--defaults` leaves every stage setting
    (resources, replicas, batch sizes) and the commit settings at the job file's defaults, as a new
-   user's job would have them. Rushes' decode uses its CPU kernels (stages/cpu_kernels.py,
+   user's job would have them. Rushes' decode uses its CPU kernels (stages/models/cpu_kernels.py,
    `decode.fast_cpu_kernels`); `--loop-fast-kernels` gives them to the loop as well, which separates
    what the kernels gain from what the pipeline's scheduling gains.
 
@@ -43,7 +43,7 @@ import yaml
 
 from machine_info import describe  # bench/machine_info.py, next to this file
 from orchestration import ProcessPoller  # bench/orchestration.py, next to this file
-from stages.checkpoints import resolve_model_path
+from stages.models.checkpoints import resolve_model_path
 
 PROMPTS = ["a cat walking on a beach at sunset", "a red car drives through a city street at night",
            "a robot arm moves boxes in a warehouse", "a drone shot over a mountain valley in fog",
@@ -77,7 +77,7 @@ def plain_loop(rows: list[dict], a, out: str) -> tuple[float, float, float]:
     """(seconds to load the pipeline, seconds for all rows, seconds for the first row)."""
     from diffusers import WanPipeline
 
-    from stages.families import quiet_loading
+    from stages.models.devices import quiet_loading
 
     quiet_loading()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -85,7 +85,7 @@ def plain_loop(rows: list[dict], a, out: str) -> tuple[float, float, float]:
     pipe = WanPipeline.from_pretrained(resolve_model_path("builtin:tiny-wan"), torch_dtype=torch.float32).to(device)
     pipe.set_progress_bar_config(disable=True)
     if a.loop_fast_kernels:
-        from stages.cpu_kernels import speed_up_cpu_decode
+        from stages.models.cpu_kernels import speed_up_cpu_decode
 
         speed_up_cpu_decode(pipe.vae)
     loaded = time.perf_counter() - start
@@ -153,7 +153,7 @@ def main() -> None:
                          "keep_rejected, so both sides make the same videos)")
     ap.add_argument("--loop-threads", type=int, help="torch threads of the loop (default: torch's, one per core)")
     ap.add_argument("--loop-fast-kernels", action="store_true",
-                    help="give the loop's VAE Rushes' CPU decode kernels (stages/cpu_kernels.py), to separate "
+                    help="give the loop's VAE Rushes' CPU decode kernels (stages/models/cpu_kernels.py), to separate "
                          "what the kernels gain from what the pipeline's scheduling gains")
     a = ap.parse_args()
     if a.loop_threads:

@@ -2,7 +2,7 @@
 
 A storyboard row's `prompt` is its cast and setting, the words that open every shot's prompt so that each
 character is described the same way in every shot; `shots` is a Parquet list of {prompt, duration_s} structs,
-made in order, each continuing from the tail of the one before (stages/long_video.py).
+made in order, each continuing from the tail of the one before (stages/long_video/windows.py).
 
     python manifests/make_film_storyboard.py
 """

@@ -24,7 +24,8 @@ from pipeline.errors import ClusterError, JobFailed
 from pipeline.lease import LeaseHeld, LeaseLost
 from pipeline.manifest import ManifestError
 from pipeline.spec import JobSpecError, load_job
-from stages.storage import StorageError
+from stages.common.storage import StorageError
+from stages.common.variant import STATUSES
 from pipeline.submit import SubmitError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUSY = 0, 1, 2, 3
@@ -143,7 +144,7 @@ def cmd_status(args) -> int:
     table = read_records(args.output, options)
     counts = Counter(table.column("status").to_pylist()) if table.num_rows else Counter()
     print(f"library {args.output}: {table.num_rows} current records")
-    for status in ("accepted", "rejected", "invalid", "failed"):
+    for status in STATUSES:
         print(f"  {status:<9} {counts[status]}")
     if table.num_rows:
         latest = max(zip(table.column("committed_at").to_pylist(), table.column("run_id").to_pylist()))

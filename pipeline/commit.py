@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.storage import filesystem, join, put_atomic
-from stages.variant import RECORD_SCHEMA
+from stages.common.storage import filesystem, join, put_atomic
+from stages.common.variant import RECORD_SCHEMA
 
 
 def record_schema(extra: pa.Schema) -> pa.Schema:

@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 from pipeline.lease import Lease
 from pipeline.library import (COMPACTION_MARKER, READ_WORKERS, is_compacted, metadata_parts,
                               read_compaction_marker, read_in_order, read_part_tables)
-from stages.storage import StorageError, filesystem, join, put_atomic, remove, with_retries
+from stages.common.storage import StorageError, filesystem, join, put_atomic, remove, with_retries
 
 TARGET_RECORDS = 100_000  # a part of about 10-50 MB: few GETs, and a bounded buffer while writing
 

@@ -5,7 +5,7 @@ In: records coming back from the pipeline (filtered, encoded, objects written). 
 now, and the variant rows to send through the pipeline again.
 
 - Near-duplicates: every accepted video's perceptual hash (`phash`, from the filter) is looked up among the
-  library's accepted videos and this run's, in commit order (stages/dedup.py, a multi-index hash: the
+  library's accepted videos and this run's, in commit order (stages/media/dedup.py, a multi-index hash: the
   distance to the nearest is recorded when within twice the threshold, at most 48 bits). The first is kept; a later one within
   `filter.max_duplicate_distance` bits is rejected with a reason naming the other (id/variant), and its
   objects are removed unless `encode.keep_rejected`.
@@ -20,11 +20,11 @@ import hashlib
 
 from pipeline.library import LibraryState
 from pipeline.spec import JobSpec
-from stages.storage import filesystem, remove
-from stages.dedup import NearDuplicateIndex
-from stages.variant import PLANNED_FIELDS
+from stages.common.storage import filesystem, remove
+from stages.media.dedup import NearDuplicateIndex
+from stages.common.variant import PLANNED_FIELDS
 
-REPORT_RADIUS_MAX = 48  # bits: stages/dedup.py probes buckets up to about here, then scans
+REPORT_RADIUS_MAX = 48  # bits: stages/media/dedup.py probes buckets up to about here, then scans
 
 
 def retry_seed(seed: int, attempt: int) -> int:

@@ -24,8 +24,9 @@ from pipeline.library import LibraryState
 from pipeline.plan import PLAN_OBJECT_ROWS, PlanSpill, Planner, remove_plans
 from pipeline.progress import ProgressLine, on_terminal
 from pipeline.spec import JobSpec
-from stages.base import RunContext
-from stages.storage import filesystem, is_local
+from stages.contract import RunContext
+from stages.common.storage import filesystem, is_local
+from stages.common.variant import DONE, STATUSES, WORK
 
 log = logging.getLogger("rushes")
 SHOWN_INVALID = 20  # invalid rows echoed one by one; the rest are counted (each has its record)
@@ -48,8 +49,8 @@ class Summary:
 
     def render(self) -> str:
         per_min = self.generated / self.seconds * 60 if self.seconds else 0.0
-        by_status = ", ".join(f"{s} {self.counts[s]}" for s in ("accepted", "rejected", "invalid", "failed"))
-        work = ", ".join(f"{k} {self.work[k]}" for k in ("new", "skipped", "retried", "regenerated"))
+        by_status = ", ".join(f"{s} {self.counts[s]}" for s in STATUSES)
+        work = ", ".join(f"{k} {self.work[k]}" for k in WORK)
         if self.work["resampled"]:
             work += f"; {self.work['resampled']} rejected tries sampled again with new seeds"
         return "\n".join([
@@ -284,10 +285,10 @@ class Run:
         """A finished long video's saved segments go once its record is committed, not when its objects are
         written: a driver killed in between then resumes every segment instead of sampling the video again.
         A removal that fails only leaves the folder behind (it never fails the run)."""
-        from stages.long_video import forget_segments
+        from stages.long_video.segments import forget_segments
 
         for r in records:
-            if r.get("status") in ("accepted", "rejected"):
+            if r.get("status") in DONE:
                 try:
                     forget_segments(self.ctx, r)
                 except Exception as e:  # noqa: BLE001 - committed already; the folder is only left over

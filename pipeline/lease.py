@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 
-from stages.storage import filesystem, join, put_atomic, put_exclusive, read_bytes, remove
+from stages.common.storage import filesystem, join, put_atomic, put_exclusive, read_bytes, remove
 
 LEASE_NAME = "_lease.json"
 log = logging.getLogger("rushes")

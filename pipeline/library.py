@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.variant import RECORD_SCHEMA, STATE_COLUMNS
-from stages.storage import StorageError, filesystem, join, with_retries
+from stages.common.variant import RECORD_SCHEMA, STATE_COLUMNS, STATUSES
+from stages.common.storage import StorageError, filesystem, join, with_retries
 
 
 def record_key(rec: dict) -> tuple:
@@ -183,7 +183,7 @@ def key_digest(key: tuple) -> bytes:
     return digest16(f"{key[0]}\x00{key[1]}")
 
 
-STATUS_CODES = {"accepted": 1, "rejected": 2, "invalid": 3, "failed": 4}
+STATUS_CODES = {status: code for code, status in enumerate(STATUSES, start=1)}  # stored as uint8
 
 
 def hex_bytes(value: str | None, size: int) -> bytes:

@@ -21,11 +21,10 @@ import pyarrow.parquet as pq
 import pyarrow.types as pat
 
 from pipeline.library import digest16
+from pipeline.settings import resolve_settings
 from pipeline.spec import JobSpec
-from stages.storage import StorageError, filesystem, is_transient, with_retries
-from stages.families import family_for
-from stages.long_video import check_row, frames_for, shot_latents, shot_ranges
-from stages.variant import BOUNDS, OVERRIDES
+from stages.common.storage import StorageError, filesystem, is_transient, with_retries
+from stages.common.variant import BOUNDS, OVERRIDES
 
 
 class ManifestError(ValueError):
@@ -228,14 +227,13 @@ class RowValidator:
     `duplicate_of`: {row: first row with that id}, from `duplicate_ids` over the whole manifest."""
 
     def __init__(self, spec: JobSpec, columns: list[str], duplicate_of: dict[int, int]):
-        self.family = family_for(spec.model.family)
+        self.family = spec.family
         self.model_path = spec.model.path
         self.defaults = spec.sampling_defaults()  # the family's recommendations where the job file is silent
+        self.stage_options = list(spec.stage_options().values())  # what a stage cannot make is invalid too
         known = set(REQUIRED) | set(OVERRIDES)
         self.extra_cols = [c for c in columns if c not in known]
         self.duplicate_of = duplicate_of
-        # storyboards: the template and the llm stage rewrite their shots; Ray Data's vLLM processor does not yet
-        self.vllm = spec.expand.mode == "llm" and spec.expand.backend == "vllm"
         # columns that the job's variant matrix sets, which a row must then leave alone
         m = spec.variants
         self.set_by_matrix = {} if m is None else {
@@ -281,34 +279,18 @@ class RowValidator:
                 row[name] = value
         if not errors and "duration_s" in row and "num_frames" in row:
             errors.append("duration_s: give num_frames or duration_s, not both")
-        if not errors and row.get("shots") and self.vllm:
-            errors.append("shots: expand.backend vllm does not rewrite a storyboard's shots yet; use the local or "
-                          "openai backend, or mode template")
         if not errors and row.get("shots") and ("duration_s" in row or "num_frames" in row):
             errors.append("shots: the shots' durations make the length; leave num_frames and duration_s empty")
         if not errors:
-            duration = row.pop("duration_s", None)  # the row's length, else the job's (in frames at the row's fps)
-            if duration is None and "num_frames" not in row:
-                duration = self.defaults.get("duration_s")
-            for name in OVERRIDES:  # the job's default for each one the row leaves unset
-                if name in self.defaults and name not in ("seed", "duration_s"):  # the seed is derived, below
-                    row.setdefault(name, self.defaults[name])
-            if row.get("shots"):  # a storyboard: its length and each shot's frame range
-                stride = getattr(self.family, "temporal_stride", 4)
-                ranges = shot_ranges(shot_latents([s["duration_s"] for s in row["shots"]], row["fps"], stride), stride)
-                row["shots"] = [{**s, "expanded_prompt": None, "first_frame": a, "end_frame": b}
-                                for s, (a, b) in zip(row["shots"], ranges)]
-                row["num_frames"] = ranges[-1][1]
-            elif duration is not None:
-                row["num_frames"] = frames_for(duration, row["fps"], getattr(self.family, "temporal_stride", 4))
+            given = {k: row.pop(k) for k in list(row) if k in OVERRIDES}
+            settings = resolve_settings(given, self.defaults, self.family)
+            # the job's default for each one the row leaves unset; the seed is derived, below
+            row.update({k: v for k, v in settings.items() if k in OVERRIDES and k not in ("seed", "duration_s")})
             row.setdefault("style", None)
             row.setdefault("tags", [])
-            row.setdefault("seed", _derived_seed(row_id, self.defaults["seed"]))
-            problem = self.family.check_shape(row["height"], row["width"], row["num_frames"], path=self.model_path)
-            if not problem and hasattr(self.family, "check_settings"):
-                problem = self.family.check_settings(row, path=self.model_path)
-            if not problem:
-                problem = check_row(self.family, row, self.model_path)  # a long row: can the family extend?
+            row["seed"] = given.get("seed", _derived_seed(row_id, self.defaults["seed"]))
+            problem = self.family.check_row(row, self.model_path) or next(
+                filter(None, (o.check_row(row) for o in self.stage_options)), None)
             if problem:
                 errors.append(problem)
         if errors:

@@ -29,14 +29,13 @@ from pipeline.library import STATUS_CODES, LibraryState, digest16, hex_bytes, re
 from pipeline.manifest import Manifest, RowValidator, duplicate_ids
 from pipeline.rows import table_of
 from pipeline.spec import JobSpec
-from stages.storage import filesystem, join, put_atomic, with_retries
-from stages.checkpoints import model_identity
-from stages.expand import ExpandStage
-from stages.variant import params_hash
+from stages.common.storage import filesystem, join, put_atomic, with_retries
+from stages.models.checkpoints import model_identity
+from stages.common.variant import DONE, params_hash, variants_of
 
 MANIFEST_BATCH = 1024  # manifest rows the driver validates and expands at a time
 PLAN_OBJECT_ROWS = 256  # variants per plan object: one Ray Data read task each
-DONE = (STATUS_CODES["accepted"], STATUS_CODES["rejected"])
+DONE_CODES = tuple(STATUS_CODES[s] for s in DONE)
 
 
 @dataclass
@@ -63,7 +62,7 @@ class Planner:
         self.pixel_settings = {"model": self.model}
         for options in self.spec.stage_options().values():
             self.pixel_settings.update(options.pixel_settings())
-        self.expander = ExpandStage(self.spec.expand)  # its variants(); an llm rewrite happens on Ray
+        self.stages = [cls(getattr(self.spec, cls.name)) for cls in self.spec.stages]  # their driver-side `plan`
         matrix = self.spec.variants
         self.cells = matrix.cells(self.spec.matrix_sizes()) if matrix else None
         self.work: Counter = Counter()  # variants: new, skipped, retried, regenerated
@@ -76,7 +75,12 @@ class Planner:
         start = 0
         for table in self.manifest.batches(batch_size=self.batch_rows):
             rows = validator.validate(table, start)
-            variants = self.expander.variants(rows.valid, self.cells)
+            variants = []
+            for row in rows.valid:
+                mine = variants_of(row, self.cells)
+                for stage in self.stages:
+                    stage.plan(row, mine)
+                variants += mine
             for v in variants:
                 v["params_hash"] = params_hash(self.pixel_settings, v)
             batch = PlannedBatch(start, len(rows.valid), rows.invalid, self._invalid_to_record(rows.invalid),
@@ -98,7 +102,7 @@ class Planner:
             elif self.state.params[p] != h:
                 self.work["regenerated"] += 1
                 self.state.superseded[p] = True  # its old video is about to be replaced
-            elif self.state.status[p] in DONE:
+            elif self.state.status[p] in DONE_CODES:
                 self.work["skipped"] += 1
                 continue
             else:

@@ -29,17 +29,14 @@ import pyarrow.compute as pc
 
 from pipeline.library import read_records
 from pipeline.report_page import fill
-from stages.storage import filesystem, is_local, join, protocols, put_atomic, remove, with_retries
+from stages.common.storage import filesystem, is_local, join, protocols, put_atomic, remove, with_retries
+from stages.common.variant import REPORT_COLUMNS as COLUMNS
+from stages.common.variant import STATUSES, WORK
 
 CHUNK = 200  # cards per script file: a page of PAGE_SIZE cards loads a few hundred KB at most
 PAGE_SIZE = 48
 WRITERS = 16  # chunk files written at once: on S3 each is a round trip
 MEDIA_FOLDERS = ("videos", "posters", "previews")
-COLUMNS = ("run_id", "id", "variant", "status", "error", "reasons", "prompt", "expanded_prompt", "style",
-           "tags", "video_uri", "preview_uri", "poster_uri", "metrics", "stage_seconds", "seed", "resolution",
-           "duration_s", "aspect_ratio", "seed_index", "shots", "expand_model", "expand_error", "prompt_tokens",
-           "truncated", "committed_at")
-STATUSES = ("accepted", "rejected", "invalid", "failed")
 MIME = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8"}
 
 
@@ -158,7 +155,7 @@ def summary_html(run_id: str | None, summary: dict | None, run_counts: Counter) 
     else:
         counts, work, note = summary["counts"], summary["work"], ""
     cells = [(s, counts.get(s, 0)) for s in STATUSES]
-    cells += [(k, work.get(k, 0)) for k in ("new", "skipped", "retried", "regenerated") if summary]
+    cells += [(k, work.get(k, 0)) for k in WORK if summary]
     if summary:
         cells += [("seconds", round(summary["seconds"], 1)), ("manifest rows", summary["manifest_rows"])]
     stats = "".join(f'<div class="stat stat-{html.escape(k)}"><b>{v}</b><span>{html.escape(k)}</span></div>'

@@ -10,6 +10,7 @@ and one entry in `STAGES`: its job-file section and its Ray Data operator (pipel
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 import uuid
 from datetime import datetime, timezone
@@ -19,7 +20,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
-from stages.base import ModelSpec, StageOptions, Strict
+from pipeline.settings import job_defaults
+from stages.common.storage import SECRET_OPTIONS
+from stages.common.strict import Strict
+from stages.common.variant import FIELDS
+from stages.contract import StageOptions
+from stages.models.families import family_for
+from stages.models.spec import ModelSpec
 from stages.decode import DecodeStage
 from stages.encode import EncodeStage
 from stages.expand import ExpandStage
@@ -36,34 +43,26 @@ class JobSpecError(ValueError):
     """The job file cannot be used; the message lists each problem with its key path."""
 
 
-class SamplingSpec(Strict):
-    """Defaults for every row; a manifest column of the same name overrides them per row. A setting left
-    unset (None) takes the model family's recommendation for the model (`JobBase.sampling_defaults`; the
-    builtin tiny models: 96x160, 17 frames at 8 fps, 4 steps, guidance 5), and each record says what was used."""
+def sampling_spec() -> type[Strict]:
+    """The job file's `sampling:` section, made from the variant fields that are job-file keys
+    (stages/common/variant.py): each with its default, the bounds a manifest column of the same name has, and its
+    description. A setting left unset (None) takes the model family's recommendation for the model
+    (`JobBase.sampling_defaults`; the builtin tiny models: 96x160, 17 frames at 8 fps, 4 steps, guidance 5), and
+    each record says what was used."""
+    kinds = {"int": int, "float": float, "string": str}
+    fields = {}
+    for f in FIELDS:
+        if f.job is None:
+            continue
+        default, doc = f.job[0], (f.job[1:] or [None])[0]
+        kind = kinds[f.override] | None if default is None else kinds[f.override]
+        low, high = f.bounds or (None, None)
+        fields[f.name] = (kind, Field(default, ge=low, le=high, description=doc))
+    return create_model("SamplingSpec", __base__=Strict, __doc__="Defaults for every row; a manifest column of "
+                        "the same name overrides them per row.", **fields)
 
-    height: int | None = Field(None, gt=0)
-    width: int | None = Field(None, gt=0)
-    num_frames: int | None = Field(None, gt=0)
-    fps: int | None = Field(None, gt=0, le=120)
-    num_inference_steps: int | None = Field(None, gt=0, le=1000)
-    guidance_scale: float | None = Field(None, ge=0)
-    guidance_scale_2: float | None = Field(None, ge=0, description="Wan2.2 A14B: guidance of the low-noise expert")
-    flow_shift: float | None = Field(None, ge=0, description="the scheduler's shift (None: the family's or checkpoint's)")
-    true_cfg_scale: float | None = Field(None, ge=0, description="HunyuanVideo: true classifier-free guidance with the "
-                                         "negative prompt, a second pass per step (above 1; its guidance_scale is "
-                                         "embedded)")
-    duration_s: float | None = Field(None, gt=0, le=3600, description="the length instead of num_frames: the "
-                                     "fewest frames on the family's rule that hold it (60 s at 24 fps: 1441)")
-    # long videos (stages/long_video.py): diffusion forcing's settings; unset: the family's recommendation
-    base_num_frames: int | None = Field(None, gt=0, description="frames one window makes (SkyReels-V2-DF: 97 at "
-                                                                "540P, 121 at 720P)")
-    overlap_history: int | None = Field(None, gt=0, description="frames each window continues from (17 or 37)")
-    addnoise_condition: float | None = Field(None, ge=0, description="noise added to those frames (about 20)")
-    ar_step: int | None = Field(None, ge=0, description="0: synchronous; 5: asynchronous (with causal_block_size 5)")
-    causal_block_size: int | None = Field(None, gt=0, description="latent frames per causal block (ar_step > 0)")
-    negative_prompt: str = ""
-    seed: int = Field(0, ge=0, description="base seed for rows that give none")
-    num_variants: int = Field(1, ge=1, le=64)
+
+SamplingSpec = sampling_spec()
 
 
 _RATIO = re.compile(r"^\s*([1-9]\d{0,2})\s*:\s*([1-9]\d{0,2})\s*$")
@@ -160,18 +159,18 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 class JobBase(Strict):
     """The job's own keys; `JobSpec` adds one section per stage."""
 
-    name: str = Field("rushes-job", min_length=1)
+    name: str = Field("rushes-job", min_length=1, description="the job's name (default: the job file's name); in the metrics and the report")
     manifest: str = Field(..., min_length=1, description="Parquet file, folder or glob; local or any fsspec URI")
     output: str = Field(..., min_length=1, description="library root; local folder or fsspec URI")
-    run_id: str | None = None
+    run_id: str | None = Field(None, description="this run's id (default: a UTC timestamp and a random suffix); part of object keys")
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options for manifest and output (endpoint_url, region...)")
     lease_ttl_s: float = Field(120.0, ge=5, description="a dead run's lease expires after this long")
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec, description="the model: its family, weights, dtype and LoRAs")
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="every row's sampling settings, unless its manifest columns say otherwise")
     variants: VariantMatrix | None = Field(None, description="a variant matrix: styles x aspect ratios x seeds")
-    commit: CommitSpec = Field(default_factory=CommitSpec)
-    ray: RaySpec = Field(default_factory=RaySpec)
+    commit: CommitSpec = Field(default_factory=CommitSpec, description="how finished variants' records are committed")
+    ray: RaySpec = Field(default_factory=RaySpec, description="where the job runs on Ray, and the bounds on failures and waits")
 
     @field_validator("run_id")
     @classmethod
@@ -183,8 +182,6 @@ class JobBase(Strict):
     @field_validator("storage_options")
     @classmethod
     def _no_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from stages.storage import SECRET_OPTIONS
-
         def keys(d: dict, prefix: str = ""):
             for k, val in d.items():
                 yield f"{prefix}{k}", k
@@ -199,51 +196,31 @@ class JobBase(Strict):
 
     @model_validator(mode="after")
     def _sampling_fits_the_model(self) -> "JobBase":
-        from stages.families import family_for
-
-        family = family_for(self.model.family)
-        d = self.sampling_defaults()
-        from stages.long_video import check_row
-
         if self.sampling.duration_s is not None and self.sampling.num_frames is not None:
             raise ValueError("sampling: give num_frames or duration_s, not both")
-        problem = (family.check_shape(d["height"], d["width"], d["num_frames"], path=self.model.path)
-                   or (family.check_settings(d, path=self.model.path) if hasattr(family, "check_settings") else None)
-                   or check_row(family, d, self.model.path))
+        problem = self.family.check_row(self.sampling_defaults(), self.model.path)
         if problem:
             raise ValueError(f"sampling: {problem}")
-        sample = getattr(self, "sample", None)  # a speed option this family cannot run: refused at load too
-        if getattr(sample, "cache", None) is not None:
-            from stages.speed import check_family
-
-            try:
-                check_family(sample, family)
-            except ValueError as e:
-                raise ValueError(f"sample: {e}") from None
+        for name, options in self.stage_options().items():  # a stage option this model cannot run
+            problem = options.check_model(self.family, self.model.path)
+            if problem:
+                raise ValueError(f"{name}: {problem}")
         return self
+
+    @property
+    def family(self):
+        return family_for(self.model.family)
 
     def sampling_defaults(self) -> dict:
         """`sampling` with every unset setting resolved: the family's recommendation for this model."""
-        from stages.families import TINY, family_for
-
-        family = family_for(self.model.family)  # a user's family without recommendations: the tiny settings
-        recommended = family.recommended(self.model.path) if hasattr(family, "recommended") else TINY
-        given = self.sampling.model_dump()
-        d = {**given, **{k: v for k, v in recommended.items() if given.get(k) is None}}
-        if d["duration_s"] is not None:  # the length asked for, in frames at the fps used
-            from stages.long_video import frames_for
-
-            d["num_frames"] = frames_for(d["duration_s"], d["fps"], getattr(family, "temporal_stride", 4))
-        return d
+        return job_defaults(self.sampling.model_dump(), self.family, self.model.path)
 
     def matrix_sizes(self) -> dict[str, tuple[int, int]]:
         """(height, width) of each aspect ratio of the variant matrix, at the sampling pixel budget."""
         if not self.variants or not self.variants.aspect_ratios:
             return {}
-        from stages.families import family_for
-
         d = self.sampling_defaults()
-        multiple = family_for(self.model.family).spatial_multiple_of(self.model.path)
+        multiple = self.family.spatial_multiple_of(self.model.path)
         return {r: size_for(r, d["height"] * d["width"], multiple) for r in self.variants.aspect_ratios}
 
     def stage_options(self) -> dict:
@@ -259,11 +236,20 @@ class JobBase(Strict):
         return self.model_copy(update={"run_id": f"{stamp}-{uuid.uuid4().hex[:6]}"})
 
 
+def summary(stage) -> str:
+    """The first line of a stage module's docstring: what the stage does."""
+    return (inspect.getmodule(stage).__doc__ or stage.name).strip().splitlines()[0].rstrip(".")
+
+
 def job_spec_for(stages: list) -> type[JobBase]:
-    """A job-file model with one section per stage, named after it, in pipeline order."""
-    return create_model(
+    """A job-file model with one section per stage, named after it, in pipeline order. Its `stages` are the
+    pipeline a job of it runs (pipeline/plan.py, pipeline/graph.py)."""
+    model = create_model(
         "JobSpec", __base__=JobBase, __doc__="A whole job file: its own keys and one section per stage.",
-        **{stage.name: (stage.Options, Field(default_factory=stage.Options)) for stage in stages})
+        **{stage.name: (stage.Options, Field(default_factory=stage.Options, description=summary(stage)))
+           for stage in stages})
+    model.stages = tuple(stages)
+    return model
 
 
 JobSpec = job_spec_for(STAGES)

@@ -73,7 +73,7 @@ def entrypoint(job_file: str, spec: JobSpec, force: bool) -> str:
 def submit(job_path: str, spec: JobSpec, address: str | None, overrides: dict[str, str] | None = None,
            working_dir: str | None = None, force: bool = False) -> str:
     """Submit `spec` (validated and resolved, `overrides` applied) and return the submission id."""
-    from stages.storage import filesystem, is_local
+    from stages.common.storage import filesystem, is_local
 
     fs, _ = filesystem(spec.output, spec.storage_options)
     if is_local(fs) and not os.path.isabs(spec.output.removeprefix("file://")):

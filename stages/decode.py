@@ -1,7 +1,8 @@
 """VAE decoding: latents to uint8 frames.
 
-In: rows carrying `latents`. Out: the same rows with `frames` (uint8 (T, H, W, 3)) and the latents
-dropped, or `status="failed"` when the VAE produced NaN/Inf. Only the VAE is loaded, never the
+In: rows carrying `latents`. Out: the same rows with `frames` (stages/media/frames.py: uint8 (T, H, W, 3)
+held whole, or for a long video in storage a segment at a time) and the latents dropped, or `status="failed"`
+when the VAE produced NaN/Inf. Only the VAE is loaded, never the
 denoiser, so decode replicas are cheap to scale separately from sampling.
 """
 from __future__ import annotations
@@ -10,18 +11,22 @@ import time
 
 from pydantic import Field
 
-from stages.base import Stage, StageOptions, pick_device, use_threads
-from stages.checkpoints import resolve_model_path
-from stages.cpu_kernels import speed_up_cpu_decode
-from stages.families import family_for
-from stages.stream import is_streamed, stream_decode
+from stages.contract import Stage, StageOptions
+from stages.models.devices import pick_device, use_threads
+from stages.long_video.segments import store_for
+from stages.long_video.stream import write_chunks
+from stages.long_video.windows import is_streamed, segment_frames
+from stages.media.frames import FrameArray
+from stages.models.checkpoints import resolve_model_path
+from stages.models.cpu_kernels import speed_up_cpu_decode
+from stages.models.families import family_for
 
 
 class DecodeOptions(StageOptions):
     # auto: a pool that grows to the cluster's GPUs, or on CPUs a replica per two CPUs (pipeline/graph.py)
     RESOURCE_DEFAULTS = {"num_gpus": 1.0, "replicas": "auto"}
     # On CPU, convolutions through oneDNN and Wan's RMS norm vectorized: the same arithmetic up to float
-    # rounding, several times faster on a batch of one (stages/cpu_kernels.py). Not in params_hash, like
+    # rounding, several times faster on a batch of one (stages/models/cpu_kernels.py). Not in params_hash, like
     # the thread count. false: PyTorch's own choices.
     fast_cpu_kernels: bool = Field(True, description="on CPU, oneDNN convolutions and a vectorized Wan RMS norm (same arithmetic up to rounding)")
 
@@ -30,6 +35,9 @@ class DecodeStage(Stage):
     name = "decode"
     Options = DecodeOptions
     holds_model = True
+    reads = ("latents",)
+    writes = ("frames",)
+    consumes = ("latents",)
 
     def __init__(self, options=None, ctx=None):
         super().__init__(options, ctx)
@@ -37,7 +45,7 @@ class DecodeStage(Stage):
         self.vae = None
 
     def setup(self) -> None:
-        use_threads(self.options.resources)
+        use_threads(self.options.resources.num_cpus)
         m = self.ctx.model
         self.vae = self.family.load_vae(resolve_model_path(m.path), m.dtype,
                                         pick_device(self.options.resources.num_gpus), revision=m.revision)
@@ -52,12 +60,15 @@ class DecodeStage(Stage):
             start = time.perf_counter()
             try:
                 # LTX's timestep-conditioned VAE mixes in noise: seeded by the variant, like its sampling
-                seed = {"seed": r["seed"]} if getattr(self.family, "decode_uses_seed", False) else {}
-                if is_streamed(r):  # a long video: its frames go to storage a segment at a time (stages/stream.py)
-                    frames = None
-                    r["frame_chunks"], finite = stream_decode(self.family, self.vae, r, latents, self.ctx)
+                seed = {"seed": r["seed"]} if self.family.decode_uses_seed else {}
+                if is_streamed(r):  # a long video: its frames go to storage a segment at a time (stages/long_video/stream.py)
+                    store = store_for(self.ctx, r)
+                    frames, finite = write_chunks(self.family.decode_chunks(self.vae, latents),
+                                                  segment_frames(r, self.family.temporal_stride), store.fs,
+                                                  store.folder, self.ctx.storage_options)
                 else:
-                    frames, finite = self.family.decode(self.vae, latents, **seed)
+                    array, finite = self.family.decode(self.vae, latents, **seed)
+                    frames = FrameArray(array)
             except Exception as e:  # noqa: BLE001 - recorded on the row
                 r.update(status="failed", error=f"decode: {type(e).__name__}: {e}")
                 continue
@@ -66,6 +77,5 @@ class DecodeStage(Stage):
             if not finite:
                 r.update(status="failed", error="decode: VAE output contains NaN or Inf")
                 continue
-            if frames is not None:
-                r["frames"] = frames
+            r["frames"] = frames
         return rows

@@ -4,7 +4,7 @@ In: filtered rows carrying `frames` (uint8 (T, H, W, 3)). Out: the same rows, fr
 `video_bytes`, `video_ext`, `poster_bytes`, `preview_bytes`, `codec`, `resolution` (the size in the
 file) and `duration_s`; or `status="failed"` and an `error` starting with "encode:". Accepted rows are
 always encoded; rejected ones only with `keep_rejected`, so that reviewers can look at what the filter
-threw away. Codecs, containers and provenance tags: stages/codecs.py.
+threw away. Codecs, containers and provenance tags: stages/media/codecs.py.
 
 Every file is decoded back before it leaves the stage (`verify_video`): frame count, size and duration
 must match, else the row is `failed` with the reason.
@@ -17,10 +17,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from stages.base import Stage, StageOptions
-from stages.codecs import (CODECS, coded_size, encode_poster, encode_preview, encode_video, missing_encoder,
-                           provenance, verify_video)
-from stages.stream import StreamVerifyError, encode_stream
+from stages.contract import Stage, StageOptions
+from stages.long_video.stream import encode_stream
+from stages.media.codecs import (CODECS, VerifyError, coded_size, encode_poster, encode_preview, encode_video,
+                                 missing_encoder, provenance, verify_video)
 
 
 class EncodeOptions(StageOptions):
@@ -32,8 +32,8 @@ class EncodeOptions(StageOptions):
     crf: int = Field(
         20, ge=0, le=63, description="quality, lower is better: h264 0..51 (20), av1/vp9 0..63 (35/32)")
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
-                    "veryslow"] = "medium"
-    poster_quality: int = Field(90, ge=1, le=95)
+                    "veryslow"] = Field("medium", description="the encoder's speed against size (libx264's scale)")
+    poster_quality: int = Field(90, ge=1, le=95, description="JPEG quality of the poster")
     preview_width: int = Field(256, ge=16, le=1024, description="animated WebP preview width (never upscaled)")
     preview_frames: int = Field(16, ge=2, le=64, description="most frames in the preview")
     keep_rejected: bool = Field(False, description="also write videos that the filter rejected")
@@ -63,6 +63,9 @@ class EncodeStage(Stage):
 
     name = "encode"
     Options = EncodeOptions
+    reads = ("frames",)
+    writes = ("video_bytes", "video_ext", "poster_bytes", "preview_bytes", "codec", "resolution", "duration_s")
+    consumes = ("frames",)
 
     def encode(self, r: dict, frames: np.ndarray) -> None:
         s = self.options
@@ -79,24 +82,19 @@ class EncodeStage(Stage):
     def __call__(self, rows: list[dict]) -> list[dict]:
         for r in rows:
             frames = r.pop("frames", None)
-            chunks = r.get("frame_chunks")  # a long video, encoded a segment at a time (stages/stream.py)
             wanted = r["status"] == "accepted" or (r["status"] == "rejected" and self.options.keep_rejected)
-            if (frames is None and not chunks) or not wanted:
+            if frames is None or not wanted:
                 continue
             start = time.perf_counter()
             try:
-                if chunks:
-                    r.update(encode_stream(r, self.options, provenance(r, self.ctx.run_id, self.ctx.identity),
-                                           self.ctx.storage_options))
+                if frames.streamed:  # a long video, encoded a segment at a time (stages/long_video/stream.py)
+                    r.update(encode_stream(r, frames, self.options,
+                                           provenance(r, self.ctx.run_id, self.ctx.identity)))
                 else:
-                    self.encode(r, frames)
-            except (VerifyError, StreamVerifyError) as e:
+                    self.encode(r, frames.array)
+            except VerifyError as e:
                 r.update(status="failed", error=f"encode: verify: {e}")
             except Exception as e:  # noqa: BLE001 - recorded on the row
                 r.update(status="failed", error=f"encode: {type(e).__name__}: {e}")
             r["stage_seconds"]["encode"] = time.perf_counter() - start
         return rows
-
-
-class VerifyError(Exception):
-    """The encoded file does not decode back to what was encoded."""

@@ -1,9 +1,9 @@
 """Quality filtering: decoded frames to metrics, a perceptual hash, and an accept/reject verdict.
 
 In: rows carrying `frames`. Out: the same rows with
-- `metrics`: str -> float, every metric of stages/quality.py (plus `clip_score` when a CLIP model is
-  configured, stages/clip_score.py), recorded whatever the verdict;
-- `phash`: the clip's perceptual hash (stages/quality.py `clip_phash`);
+- `metrics`: str -> float, every metric of stages/media/quality.py (plus `clip_score` when a CLIP model is
+  configured, stages/models/clip_score.py), recorded whatever the verdict;
+- `phash`: the clip's perceptual hash (stages/media/quality.py `clip_phash`);
 - `reasons`: one line per failed check, starting with its verdict word ("frozen: ...");
 - `status`: "accepted" or "rejected".
 
@@ -17,9 +17,11 @@ import time
 
 from pydantic import Field, field_validator, model_validator
 
-from stages.base import Stage, StageOptions, pick_device, use_threads
-from stages.quality import as_uint8, frame_metrics
-from stages.stream import segment_prompt, stream_metrics
+from stages.contract import Stage, StageOptions
+from stages.models.devices import pick_device, use_threads
+from stages.long_video.stream import segment_prompt, stream_metrics
+from stages.media.quality import as_uint8, frame_metrics
+from stages.models.clip_score import BUILTIN_CLIPS, ClipScorer
 
 # (metric, FilterOptions field, "<" rejects below / ">" rejects above, verdict word). One metric may
 # have two checks (motion: frozen and chaotic); `score_only` names metrics.
@@ -86,8 +88,6 @@ class FilterOptions(StageOptions):
     @field_validator("clip_model")
     @classmethod
     def _known_builtin_clip(cls, v: str | None) -> str | None:
-        from stages.clip_score import BUILTIN_CLIPS
-
         if v and v.startswith("builtin:") and v.removeprefix("builtin:") not in BUILTIN_CLIPS:
             raise ValueError(f"unknown builtin model (known: {', '.join('builtin:' + k for k in BUILTIN_CLIPS)})")
         return v
@@ -102,6 +102,8 @@ class FilterOptions(StageOptions):
 class FilterStage(Stage):
     name = "filter"
     Options = FilterOptions
+    reads = ("frames",)
+    writes = ("metrics", "phash", "reasons")
 
     def __init__(self, options=None, ctx=None):
         super().__init__(options, ctx)
@@ -114,9 +116,7 @@ class FilterStage(Stage):
     def setup(self) -> None:
         """Loads the CLIP model, on the GPU the stage asked for, when one is configured."""
         if self.options.clip_model:
-            from stages.clip_score import ClipScorer
-
-            use_threads(self.options.resources)
+            use_threads(self.options.resources.num_cpus)
             self.clip = ClipScorer(self.options.clip_model, pick_device(self.options.resources.num_gpus))
 
     def verdict(self, m: dict[str, float], num_frames: int, cuts: list[int] = ()) -> list[str]:
@@ -141,15 +141,14 @@ class FilterStage(Stage):
                 continue
             start = time.perf_counter()
             try:
-                if r.get("frame_chunks"):  # a long video, read a segment at a time (stages/stream.py)
+                if r["frames"].streamed:  # a long video, read a segment at a time (stages/long_video/stream.py)
                     frames, nonfinite = None, 0.0
                     # CLIP per segment, against the prompt (a storyboard's: the shot's) it was made from
                     clip = (lambda first, end, chunk, r=r: {"clip_score": self.clip.score(
                         segment_prompt(r, first, end), chunk)}) if self.clip else None
-                    metrics, r["phash"], cuts = stream_metrics(r, self.options.black_luma, self.ctx.storage_options,
-                                                               extra=clip)
+                    metrics, r["phash"], cuts = stream_metrics(r, r["frames"], self.options.black_luma, extra=clip)
                 else:
-                    frames, nonfinite = as_uint8(r["frames"])
+                    frames, nonfinite = as_uint8(r["frames"].array)
                     metrics, r["phash"], cuts = frame_metrics(frames, self.options.black_luma)
                 r["metrics"] = {"nonfinite_fraction": nonfinite, **metrics}
                 if self.options.clip_model and frames is not None:

@@ -4,7 +4,7 @@ In: variant rows with `status == "pending"`. Out: the same rows with `latents` (
 (C, T', H', W')), or `status="failed"` and an `error` when sampling broke or produced NaN/Inf.
 Rows in any other state pass through untouched.
 
-Variants that share a shape bucket (`stages.variant.BUCKET_FIELDS`) go through one pipeline call, each
+Variants that share a shape bucket (`stages.common.variant.BUCKET_FIELDS`) go through one pipeline call, each
 with its own `torch.Generator`, so that its noise, and with the family's batch-invariant forward its
 pixels, do not depend on which rows it was batched with.
 """
@@ -16,16 +16,18 @@ from collections import defaultdict
 import numpy as np
 from pydantic import Field, model_validator
 
-from stages.base import Stage, StageOptions, pick_device, use_threads
-from stages.checkpoints import resolve_model_path
-from stages.families import family_for
-from stages.long_video import store_for
-from stages.speed import SpeedOptions, cache_enabled, check_batching, check_family
-from stages.variant import BUCKET_FIELDS
+from stages.contract import Stage, StageOptions
+from stages.models.devices import pick_device, use_threads
+from stages.common.variant import BUCKET_FIELDS, sampling_params
+from stages.long_video.segments import store_for
+from stages.models.checkpoints import resolve_model_path
+from stages.models.families import family_for
+from stages.models.protocol import VariantInput
+from stages.models.speed import SpeedOptions, cache_enabled, check_batching, check_family
 
 
 class SampleOptions(StageOptions, SpeedOptions):
-    """Batching, and the speed options of stages/speed.py (cache hooks, attention backend, compilation, fp8
+    """Batching, and the speed options of stages/models/speed.py (cache hooks, attention backend, compilation, fp8
     storage, group offload, quantization) flat under `sample:`."""
 
     # 1: with batch-invariant forwards each variant is denoised in its own forward anyway, and one variant
@@ -40,6 +42,13 @@ class SampleOptions(StageOptions, SpeedOptions):
         check_batching(self, self.batch_size, self.batch_invariant)
         return self
 
+    def check_model(self, family, path: str) -> str | None:
+        try:
+            check_family(self, family)
+        except ValueError as e:
+            return str(e)
+        return None
+
     def pixel_settings(self) -> dict:
         speed = SpeedOptions.pixel_settings(self)
         # under their own key, and only when set: a job without speed options keeps its params_hash values
@@ -50,6 +59,9 @@ class SampleStage(Stage):
     name = "sample"
     Options = SampleOptions
     holds_model = True
+    reads = ("expanded_prompt",)
+    writes = ("latents",)
+    paces_blocks = True  # a block between operators holds one sample batch: each free sampler takes the next
 
     def __init__(self, options=None, ctx=None):
         super().__init__(options, ctx)
@@ -58,16 +70,12 @@ class SampleStage(Stage):
         self.calls = 0  # pipeline calls made, for tests and benchmarks
 
     def setup(self) -> None:
-        use_threads(self.options.resources)
+        use_threads(self.options.resources.num_cpus)
         check_family(self.options, self.family)
         m = self.ctx.model
-        # speed options and LoRAs only when set: a user's family written before them still loads
-        extra = {"speed": self.options} if self.speed_options_set else {}
-        if m.loras:
-            extra["loras"] = m.loras
         self.pipe = self.family.load_pipeline(
-            resolve_model_path(m.path), m.dtype, pick_device(self.options.resources.num_gpus),
-            revision=m.revision, batch_invariant=self.options.batch_invariant, **extra)
+            resolve_model_path(m.path), pick_device(self.options.resources.num_gpus), m,
+            speed=self.options if self.speed_options_set else None, batch_invariant=self.options.batch_invariant)
 
     @property
     def speed_options_set(self) -> bool:
@@ -76,10 +84,10 @@ class SampleStage(Stage):
     def as_read(self, text: str) -> tuple[str, int | None, bool]:
         """`text` as the text encoder reads it: one longer than the family's token budget is cut there. With
         its length in the encoder's tokens and whether it was cut (None, False: a family without one)."""
-        tokenizer = getattr(self.pipe, "tokenizer", None)
+        tokenizer = self.family.tokenizer(self.pipe)
         if tokenizer is None:  # a family without a text encoder (null)
             return text, None, False
-        budget = int(getattr(self.family, "max_sequence_length", None) or 512)
+        budget = self.family.max_sequence_length
         ids = tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
         special = tokenizer.num_special_tokens_to_add()  # e.g. T5's end-of-sequence token
         if len(ids) + special <= budget:
@@ -108,22 +116,20 @@ class SampleStage(Stage):
         r.update(prompt_tokens=None if None in lengths else max(lengths), truncated=cut_any)
         return shots
 
+    def variant_input(self, r: dict) -> VariantInput:
+        """A row's own inputs. A family that extends long videos saves and resumes each one's segments
+        (stages/long_video/segments.py), and makes a storyboard's shots in order."""
+        v = VariantInput(self.read_by_encoder(r), r["negative_prompt"], r["seed"])
+        if self.family.extends:  # after read_by_encoder: a storyboard's shots set its prompt_tokens
+            v.segments, v.shots = store_for(self.ctx, r), self.shots_as_read(r)
+        return v
+
     def _sample(self, rows: list[dict]) -> np.ndarray:
         self.calls += 1
-        transformers = getattr(self.family, "transformers", ("transformer",))
-        prompts = [self.read_by_encoder(r) for r in rows]
-        long_rows = self.segments(rows)  # after read_by_encoder: a storyboard's shots set its prompt_tokens
-        with cache_enabled(self.pipe, self.options, transformers, rows[0]["num_inference_steps"], self.family):
-            return self.family.sample(
-                self.pipe, prompts, [r["negative_prompt"] for r in rows],
-                [r["seed"] for r in rows], **{k: rows[0].get(k) for k in BUCKET_FIELDS}, **long_rows)
-
-    def segments(self, rows: list[dict]) -> dict:
-        """A family that extends long videos saves and resumes each one's segments (stages/long_video.py), and
-        makes a storyboard's shots in order."""
-        if not getattr(self.family, "extends", False):
-            return {}
-        return {"segments": [store_for(self.ctx, r) for r in rows], "shots": [self.shots_as_read(r) for r in rows]}
+        inputs = [self.variant_input(r) for r in rows]
+        with cache_enabled(self.pipe, self.options, self.family.transformers, rows[0]["num_inference_steps"],
+                           self.family):
+            return self.family.sample(self.pipe, inputs, sampling_params(rows[0]))
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         buckets: dict[tuple, list[dict]] = defaultdict(list)

@@ -1,7 +1,7 @@
 """Writing a variant's objects, in the worker: preview, poster, then video, each atomically.
 
 In: encoded rows carrying `video_bytes`, `poster_bytes`, `preview_bytes`. Out: one metadata record per
-row (`stages.variant.RECORD_SCHEMA` plus the manifest's `extra` columns), with the objects' URIs, size
+row (`stages.common.variant.RECORD_SCHEMA` plus the manifest's `extra` columns), with the objects' URIs, size
 and sha256, and no bytes. The driver commits the records (pipeline/commit.py); this stage never writes
 one.
 
@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import hashlib
 
-from stages.base import Stage
-from stages.storage import filesystem, join, put_atomic
-from stages.variant import RECORD_SCHEMA
+from stages.contract import Stage
+from stages.common.storage import filesystem, join, put_atomic
+from stages.common.variant import RECORD_SCHEMA
 
 
 class WriteStage(Stage):
     name = "write"
+    reads = ("video_bytes", "poster_bytes", "preview_bytes")
+    consumes = ("video_bytes", "poster_bytes", "preview_bytes")
 
     def setup(self) -> None:
         self.fs, self.root = filesystem(self.ctx.output, self.ctx.storage_options)

@@ -118,7 +118,7 @@ def job_dict(manifest: str, output: str, **overrides) -> dict:
 @pytest.fixture(scope="session")
 def llm_server(model_cache, tmp_path_factory):
     """`transformers serve` on 127.0.0.1 serving builtin:tiny-qwen (built into the session's cache)."""
-    from stages.recaption import resolve_llm_path
+    from stages.models.rewriters import resolve_llm_path
     from tests.faulty_llm import LLMServer
 
     pytest.importorskip("fastapi", reason="needs transformers' serving extra (pip install 'transformers[serving]')")

@@ -16,7 +16,7 @@ import re
 import time
 from pathlib import Path
 
-from stages.families import WanFamily
+from stages.models.families import WanFamily
 
 
 def chaos_dir() -> Path:
@@ -24,17 +24,17 @@ def chaos_dir() -> Path:
 
 
 class ChaosWan(WanFamily):
-    @staticmethod
-    def load_pipeline(*args, **kwargs):
+    @classmethod
+    def load_pipeline(cls, *args, **kwargs):
         try:
             os.remove(chaos_dir() / "fail-setup")
         except FileNotFoundError:
-            return WanFamily.load_pipeline(*args, **kwargs)
+            return super().load_pipeline(*args, **kwargs)
         raise RuntimeError("injected setup failure")
 
-    @staticmethod
-    def sample(pipe, prompts, *args, **kwargs):
-        for p in prompts:
+    @classmethod
+    def sample(cls, pipe, inputs, params):
+        for p in (v.prompt for v in inputs):
             if "crash-always" in p:
                 os._exit(17)
             if "crash-once" in p:
@@ -49,4 +49,4 @@ class ChaosWan(WanFamily):
                 (chaos_dir() / f"holding-{gate}-{os.getpid()}").touch()
                 while not (chaos_dir() / gate).exists():
                     time.sleep(0.05)
-        return WanFamily.sample(pipe, prompts, *args, **kwargs)
+        return super().sample(pipe, inputs, params)

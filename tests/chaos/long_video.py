@@ -8,11 +8,12 @@ window after segment <n> is saved, the first time only: mid-video, with segments
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
 
-from stages.families.skyreels_df import SkyReelsDFFamily
+from stages.models.families.skyreels_df import SkyReelsDFFamily
 
 
 def chaos_dir() -> Path:
@@ -47,12 +48,12 @@ class LoggedStore:
 
 class ChaosSkyReelsDF(SkyReelsDFFamily):
     @classmethod
-    def sample_one(cls, pipe, prompt, negative, seed, store, **settings):
-        m = re.search(r"kill-after:(\d+)", prompt)
-        row = re.sub(r"\W+", "-", prompt)[:40]
-        if store is not None:
-            store = LoggedStore(store, row, int(m.group(1)) if m else None)
-        return super().sample_one(pipe, prompt, negative, seed, store, **settings)
+    def sample_one(cls, pipe, v, params):
+        m = re.search(r"kill-after:(\d+)", v.prompt)
+        row = re.sub(r"\W+", "-", v.prompt)[:40]
+        if v.segments is not None:
+            v = dataclasses.replace(v, segments=LoggedStore(v.segments, row, int(m.group(1)) if m else None))
+        return super().sample_one(pipe, v, params)
 
     @classmethod
     def denoise_window(cls, *args, **kwargs):

@@ -137,8 +137,8 @@ def test_no_node_can_host_the_gpu_actors_fails_in_bounded_time(cluster, make_man
 
 
 def test_gpu_requests_that_cannot_run_together_are_named(cluster):
-    from pipeline.graph import gpus_crowded
-    from stages.base import Resources
+    from pipeline.capacity import gpus_crowded
+    from stages.contract import Resources
 
     gpu = lambda n, replicas=1: Resources(num_cpus=1, num_gpus=n, replicas=replicas)  # noqa: E731
     assert gpus_crowded({"sample": gpu(1), "decode": gpu(1)}) is None  # the two workers have a GPU each

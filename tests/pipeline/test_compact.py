@@ -23,7 +23,7 @@ from pipeline.lease import Lease, LeaseHeld
 from pipeline.library import (COMPACTION_MARKER, LibraryState, metadata_parts, read_all_records, read_in_order,
                               read_records)
 from pipeline.spec import load_job
-from stages.storage import filesystem
+from stages.common.storage import filesystem
 from tests.conftest import job_dict, write_manifest
 
 pytestmark = pytest.mark.timeout(300)

@@ -2,9 +2,10 @@
 import pytest
 
 from pipeline.errors import ClusterError
-from pipeline.graph import PLAN_READ, fit_pipeline, stages_on_ray
+from pipeline.capacity import PLAN_READ, fit_pipeline
+from pipeline.graph import stages_on_ray
 from pipeline.spec import load_job
-from stages.base import RunContext
+from stages.contract import RunContext
 
 
 def stages_and_asks(**job):
@@ -46,8 +47,8 @@ def test_no_cpus_is_refused():
 
 
 def test_auto_replicas_follow_the_cluster():
-    from pipeline.graph import auto_replicas
-    from stages.base import Resources
+    from pipeline.capacity import auto_replicas
+    from stages.contract import Resources
 
     gpu = Resources(num_gpus=1, replicas="auto")
     assert auto_replicas(gpu, cpus=64, gpus=8).replica_range == (1, 8)

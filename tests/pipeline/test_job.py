@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.job import run_job
 from pipeline.spec import load_job
-from stages.codecs import read_provenance
+from stages.media.codecs import read_provenance
 from tests.conftest import job_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

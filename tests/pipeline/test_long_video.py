@@ -52,7 +52,7 @@ def test_a_three_segment_video_has_exactly_the_frames_asked_for(ray_local, make_
         assert r["num_frames"] == frames and r["base_num_frames"] == 17 and r["overlap_history"] == 9
         assert frame_count(r["video_uri"]) == frames
         assert r["duration_s"] == pytest.approx(frames / 8)
-    # decoded, filtered and encoded a segment at a time (stages/stream.py): metrics per segment and overall
+    # decoded, filtered and encoded a segment at a time (stages/long_video/stream.py): metrics per segment and overall
     m = dict(recs["three"]["metrics"])
     assert {"segment_0/motion", "segment_1/motion", "segment_2/motion", "motion", "scene_cuts"} <= set(m)
     assert "segment_3/motion" not in m and "segment_1/motion" in dict(recs["seconds"]["metrics"])

@@ -19,7 +19,7 @@ from PIL import Image
 from pipeline.commit import MetadataWriter, record_schema
 from pipeline.library import read_records
 from pipeline.report import CHUNK, PAGE_SIZE, ReportError, relative_link, write_report
-from stages.storage import filesystem, join, put_atomic
+from stages.common.storage import filesystem, join, put_atomic
 from tests.browser import Chromium, find_chromium
 from tests.synthetic_library import synthetic_library
 

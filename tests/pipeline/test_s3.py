@@ -18,7 +18,7 @@ from pipeline.job import run_job
 from pipeline.lease import LeaseHeld
 from pipeline.library import read_all_records, read_records
 from pipeline.spec import JobSpecError, load_job
-from stages.storage import StorageError
+from stages.common.storage import StorageError
 from tests.conftest import SECRET, job_dict, write_manifest
 from tests.faulty_s3 import FaultyS3, Rule
 

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from stages.filter import FilterOptions
-from stages.clip_score import ClipScorer, build_tiny_clip, resolve_clip_path
+from stages.models.clip_score import ClipScorer, build_tiny_clip, resolve_clip_path
 from stages.filter import FilterStage
+from stages.media.frames import FrameArray
 
 
 def frames(seed=0):
@@ -49,7 +50,7 @@ def test_unknown_builtin_names_the_known_ones():
 
 def test_filter_records_the_score_and_a_threshold_rejects_with_its_reason():
     moving = np.stack([np.roll(frames()[0], 2 * i, axis=1) for i in range(9)])
-    row = {"id": "c", "variant": 0, "status": "pending", "frames": moving, "prompt": "a cat",
+    row = {"id": "c", "variant": 0, "status": "pending", "frames": FrameArray(moving), "prompt": "a cat",
            "expanded_prompt": "a cat, cinematic", "stage_seconds": {}}
     spec = FilterOptions(clip_model="builtin:tiny-clip", min_clip_score=100, score_only=["flow_residual"])
     stage = FilterStage(spec)

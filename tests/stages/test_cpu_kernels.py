@@ -1,11 +1,11 @@
-"""stages/cpu_kernels.py: the decode's CPU kernels give PyTorch's own results and skip its slow paths."""
+"""stages/models/cpu_kernels.py: the decode's CPU kernels give PyTorch's own results and skip its slow paths."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch.profiler import profile
 
-from stages.cpu_kernels import fast_wan_norms, speed_up_cpu_decode, use_onednn_convolutions
+from stages.models.cpu_kernels import fast_wan_norms, speed_up_cpu_decode, use_onednn_convolutions
 
 
 def kernels(fn) -> set[str]:
@@ -70,7 +70,7 @@ def test_wan_rms_norm_vectorized_equals_diffusers():
 def test_the_tiny_wan_vae_decodes_the_same_frames_without_the_slow_kernels(model_cache):
     from diffusers import AutoencoderKLWan
 
-    from stages.checkpoints import resolve_model_path
+    from stages.models.checkpoints import resolve_model_path
 
     vae = AutoencoderKLWan.from_pretrained(resolve_model_path("builtin:tiny-wan"), subfolder="vae").eval()
     torch.manual_seed(0)

@@ -3,8 +3,8 @@ the index answers exactly what a linear scan over every kept hash answers."""
 import numpy as np
 import pytest
 
-from stages.dedup import UNINDEXED_MAX, NearDuplicateIndex
-from stages.quality import clip_phash
+from stages.media.dedup import UNINDEXED_MAX, NearDuplicateIndex
+from stages.media.quality import clip_phash
 
 
 def panning(seed, t=17, h=64, w=96, shift=0):

@@ -7,9 +7,10 @@ import pytest
 from PIL import Image
 
 from pipeline.spec import JobSpecError, load_job
-from stages.base import RunContext
-from stages.codecs import CODECS, coded_size, encode_preview, encode_video, read_provenance, verify_video
+from stages.contract import RunContext
+from stages.media.codecs import CODECS, coded_size, encode_preview, encode_video, read_provenance, verify_video
 from stages.encode import EncodeOptions, EncodeStage
+from stages.media.frames import FrameArray
 
 MODEL = {"family": "wan", "path": "builtin:tiny-wan", "revision": None, "dtype": "float32",
          "weights_hash": "w" * 64}
@@ -30,7 +31,7 @@ def decode(data: bytes):
 
 def row(status="accepted", frames=None, **kw):
     return {"id": "a", "variant": 0, "status": status, "fps": 8, "params_hash": "h" * 64,
-            "frames": gradient() if frames is None else frames, "stage_seconds": {}, **kw}
+            "frames": FrameArray(gradient() if frames is None else frames), "stage_seconds": {}, **kw}
 
 
 @pytest.mark.parametrize("codec", ["h264", "av1", "vp9"])

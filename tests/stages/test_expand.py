@@ -1,5 +1,6 @@
 from stages.expand import ExpandOptions, ExpandStage
-from stages.variant import params_hash
+from stages.common.variant import params_hash
+from tests.planning import planned
 
 
 def row(**kw):
@@ -11,7 +12,7 @@ def row(**kw):
 
 def test_one_row_per_variant_with_stable_seeds():
     stage = ExpandStage(ExpandOptions())
-    out = stage.variants([row(num_variants=3)])
+    out = planned(stage, [row(num_variants=3)])
     assert [v["variant"] for v in out] == [0, 1, 2]
     assert [v["seed"] for v in out] == [41, 42, 43]
     assert all(v["status"] == "pending" for v in out)
@@ -19,26 +20,26 @@ def test_one_row_per_variant_with_stable_seeds():
 
 
 def test_expansion_is_deterministic_and_enriches_short_prompts():
-    a = ExpandStage(ExpandOptions()).variants([row()])[0]
-    b = ExpandStage(ExpandOptions()).variants([row()])[0]
+    a = planned(ExpandStage(ExpandOptions()), [row()])[0]
+    b = planned(ExpandStage(ExpandOptions()), [row()])[0]
     assert a["expanded_prompt"] == b["expanded_prompt"]
     assert a["expanded_prompt"].startswith("a cat on a beach, ")
     assert len(a["expanded_prompt"]) > len("a cat on a beach") + 20
     # another seed draws other vocabulary (not guaranteed for one pair, so look across several)
-    prompts = {ExpandStage(ExpandOptions()).variants([row(seed=s)])[0]["expanded_prompt"] for s in range(8)}
+    prompts = {planned(ExpandStage(ExpandOptions()), [row(seed=s)])[0]["expanded_prompt"] for s in range(8)}
     assert len(prompts) > 1
 
 
 def test_row_style_and_mode_none():
-    v = ExpandStage(ExpandOptions()).variants([row(style="noir")])[0]
+    v = planned(ExpandStage(ExpandOptions()), [row(style="noir")])[0]
     assert v["expanded_prompt"].endswith("noir style.")
-    v = ExpandStage(ExpandOptions(mode="none")).variants([row()])[0]
+    v = planned(ExpandStage(ExpandOptions(mode="none")), [row()])[0]
     assert v["expanded_prompt"] == "a cat on a beach"
 
 
 def test_params_hash_follows_everything_that_decides_pixels():
     def hashed(settings, **kw):
-        return params_hash(settings, ExpandStage(ExpandOptions()).variants([row(**kw)])[0])
+        return params_hash(settings, planned(ExpandStage(ExpandOptions()), [row(**kw)])[0])
 
     base = hashed({"model": "m1"})
     assert hashed({"model": "m1"}) == base
@@ -50,11 +51,11 @@ def test_params_hash_follows_everything_that_decides_pixels():
 
 
 def expanded(prompt: str, seeds=range(16), **kw) -> list[dict]:
-    return [ExpandStage(ExpandOptions()).variants([row(prompt=prompt, seed=s, **kw)])[0] for s in seeds]
+    return [planned(ExpandStage(ExpandOptions()), [row(prompt=prompt, seed=s, **kw)])[0] for s in seeds]
 
 
 def test_template_never_overrides_what_the_prompt_fixes():
-    from stages.expand import CAMERAS, LIGHTING, STYLES
+    from stages.models.template import CAMERAS, LIGHTING, STYLES
 
     for v in expanded("a cat walking along a beach at sunset"):
         assert not any(light in v["expanded_prompt"] for light in LIGHTING), v["expanded_prompt"]

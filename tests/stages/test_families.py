@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from stages.base import ModelSpec, RunContext
-from stages.checkpoints import resolve_model_path
+from stages.common.variant import SamplingParams
+from stages.contract import ModelSpec, RunContext
+from stages.models.checkpoints import resolve_model_path
 from stages.decode import DecodeOptions, DecodeStage
-from stages.families import FAMILIES, family_for
+from stages.models.families import FAMILIES, family_for
 from stages.sample import SampleOptions, SampleStage
 
 # family, builtin, the per-variant latent shape at 64x64, 9 frames (each family's own layout)
@@ -70,20 +71,20 @@ def test_split_decode_matches_the_pipelines_own_decode(model):
     r = stage(rows(1))[0]
     decoder = DecodeStage(DecodeOptions(resources={"num_gpus": 0}), RunContext(model=ModelSpec(family=family, path=path)))
     decoder.setup()
-    frames = decoder([dict(r)])[0]["frames"]
+    frames = decoder([dict(r)])[0]["frames"].array
     assert frames.shape == (9, 64, 64, 3) and frames.dtype == np.uint8
 
     import diffusers
 
     pipe = getattr(diffusers, fam.pipeline_class).from_pretrained(resolve_model_path(path))
     pipe.set_progress_bar_config(disable=True)
-    extra = fam.call_kwargs(pipe, {})
+    extra = fam.call_kwargs(pipe, SamplingParams())
     if family == "ltx":  # the pipeline draws its decode noise from the sampling generator: compare without it
         extra.update(decode_timestep=fam.decode_timestep, decode_noise_scale=0.0)
         fam_noise, fam.decode_noise_scale = fam.decode_noise_scale, 0.0
     try:
         if family == "ltx":
-            frames = decoder([dict(stage(rows(1))[0])])[0]["frames"]
+            frames = decoder([dict(stage(rows(1))[0])])[0]["frames"].array
         video = pipe(prompt=PROMPTS[0], negative_prompt="blurry", height=64, width=64, num_frames=9,
                      num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(10),
                      output_type="np", **extra).frames[0]
@@ -170,7 +171,7 @@ def test_tiny_wan_params_hash_unchanged_by_the_new_optional_settings():
     import hashlib
     import json
 
-    from stages.variant import HASH_IF_SET, PIXEL_FIELDS, params_hash
+    from stages.common.variant import HASH_IF_SET, PIXEL_FIELDS, params_hash
 
     v = dict(expanded_prompt="a cat", negative_prompt="", seed=1, height=96, width=160, num_frames=17, fps=8,
              num_inference_steps=4, guidance_scale=5.0, guidance_scale_2=None, flow_shift=None)

@@ -5,11 +5,12 @@ import pytest
 
 from pipeline.spec import JobSpecError, load_job
 from stages.filter import FilterOptions, FilterStage
-from stages.quality import PHASH_FRAMES, phash_distance
+from stages.media.quality import PHASH_FRAMES, phash_distance
+from stages.media.frames import FrameArray
 
 
 def clip(frames, prompt="a test clip"):
-    return {"id": "c", "variant": 0, "status": "pending", "frames": np.asarray(frames), "prompt": prompt,
+    return {"id": "c", "variant": 0, "status": "pending", "frames": FrameArray(np.asarray(frames)), "prompt": prompt,
             "metrics": {}, "reasons": [], "stage_seconds": {}}
 
 

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from stages.base import ModelSpec, RunContext
-from stages.checkpoints import resolve_model_path
-from stages.families import family_for
-from stages.long_video import SegmentStore, check_row, frames_for, segment_plan
+from stages.contract import ModelSpec, RunContext
+from stages.models.checkpoints import resolve_model_path
+from stages.models.families import family_for
+from stages.long_video.segments import SegmentStore
+from stages.long_video.windows import frames_for, segment_plan
 from stages.sample import SampleOptions, SampleStage
+from tests.planning import sample
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -21,7 +23,7 @@ SETTINGS = dict(height=32, width=32, num_frames=33, num_inference_steps=2, guida
 @pytest.fixture(scope="module")
 def pipe():
     fam = family_for("skyreels_df")
-    return fam, fam.load_pipeline(resolve_model_path(DF), "float32", "cpu")
+    return fam, fam.load_pipeline(resolve_model_path(DF), "cpu", ModelSpec(family="skyreels_df", path=DF))
 
 
 def test_segment_plan_is_the_pipelines():
@@ -44,7 +46,7 @@ def test_windows_equal_the_pipelines_own_long_video(pipe):
     """Without prefix noise (whose draws the pipeline takes from torch's global generator), the window-by-window
     loop gives exactly the latents of diffusers' own long-video call."""
     fam, p = pipe
-    ours = fam.sample(p, ["a red fox runs"], [""], [7], **{**SETTINGS, "addnoise_condition": 0.0})[0]
+    ours = sample(fam, p, ["a red fox runs"], [""], [7], **{**SETTINGS, "addnoise_condition": 0.0})[0]
     e = fam.encode_one(p, "a red fox runs", "", True, "cpu")
     theirs = p(prompt=None, prompt_embeds=e["prompt_embeds"], negative_prompt_embeds=e["negative_prompt_embeds"],
                height=32, width=32, num_frames=33, num_inference_steps=2, guidance_scale=5.0, fps=8, base_num_frames=17,
@@ -57,15 +59,15 @@ def test_windows_equal_the_pipelines_own_long_video(pipe):
 def test_segments_are_saved_and_a_resumed_video_is_the_same(pipe, tmp_path):
     fam, p = pipe
     settings = {**SETTINGS, "addnoise_condition": 20.0}
-    whole = fam.sample(p, ["a lighthouse"], [""], [3], **settings)[0]
+    whole = sample(fam, p, ["a lighthouse"], [""], [3], **settings)[0]
     store = SegmentStore(str(tmp_path), "r1", 0, "ab" * 32)
-    first = fam.sample(p, ["a lighthouse"], [""], [3], segments=[store], **settings)[0]
+    first = sample(fam, p, ["a lighthouse"], [""], [3], segments=[store], **settings)[0]
     np.testing.assert_array_equal(first, whole)
     assert store.saved == 3 and [s["latents"].shape[1] for s in store.load()] == [5, 2, 2]
     # the worker dies after two segments: a new one makes only the third
     (tmp_path / "segments/r1/0" / ("ab" * 8) / "0002.npz").unlink()
     resumed_store = SegmentStore(str(tmp_path), "r1", 0, "ab" * 32)
-    resumed = fam.sample(p, ["a lighthouse"], [""], [3], segments=[resumed_store], **settings)[0]
+    resumed = sample(fam, p, ["a lighthouse"], [""], [3], segments=[resumed_store], **settings)[0]
     assert resumed_store.saved == 1
     np.testing.assert_array_equal(resumed, whole)
 
@@ -73,23 +75,25 @@ def test_segments_are_saved_and_a_resumed_video_is_the_same(pipe, tmp_path):
 def test_sample_stage_hands_the_family_a_store_per_row(tmp_path):
     ctx = RunContext(run_id="r", output=str(tmp_path), model=ModelSpec(family="skyreels_df", path=DF))
     stage = SampleStage(SampleOptions(resources={"num_gpus": 0}), ctx)
-    stores = stage.segments([{"id": "a", "variant": 0, "params_hash": "f" * 64}])["segments"]
-    assert stores[0].folder.endswith("segments/a/0/" + "f" * 16)
+    stage.pipe = stage.family.load_pipeline(resolve_model_path(DF), "cpu", stage.ctx.model)
+    v = stage.variant_input({"id": "a", "variant": 0, "params_hash": "f" * 64, "expanded_prompt": "a cat",
+                             "negative_prompt": "", "seed": 1})
+    assert v.segments.folder.endswith("segments/a/0/" + "f" * 16)
 
 
 def test_families_that_cannot_extend_refuse_long_rows_naming_their_window():
     wan = family_for("wan")
-    assert check_row(wan, {"num_frames": 81}, "builtin:tiny-wan") is None
-    msg = check_row(wan, {"num_frames": 1441}, "builtin:tiny-wan")
+    assert wan.check_length({"num_frames": 81}, "builtin:tiny-wan") is None
+    msg = wan.check_length({"num_frames": 1441}, "builtin:tiny-wan")
     assert "family 'wan'" in msg and "window of 81 frames" in msg and "cannot extend" in msg
-    assert "window of 49 frames" in check_row(family_for("cogvideox"), {"num_frames": 97}, None)
-    assert "does not extend" in check_row(wan, {"num_frames": 17, "overlap_history": 17}, None)
+    assert "window of 49 frames" in family_for("cogvideox").check_length({"num_frames": 97}, None)
+    assert "does not extend" in wan.check_length({"num_frames": 17, "overlap_history": 17}, None)
     df = family_for("skyreels_df")
     ok = {"num_frames": 1441, "base_num_frames": 97, "overlap_history": 17}
-    assert check_row(df, ok, None) is None
-    assert "overlap_history: required" in check_row(df, {**ok, "overlap_history": None}, None)
-    assert "base_num_frames: must be 4*k+1" in check_row(df, {**ok, "base_num_frames": 96}, None)
-    assert "must leave new frames" in check_row(df, {**ok, "overlap_history": 97}, None)
+    assert df.check_length(ok, None) is None
+    assert "overlap_history: required" in df.check_length({**ok, "overlap_history": None}, None)
+    assert "base_num_frames: must be 4*k+1" in df.check_length({**ok, "base_num_frames": 96}, None)
+    assert "must leave new frames" in df.check_length({**ok, "overlap_history": 97}, None)
 
 
 def test_shot_prompts_are_cut_to_the_encoders_budget_and_the_record_says_so(tmp_path):
@@ -102,9 +106,9 @@ def test_shot_prompts_are_cut_to_the_encoders_budget_and_the_record_says_so(tmp_
               "first_frame": None, "end_frame": None},
              {"prompt": "the keeper climbs", "duration_s": 1.0, "expanded_prompt": long_shot,
               "first_frame": None, "end_frame": None}]
-    row = {"id": "a", "variant": 0, "params_hash": "f" * 64, "expanded_prompt": "a harbour", "shots": shots}
-    stage.read_by_encoder(row)
-    read = stage.segments([row])["shots"][0]
+    row = {"id": "a", "variant": 0, "params_hash": "f" * 64, "expanded_prompt": "a harbour", "shots": shots,
+           "negative_prompt": "", "seed": 1}
+    read = stage.variant_input(row).shots
     tokenizer = stage.pipe.tokenizer
     assert read[0]["expanded_prompt"] == "a harbour at dawn, mist"
     assert len(tokenizer(read[1]["expanded_prompt"])["input_ids"]) <= budget < len(tokenizer(long_shot)["input_ids"])

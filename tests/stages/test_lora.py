@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from stages.base import ModelSpec, RunContext
-from stages.checkpoints import model_identity, resolve_model_path
+from stages.contract import ModelSpec, RunContext
+from stages.models.checkpoints import model_identity, resolve_model_path
 from stages.sample import SampleOptions, SampleStage
 
 pytest.importorskip("peft")

@@ -4,17 +4,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.checkpoints import model_identity, resolve_model_path
-from stages.families import FAMILIES, NullFamily, family_for
+from stages.models.checkpoints import model_identity, resolve_model_path
+from stages.models.families import FAMILIES, NullFamily, family_for
 from stages.filter import FilterOptions, FilterStage
-from stages.quality import phash_distance
+from stages.media.frames import FrameArray
+from stages.media.quality import phash_distance
+from stages.models.spec import ModelSpec
+from tests import planning
 
 SHAPE = dict(height=64, width=96, num_frames=9, num_inference_steps=2, guidance_scale=5.0)
 
 
 def sample(seeds, **shape):
-    return NullFamily.sample(NullFamily.load_pipeline("builtin:null", "float32", "cpu"),
-                             ["p"] * len(seeds), [""] * len(seeds), seeds, **{**SHAPE, **shape})
+    pipe = NullFamily.load_pipeline("builtin:null", "cpu", ModelSpec(family="null"))
+    return planning.sample(NullFamily, pipe, ["p"] * len(seeds), [""] * len(seeds), seeds, **{**SHAPE, **shape})
 
 
 def test_registered_as_a_builtin_family():
@@ -45,7 +48,7 @@ def test_frames_pass_the_default_filter_and_are_not_duplicates():
     rows = []
     for seed in range(6):
         frames, _ = NullFamily.decode(None, sample([seed])[0])
-        rows.append({"status": "pending", "frames": frames, "stage_seconds": {}, "prompt": "p"})
+        rows.append({"status": "pending", "frames": FrameArray(frames), "stage_seconds": {}, "prompt": "p"})
     rows = FilterStage(FilterOptions())(rows)
     assert [r["status"] for r in rows] == ["accepted"] * 6, [r["reasons"] for r in rows]
     hashes = [r["phash"] for r in rows]
@@ -74,7 +77,7 @@ def test_builtin_null_resolves_without_building_anything(monkeypatch):
     def build(_):
         raise AssertionError("builtin:null must not build a model")
 
-    monkeypatch.setattr("stages.checkpoints.build_tiny_wan", build)
+    monkeypatch.setattr("stages.models.builtin.build_tiny_wan", build)
     assert resolve_model_path("builtin:null") == "builtin:null"
     ident = model_identity("null", "builtin:null", None, "float32")
     assert ident == {"family": "null", "path": "builtin:null", "revision": None, "dtype": "float32",
@@ -88,7 +91,8 @@ def test_cpu_stages_and_the_pipeline_modules_do_not_import_torch():
     import sys
 
     code = ("import sys, pipeline.job, pipeline.graph, pipeline.plan, pipeline.cli, stages.filter, stages.encode, "
-            "stages.write, stages.families; stages.families.family_for('null').sample(None, ['p'], [''], [1], height=16, width=16, "
+            "stages.write, stages.models.families, tests.planning; tests.planning.sample("
+            "stages.models.families.family_for('null'), None, ['p'], [''], [1], height=16, width=16, "
             "num_frames=5, num_inference_steps=1, guidance_scale=1.0); "
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -100,7 +104,7 @@ def test_wan_shape_rule_follows_the_checkpoint(tmp_path):
     rule is read from the checkpoint's configs (here config-only folders in diffusers layout)."""
     import json
 
-    from stages.families import WanFamily
+    from stages.models.families import WanFamily
 
     def checkpoint(name, vae, patch):
         for sub, config in (("vae", vae), ("transformer", {"patch_size": patch})):

@@ -2,7 +2,8 @@
 import pytest
 
 from stages.expand import ExpandOptions, ExpandStage
-from stages.recaption import SYSTEM_PROMPTS, Rewrite, check_rewrite
+from stages.models.rewriters import SYSTEM_PROMPTS, Rewrite, check_rewrite
+from tests import planning
 
 LLM = {"mode": "llm", "backend": "local", "model": "builtin:tiny-qwen", "resources": {"num_gpus": 0}}
 PROMPTS = ["a cat walking along a beach at sunset", "a red car at night", "two robots dance in a warehouse",
@@ -13,7 +14,7 @@ def planned(options: ExpandOptions, prompts=PROMPTS, variants=1):
     rows = [{"row": i, "id": f"r{i}", "prompt": p, "negative_prompt": "", "seed": 100 + i, "num_variants": variants,
              "height": 64, "width": 64, "num_frames": 9, "fps": 8, "num_inference_steps": 2, "guidance_scale": 5.0,
              "style": None, "tags": [], "extra": {}} for i, p in enumerate(prompts)]
-    return ExpandStage(options).variants(rows)
+    return planning.planned(ExpandStage(options), rows)
 
 
 def rewritten(options: ExpandOptions, batch_size: int, variants=1) -> list[dict]:

@@ -2,7 +2,7 @@
 through a fault-injecting proxy: retries, timeouts, errors that are not retried, a dead endpoint."""
 import pytest
 
-from stages.recaption import EndpointRewriter, messages_for
+from stages.models.rewriters import EndpointRewriter, messages_for
 from tests.conftest import LLM_KEY
 from tests.faulty_llm import free_port
 

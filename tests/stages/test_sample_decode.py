@@ -3,11 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from stages.base import ModelSpec, RunContext
-from stages.checkpoints import resolve_model_path
+from stages.contract import ModelSpec, RunContext
+from stages.models.checkpoints import resolve_model_path
 from stages.decode import DecodeOptions, DecodeStage
 from stages.expand import ExpandStage
 from stages.sample import SampleOptions, SampleStage
+from tests.planning import planned
 from tests.stages.test_expand import row
 
 
@@ -17,7 +18,7 @@ def variants(n, **kw):
     rows = [row(id=f"r{i}", prompt=p, seed=10 + i, **kw)
             for i, p in enumerate(["a cat on a beach", "a red car at night", "a robot arm in a warehouse",
                                    "a whale in the ocean"][:n])]
-    return ExpandStage(ExpandOptions()).variants(rows)
+    return planned(ExpandStage(ExpandOptions()), rows)
 
 
 def cpu(batch_size=4, **kw):
@@ -92,7 +93,7 @@ def test_decode_gives_uint8_frames_and_drops_latents(sampler):
     out = decoder(rows)
     for r in out:
         assert "latents" not in r
-        assert r["frames"].shape == (9, 64, 64, 3) and r["frames"].dtype == np.uint8
+        assert r["frames"].array.shape == (9, 64, 64, 3) and r["frames"].array.dtype == np.uint8
         assert r["stage_seconds"]["decode"] > 0
     again = decoder(sampler(variants(2)))
-    assert np.array_equal(out[0]["frames"], again[0]["frames"])
+    assert np.array_equal(out[0]["frames"].array, again[0]["frames"].array)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from stages.base import ModelSpec, RunContext
+from stages.contract import ModelSpec, RunContext
 from stages.sample import SampleOptions, SampleStage
 
 PROMPTS = ["a cat on a beach", "a red car at night"]
@@ -78,7 +78,7 @@ def test_shared_state_caches_are_refused_with_batches_and_run_alone(reference):
 def test_without_per_item_contexts_the_cache_state_would_leak_between_batch_items(monkeypatch):
     """The fix above is what keeps batches invariant: with every item in the pipeline's own context, a
     2-row batch differs from single runs."""
-    import stages.families.base as base
+    import stages.models.families.base as base
 
     cache = {"kind": "first_block", "threshold": 0.2}
     batched = stage(batch_size=2, cache=cache)

@@ -1,4 +1,4 @@
-"""Long videos streamed through decode, filter and encode a segment at a time (stages/stream.py), without Ray."""
+"""Long videos streamed through decode, filter and encode a segment at a time (stages/long_video/stream.py), without Ray."""
 import io
 from pathlib import Path
 
@@ -6,12 +6,16 @@ import av
 import numpy as np
 import pytest
 
-from stages.base import ModelSpec, RunContext
-from stages.checkpoints import resolve_model_path
+from stages.contract import ModelSpec, RunContext
+from stages.models.checkpoints import resolve_model_path
 from stages.encode import EncodeOptions
-from stages.families import family_for
-from stages.quality import frame_metrics
-from stages.stream import encode_stream, segment_frames, stream_decode, stream_metrics, wan_frame_chunks
+from stages.models.families import family_for
+from stages.media.quality import frame_metrics
+from stages.long_video.segments import store_for
+from stages.long_video.stream import encode_stream, stream_metrics, write_chunks
+from stages.long_video.windows import segment_frames
+from stages.media.frames import FrameChunks
+from tests.planning import planned
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -39,7 +43,7 @@ def test_causal_chunks_are_the_vaes_own_decode(vae):
     fam, v = vae
     latents = np.random.default_rng(0).standard_normal((16, 9, 4, 4)).astype(np.float32)
     whole, _ = fam.decode(v, latents)
-    chunks = [f for f, _ in wan_frame_chunks(v, latents)]
+    chunks = [f for f, _ in fam.decode_chunks(v, latents)]
     assert [len(c) for c in chunks] == [1] + [4] * 8
     np.testing.assert_array_equal(np.concatenate(chunks), whole)
 
@@ -50,13 +54,14 @@ def test_a_streamed_row_decodes_filters_and_encodes_a_segment_at_a_time(vae, tmp
     ctx = RunContext(output=str(tmp_path), model=ModelSpec(family="skyreels_df"))
     r = {"id": "a", "variant": 0, "params_hash": "c" * 64, "num_frames": 33, "fps": 8, "base_num_frames": 17,
          "overlap_history": 9}
-    r["frame_chunks"], finite = stream_decode(fam, v, r, latents, ctx)
-    assert finite and r["segment_frames"] == [[0, 17], [17, 25], [25, 33]] and len(r["frame_chunks"]) == 3
+    store = store_for(ctx, r)
+    frames, finite = write_chunks(fam.decode_chunks(v, latents), segment_frames(r), store.fs, store.folder)
+    assert finite and frames.bounds == [(0, 17), (17, 25), (25, 33)] and len(frames.uris) == 3
     whole, _ = fam.decode(v, latents)
-    parts = [np.load(Path(u.removeprefix("file://"))) for u in r["frame_chunks"]]
+    parts = [np.load(Path(u.removeprefix("file://"))) for u in frames.uris]
     np.testing.assert_array_equal(np.concatenate(parts), whole)
 
-    metrics, phash, cuts = stream_metrics(r, 8.0, None)
+    metrics, phash, cuts = stream_metrics(r, frames, 8.0)
     reference, ref_phash, _ = frame_metrics(whole, 8.0)
     assert phash == ref_phash
     for name in ("brightness", "contrast", "black_fraction", "clipped_low", "clipped_high"):
@@ -64,11 +69,11 @@ def test_a_streamed_row_decodes_filters_and_encodes_a_segment_at_a_time(vae, tmp
     assert {f"segment_{k}/motion" for k in range(3)} <= set(metrics)
     assert metrics["segment_1/brightness"] == pytest.approx(frame_metrics(whole[17:25], 8.0)[0]["brightness"])
 
-    out = encode_stream(r, EncodeOptions(preset="ultrafast"), {"comment": "x"}, None)
+    out = encode_stream(r, frames, EncodeOptions(preset="ultrafast"), {"comment": "x"})
     with av.open(io.BytesIO(out["video_bytes"])) as c:
         assert sum(1 for _ in c.decode(c.streams.video[0])) == 33
     assert out["duration_s"] == pytest.approx(33 / 8) and out["poster_bytes"] and out["preview_bytes"]
-    assert not any(Path(u.removeprefix("file://")).exists() for u in r["frame_chunks"])  # chunks removed
+    assert not any(Path(u.removeprefix("file://")).exists() for u in frames.uris)  # chunks removed
 
 
 def test_a_cut_on_a_segment_boundary_is_found(tmp_path):
@@ -80,8 +85,8 @@ def test_a_cut_on_a_segment_boundary_is_found(tmp_path):
     for k, chunk in enumerate((a, b)):
         paths.append(str(tmp_path / f"{k}.npy"))
         np.save(paths[-1], chunk)
-    r = {"num_frames": 16, "frame_chunks": paths, "segment_frames": [[0, 8], [8, 16]]}
-    _, _, cuts = stream_metrics(r, 8.0, None)
+    r = {"num_frames": 16}
+    _, _, cuts = stream_metrics(r, FrameChunks(paths, [(0, 8), (8, 16)]), 8.0)
     assert cuts == [8]
 
 
@@ -95,11 +100,12 @@ def test_a_cut_at_a_shot_boundary_is_expected_and_one_elsewhere_is_not(tmp_path)
         paths.append(str(tmp_path / f"{k}.npy"))
         np.save(paths[-1], chunk)
     shots = [{"first_frame": 0, "end_frame": 8}, {"first_frame": 8, "end_frame": 16}]
-    r = {"num_frames": 16, "frame_chunks": paths, "segment_frames": [[0, 8], [8, 16]], "shots": shots}
-    metrics, _, cuts = stream_metrics(r, 8.0, None)
+    r = {"num_frames": 16, "shots": shots}
+    frames = FrameChunks(paths, [(0, 8), (8, 16)])
+    metrics, _, cuts = stream_metrics(r, frames, 8.0)
     assert cuts == [] and metrics["scene_cuts"] == 0 and metrics["shot_cuts"] == 1
     shots = [{"first_frame": 0, "end_frame": 13}, {"first_frame": 13, "end_frame": 16}]  # a cut 5 frames off
-    metrics, _, cuts = stream_metrics({**r, "shots": shots}, 8.0, None)
+    metrics, _, cuts = stream_metrics({**r, "shots": shots}, frames, 8.0)
     assert cuts == [8] and metrics["scene_cuts"] == 1 and metrics["shot_cuts"] == 0
 
 
@@ -125,7 +131,7 @@ def test_the_llm_writes_every_shot_with_the_whole_storyboard_in_its_prompt():
     cast = "Ada, an old sailor with a white beard"
     shots = [{"prompt": "Ada mends a net", "duration_s": 1.0, "expanded_prompt": None},
              {"prompt": "Ada rows out at dusk", "duration_s": 2.0, "expanded_prompt": None}]
-    rows = stage.variants([{"row": 0, "id": "s", "prompt": cast, "negative_prompt": "", "seed": 3, "num_variants": 2,
+    rows = planned(stage, [{"row": 0, "id": "s", "prompt": cast, "negative_prompt": "", "seed": 3, "num_variants": 2,
                             "style": None, "tags": [], "extra": {}, "shots": shots}])
     chat = stage.storyboard_chat(rows[0], 1)[-1]["content"]
     assert cast in chat and "Shot 1: Ada mends a net" in chat and "Shot 2: Ada rows out at dusk" in chat
@@ -143,7 +149,7 @@ def test_the_llm_writes_every_shot_with_the_whole_storyboard_in_its_prompt():
 def test_clip_scores_each_segment_against_its_shots_prompt(tmp_path):
     """A streamed video gets a CLIP score per segment, each against the prompt it was made from (a
     storyboard's shot), and an overall one: their mean weighted by frames."""
-    from stages.clip_score import ClipScorer
+    from stages.models.clip_score import ClipScorer
     from stages.filter import FilterOptions, FilterStage
 
     rng = np.random.default_rng(4)
@@ -155,7 +161,7 @@ def test_clip_scores_each_segment_against_its_shots_prompt(tmp_path):
     shots = [{"prompt": "a harbour", "expanded_prompt": "a harbour at dawn", "first_frame": 0, "end_frame": 9},
              {"prompt": "a keeper", "expanded_prompt": None, "first_frame": 9, "end_frame": 25}]
     row = {"id": "s", "variant": 0, "status": "pending", "prompt": "a story", "expanded_prompt": "a story",
-           "num_frames": 25, "frame_chunks": paths, "segment_frames": [[0, 9], [9, 17], [17, 25]], "shots": shots,
+           "num_frames": 25, "frames": FrameChunks(paths, [(0, 9), (9, 17), (17, 25)]), "shots": shots,
            "stage_seconds": {}}
     stage = FilterStage(FilterOptions(clip_model="builtin:tiny-clip", resources={"num_gpus": 0}),
                         RunContext(output=str(tmp_path)))

@@ -1,0 +1,156 @@
+"""Fitting the stages' resource asks to the Ray cluster a run starts on, before any operator is built.
+
+- `replicas: auto` resolved against the cluster (`auto_replicas`);
+- on one machine without a GPU, the stages' GPU asks dropped (they run on CPU);
+- a stage that no node can host fails the job after `ray.resource_wait_s`, naming the resource, instead of
+  waiting forever; an autoscaler is asked for one replica's worth meanwhile (`wait_for_resources`);
+- model stages that cannot hold their GPUs at once are warned about (`gpus_crowded`);
+- the whole pipeline fitted to the cluster's CPUs so that every stage can run at once (`fit_pipeline`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import ray
+
+from pipeline.errors import ClusterError
+from pipeline.spec import JobSpec
+from stages.contract import Resources, Stage
+
+log = logging.getLogger("rushes")
+
+
+def demand(res: Resources) -> dict[str, float]:
+    need = {"CPU": res.num_cpus, "GPU": res.num_gpus, "memory": (res.memory_gb or 0) * 2**30}
+    return {k: v for k, v in need.items() if v}
+
+
+def unhostable(stages: dict[str, Resources]) -> list[str]:
+    """Why each stage that no alive node can host one replica of cannot be placed."""
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    problems = []
+    for name, res in stages.items():
+        need = demand(res)
+        if any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
+            continue
+        short = sorted({k for k, v in need.items() for node in nodes if node.get(k, 0) < v}) or sorted(need)
+        best = {k: max((node.get(k, 0) for node in nodes), default=0) for k in short}
+        fmt = lambda d: ", ".join(f"{k}={v / 2**30:g}GiB" if k == "memory" else f"{k}={v:g}" for k, v in d.items())
+        problems.append(f"{name}: no node can host one replica, which needs {fmt(need)}; the most any of the "
+                        f"{len(nodes)} alive nodes offers is {fmt(best)} (missing: {', '.join(short)})")
+    return problems
+
+
+def wait_for_resources(stages: dict[str, Resources], wait_s: float) -> None:
+    """Fail in bounded time, naming the resource, when no node can host a stage; ask an autoscaler meanwhile."""
+    problems = unhostable(stages)
+    if not problems:
+        return
+    try:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[demand(r) for r in stages.values()])
+    except Exception:  # noqa: BLE001 - no autoscaler: nothing to ask
+        pass
+    log.warning("waiting up to %.0f s for nodes: %s", wait_s, "; ".join(problems))
+    deadline = time.monotonic() + wait_s
+    while problems and time.monotonic() < deadline:
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        problems = unhostable(stages)
+    if problems:
+        raise ClusterError("the Ray cluster cannot run this job: " + "; ".join(problems) +
+                           f" (waited {wait_s:g} s, ray.resource_wait_s). Add such a node, or lower the stage's "
+                           "resources in the job file.")
+
+
+def gpus_crowded(actors: dict[str, Resources]) -> str | None:
+    """A warning when the model stages' smallest pools cannot hold their GPUs at the same time: Ray Data
+    then starts decoding only when sampling has ended, and every latent of the job waits in the object
+    store meanwhile (on a one-GPU machine with 1 GPU asked for each stage, for one)."""
+    need = {name: r.num_gpus * r.replica_range[0] for name, r in actors.items() if r.num_gpus}
+    have = sum(n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"])
+    if len(need) < 2 or sum(need.values()) <= have:
+        return None
+    asks = ", ".join(f"{name} {g:g}" for name, g in need.items())
+    return (f"the model stages ask for {sum(need.values()):g} GPUs together ({asks}; num_gpus x the fewest "
+            f"replicas) but the cluster has {have:g}: they cannot run at the same time, so decoding waits for "
+            f"sampling to finish and holds every latent until then. Give them fractions that fit together "
+            f"(e.g. num_gpus: 0.5 each on one GPU) or add GPUs.")
+
+
+PLAN_READ = "read"  # the task operator that reads plan objects, ahead of the stages
+
+
+def fit_pipeline(stages: list[Stage], asks: dict[str, Resources], cpus: float
+                 ) -> tuple[dict[str, Resources], str | None]:
+    """The whole pipeline against the cluster's CPUs: every actor pool at its fewest replicas plus one
+    task of each task operator (the plan read included) must fit at once, or nothing flows (the actors
+    hold every CPU and no task is ever scheduled). Returns the CPU asks to use, and what was changed.
+
+    The plan read keeps one whole CPU (Ray Data's block repartition after it runs as a task of 1 CPU
+    that cannot be asked for less). The other task operators share what the actor pools leave, in
+    fractions of a CPU; when the actor pools alone fill the rest, they are scaled to three quarters of
+    it. (CPUs are scheduling tokens here: a stage's torch threads still follow its own `num_cpus`.)
+    GPUs are not adapted: pools that cannot hold their GPUs together still progress, one after the
+    other (see `gpus_crowded`)."""
+    asks = {PLAN_READ: Resources(num_cpus=1), **asks}
+    pools = {s.name for s in stages if s.holds_model}
+    count = {name: (res.replica_range[0] if name in pools else 1) for name, res in asks.items()}
+    pool_cpu = sum(count[n] * asks[n].num_cpus for n in pools)
+    task_cpu = sum(asks[n].num_cpus for n in asks if n not in pools and n != PLAN_READ)
+    if 1 + pool_cpu + task_cpu <= cpus + 1e-9:
+        return asks, None
+    rest = cpus - 1
+    if rest <= 0:
+        raise ClusterError(f"the Ray cluster has {cpus:g} CPUs: the pipeline needs more than one (one reads "
+                           "the plan, the rest run the stages)")
+    pool_scale = 1.0 if pool_cpu < rest else 0.75 * rest / pool_cpu
+    task_scale = (rest - pool_cpu * pool_scale) / task_cpu if task_cpu else 1.0
+    fitted = {n: r if n == PLAN_READ else r.model_copy(update={
+              "num_cpus": r.num_cpus * (pool_scale if n in pools else task_scale)}) for n, r in asks.items()}
+    ask = ", ".join(f"{n} {count[n] * r.num_cpus:g}" + (f" ({count[n]} replicas)" if count[n] > 1 else "")
+                    for n, r in asks.items() if r.num_cpus)
+    now = ", ".join(f"{n} {r.num_cpus:.2f}" for n, r in fitted.items() if r.num_cpus)
+    return fitted, (f"the stages ask for {1 + pool_cpu + task_cpu:g} CPUs together ({ask}) but the cluster has "
+                    f"{cpus:g}; so that every stage can run at once, CPUs per replica are now: {now}")
+
+
+AUTO_CPU_REPLICAS = (1, 4)  # bounds of an 'auto' pool on a cluster without GPUs
+
+
+def auto_replicas(res: Resources, cpus: float, gpus: float) -> Resources:
+    """`replicas: auto`, resolved against the cluster when the run starts.
+
+    - A stage that asks for GPUs: a pool that Ray Data scales from 1 up to as many replicas as the
+      cluster's GPUs hold, so it grows when its input queues up and the GPUs are free.
+    - On CPUs alone: a fixed pool of one replica per two logical CPUs (1 to 4). A model stage on CPU
+      runs each replica with `num_cpus` threads; for the small convolutions of a VAE, two one-thread
+      replicas do more than one two-thread replica, and a fixed pool starts them all at once, where an
+      autoscaling one would add them only after its queue had built up (bench/RESULTS.md, vs_loop)."""
+    if res.replicas != "auto":
+        return res
+    if res.num_gpus:
+        return res.model_copy(update={"replicas": f"1..{max(1, int(gpus // res.num_gpus))}"})
+    lo, hi = AUTO_CPU_REPLICAS
+    return res.model_copy(update={"replicas": min(hi, max(lo, int(cpus // 2)))})
+
+
+def fit_to_cluster(spec: JobSpec, stages: list[Stage]) -> dict[str, Resources]:
+    """Each stage's resources for this run on this cluster (and the plan read's, under PLAN_READ)."""
+    asks = {s.name: s.options.resources for s in stages}
+    alive = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    cpus, gpus = sum(n.get("CPU", 0) for n in alive), sum(n.get("GPU", 0) for n in alive)
+    if len(alive) == 1 and not gpus and any(r.num_gpus for r in asks.values()):  # one machine, no GPU
+        asks = {name: r.model_copy(update={"num_gpus": 0.0}) for name, r in asks.items()}
+        log.warning("no GPU on this machine: the stages run on CPU (their num_gpus requests dropped)")
+    asks = {name: auto_replicas(r, cpus, gpus) for name, r in asks.items()}
+    wait_for_resources(asks, spec.ray.resource_wait_s)
+    crowded = gpus_crowded({s.name: asks[s.name] for s in stages if s.holds_model})
+    if crowded:
+        log.warning(crowded)
+    asks, change = fit_pipeline(stages, asks, cpus)
+    if change:  # routine on one machine (a local Ray has max(4, cores) CPUs): said, not warned
+        log.info(change)
+
+    return asks

@@ -1,0 +1,88 @@
+"""Prompt alignment: a CLIP text-video score for the filter stage.
+
+In: a prompt and uint8 frames (T, H, W, 3). Out: `ClipScorer.score()`, the CLIPScore convention of
+torchmetrics: 100 x max(cosine, 0) between the prompt's text embedding and the mean, over CLIP_FRAMES
+evenly spaced frames, of each frame's cosine; 0 (unrelated) .. 100 (identical direction).
+`cosines()` gives the raw per-frame cosines.
+
+The model is any transformers CLIP checkpoint (`CLIPModel`, a tokenizer and an image processor) by local
+folder or hub id, or `builtin:tiny-clip`: a tiny CLIP built offline from a config with a fixed seed and a
+BPE tokenizer trained with `tokenizers`, saved once with `save_pretrained` under
+`$RUSHES_CACHE/builtin/` and loaded back with `from_pretrained`, like the tiny video model. Its weights
+are random: its scores are deterministic but say nothing about alignment.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from stages.models.builtin import build_clip_tokenizer
+from stages.models.checkpoints import resolve_builtin
+from stages.models.devices import quiet_loading
+
+CLIP_FRAMES = 8
+# Bump when the recipe changes, so a stale cached copy is never used.
+BUILTIN_CLIPS = {"tiny-clip": "tiny-clip-v1"}
+
+
+def build_tiny_clip(target: Path) -> None:
+    """Build a tiny random CLIP with a fixed seed and save model, tokenizer and image processor at `target`."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    quiet_loading()
+    tokenizer = build_clip_tokenizer()
+    config = CLIPConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
+                     "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 2, "num_attention_heads": 4},
+        projection_dim=32)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    # Written as JSON rather than through CLIPImageProcessor, whose class varies with torchvision's presence.
+    (Path(target) / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor", "do_convert_rgb": True, "do_resize": True,
+        "size": {"shortest_edge": 32}, "resample": 3, "do_center_crop": True,
+        "crop_size": {"height": 32, "width": 32},
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]},
+        indent=2))
+
+
+def resolve_clip_path(path: str) -> str:
+    """A path that `from_pretrained` accepts; builds the builtin CLIP into the cache on first use."""
+    return resolve_builtin(path, BUILTIN_CLIPS, build_tiny_clip, "filter.clip_model")
+
+
+class ClipScorer:
+    def __init__(self, path: str, device: str = "cpu"):
+        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+        quiet_loading()
+        local = resolve_clip_path(path)
+        self.device = device
+        self.model = CLIPModel.from_pretrained(local).to(device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(local)
+        self.processor = AutoImageProcessor.from_pretrained(local)
+
+    def cosines(self, prompt: str, frames: np.ndarray) -> np.ndarray:
+        """Cosine similarity of the prompt with each of CLIP_FRAMES evenly spaced frames."""
+        import torch
+
+        idx = np.linspace(0, len(frames) - 1, num=min(CLIP_FRAMES, len(frames))).round().astype(int)
+        text = self.tokenizer([prompt], padding=True, truncation=True, return_tensors="pt")
+        pixels = self.processor(images=[frames[i] for i in idx], return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            # The joint forward returns normalised projections in every transformers version.
+            out = self.model(input_ids=text["input_ids"].to(self.device),
+                             attention_mask=text["attention_mask"].to(self.device),
+                             pixel_values=pixels.to(self.device))
+        return (out.image_embeds @ out.text_embeds[0]).float().cpu().numpy()
+
+    def score(self, prompt: str, frames: np.ndarray) -> float:
+        return 100.0 * max(float(self.cosines(prompt, frames).mean()), 0.0)

@@ -1,0 +1,62 @@
+"""LTX-Video (`LTXPipeline`, `AutoencoderKLLTXVideo`).
+
+The pipeline's latents come out packed, (B, seq, C); sampling unpacks them to (C, F', H', W') with the
+transformer's patch sizes, so that what travels between stages is a plain video latent. Decoding
+denormalizes them with the VAE's `latents_mean` / `latents_std` / `scaling_factor`, and when the VAE is
+timestep-conditioned (LTX 0.9.1 and later) it mixes in seeded noise at `decode_noise_scale` and passes
+`decode_timestep`, as the pipeline's own decode does. Sizes are multiples of 32, frames 8k+1.
+"""
+from __future__ import annotations
+
+from stages.models.families.base import DiffusersFamily
+
+
+class LTXFamily(DiffusersFamily):
+    name = "ltx"
+    pipeline_class = "LTXPipeline"
+    vae_class = "AutoencoderKLLTXVideo"
+    spatial_multiple = 32  # the VAE compresses 32x (patch 4 x three 2x stages); the transformer's patch is 1
+    temporal_stride = 8
+    frame_examples = "9, 17, 97, 121, 161"
+    decode_uses_seed = True
+    window = 257  # LTX-Video: up to 257 frames
+    # LTX-Video 0.9.1's recommended decode settings (diffusers' LTX examples); pixels depend on them.
+    decode_timestep = 0.05
+    decode_noise_scale = 0.025
+    max_sequence_length = 128
+    # LTX-Video (Lightricks/LTX-Video model card, diffusers' LTX docs): 480x704, 161 frames at 25 fps (the
+    # pipeline's `frame_rate`, which scales its rotary positions), guidance 3. Its scheduler shifts dynamically.
+    RECOMMENDED = dict(height=480, width=704, num_frames=161, fps=25, num_inference_steps=50, guidance_scale=3.0)
+
+    @classmethod
+    def call_kwargs(cls, pipe, params) -> dict:
+        return {"frame_rate": params.fps} if params.fps else {}
+
+    @classmethod
+    def encode_one(cls, pipe, prompt: str, negative: str, cfg: bool, device) -> dict:
+        pos, pos_mask, neg, neg_mask = pipe.encode_prompt(
+            prompt=[prompt], negative_prompt=[negative], do_classifier_free_guidance=cfg,
+            max_sequence_length=cls.max_sequence_length, device=device)
+        return {"prompt_embeds": pos, "prompt_attention_mask": pos_mask,
+                "negative_prompt_embeds": neg if cfg else None, "negative_prompt_attention_mask": neg_mask if cfg else None}
+
+    @classmethod
+    def latents_out(cls, pipe, latents, params):
+        frames = (params.num_frames - 1) // pipe.vae_temporal_compression_ratio + 1
+        return pipe._unpack_latents(latents, frames, params.height // pipe.vae_spatial_compression_ratio,
+                                    params.width // pipe.vae_spatial_compression_ratio,
+                                    pipe.transformer_spatial_patch_size, pipe.transformer_temporal_patch_size)
+
+    @classmethod
+    def decode_video(cls, vae, z, seed: int):
+        import torch
+        from diffusers import LTXPipeline
+
+        z = LTXPipeline._denormalize_latents(z, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+        timestep = None
+        if vae.config.timestep_conditioning:
+            noise = torch.randn(z.shape, generator=torch.Generator(device="cpu").manual_seed(seed)).to(z.device)
+            z = (1 - cls.decode_noise_scale) * z + cls.decode_noise_scale * noise
+            timestep = torch.tensor([cls.decode_timestep], device=z.device)
+        dtype = next(vae.parameters()).dtype
+        return vae.decode(z.to(dtype), timestep.to(dtype) if timestep is not None else None, return_dict=False)[0]

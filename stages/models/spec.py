@@ -1,0 +1,36 @@
+"""The job file's `model:` section: which family, which weights, in which dtype, with which LoRAs."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from stages.common.strict import Strict
+from stages.models.families import family_for
+from stages.models.lora import LoraSpec
+
+
+class ModelSpec(Strict):
+    family: str = Field("wan", description="built-in family (wan, ltx, cogvideox, hunyuan, skyreels, skyreels_df, "
+                                           "null) or 'package.module:ClassName'")
+    path: str = Field("", description="builtin:tiny-<family>, a local folder, or a hub id; unset: the family's "
+                                      "builtin tiny model (builtin:tiny-wan, builtin:tiny-ltx, ...)")
+    revision: str | None = Field(None, description="the hub revision (branch, tag or commit) of a hub id")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the weights' dtype")
+    loras: list[LoraSpec] = Field(default_factory=list, description="LoRA adapters [{path, weight_name, scale}], "
+                                  "loaded through peft into the transformer (and transformer_2 for Wan2.2)")
+
+    @field_validator("family")
+    @classmethod
+    def _family_exists(cls, v: str) -> str:
+        family_for(v)
+        return v
+
+    @model_validator(mode="after")
+    def _family_tiny_model_by_default(self) -> "ModelSpec":
+        if not self.path:
+            # a user's family ('package.module:Class'): tiny Wan, the default before families had their own
+            tiny = ("builtin:null" if self.family == "null" else "builtin:tiny-wan" if ":" in self.family
+                    else f"builtin:tiny-{self.family.replace('_', '-')}")
+            object.__setattr__(self, "path", tiny)
+        return self
