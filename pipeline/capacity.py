@@ -136,14 +136,32 @@ def auto_replicas(res: Resources, cpus: float, gpus: float) -> Resources:
     return res.model_copy(update={"replicas": min(hi, max(lo, int(cpus // 2)))})
 
 
+def share_gpus(asks: dict[str, Resources], gpus: float) -> dict[str, Resources]:
+    """`num_gpus: auto` against the cluster's GPUs: a whole GPU per replica when the GPUs left by the stages that
+    ask a fixed number hold one for each stage asking auto; else an equal share of them, so that the model
+    stages run at once (on one GPU, 0.5 each for sample and decode, each capping its memory at its share:
+    stages/models/devices.py) instead of decoding waiting for all sampling to end; none without GPUs."""
+    auto = [name for name, r in asks.items() if r.num_gpus == "auto"]
+    if not auto:
+        return asks
+    fixed = sum(r.num_gpus * (r.replica_range[0] if r.replicas != "auto" else 1)
+                for name, r in asks.items() if name not in auto)
+    left = gpus - fixed if gpus > fixed else gpus
+    share = 0.0 if not gpus else 1.0 if left >= len(auto) else int(100 * left / len(auto)) / 100
+    if 0 < share < 1:
+        log.info("num_gpus auto: %s share the cluster's %g GPUs, %g each", ", ".join(auto), gpus, share)
+    return {name: r.model_copy(update={"num_gpus": share}) if name in auto else r for name, r in asks.items()}
+
+
 def fit_to_cluster(spec: JobSpec, stages: list[Stage]) -> dict[str, Resources]:
     """Each stage's resources for this run on this cluster (and the plan read's, under PLAN_READ)."""
     asks = {s.name: s.options.resources for s in stages}
     alive = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     cpus, gpus = sum(n.get("CPU", 0) for n in alive), sum(n.get("GPU", 0) for n in alive)
-    if len(alive) == 1 and not gpus and any(r.num_gpus for r in asks.values()):  # one machine, no GPU
+    if len(alive) == 1 and not gpus and any(r.wants_gpu for r in asks.values()):  # one machine, no GPU
         asks = {name: r.model_copy(update={"num_gpus": 0.0}) for name, r in asks.items()}
         log.warning("no GPU on this machine: the stages run on CPU (their num_gpus requests dropped)")
+    asks = share_gpus(asks, gpus)
     asks = {name: auto_replicas(r, cpus, gpus) for name, r in asks.items()}
     wait_for_resources(asks, spec.ray.resource_wait_s)
     crowded = gpus_crowded({s.name: asks[s.name] for s in stages if s.holds_model})

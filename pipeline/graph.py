@@ -119,6 +119,11 @@ def build_dataset(spec: JobSpec, plan_uris: list[str], ctx: RunContext) -> tuple
     block = next((s.options.batch_size for s in stages if s.paces_blocks), 1)
     ds = ds.repartition(target_num_rows_per_block=block)
     for stage in stages:
+        # the worker's copy learns what `auto` became (its device, its GPU memory share); its torch threads keep
+        # following the CPUs it asked for, not the scheduling share fit_pipeline gave it
+        fitted = {k: getattr(asks[stage.name], k) for k in ("num_gpus", "replicas")}
+        stage.options = stage.options.model_copy(
+            update={"resources": stage.options.resources.model_copy(update=fitted)})
         processor = stage.llm_processor(asks[stage.name])
         if processor is not None:
             ds = llm_processor.apply(ds, processor)

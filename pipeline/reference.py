@@ -94,11 +94,12 @@ def render() -> str:
     out = [HEAD]
     found: dict = {}
     walk(JobSpec, "", found)
-    job = JobSpec.model_validate({"manifest": "m", "output": "o"})
     for model, paths in found.items():
-        defaults = job
-        for part in paths[0].split(".") if paths[0] else []:
-            defaults = getattr(defaults, part, None)
+        defaults = None  # the defaults of a section as a job file without it gets them (a stage's resources)
+        for i, part in enumerate(paths[0].split(".") if paths[0] else []):
+            field = JobSpec.model_fields.get(part) if i == 0 else None
+            defaults = (field.default_factory() if field is not None and field.default_factory else
+                        getattr(defaults, part, None))
         section(model, paths, defaults if len(paths) == 1 else None, out, found)
     return "\n".join(out).rstrip() + "\n"
 

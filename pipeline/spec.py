@@ -25,6 +25,7 @@ from stages.common.storage import SECRET_OPTIONS
 from stages.common.strict import Strict
 from stages.common.variant import FIELDS
 from stages.contract import StageOptions
+from stages.models.devices import auto_dtype
 from stages.models.families import family_for
 from stages.models.spec import ModelSpec
 from stages.decode import DecodeStage
@@ -193,6 +194,17 @@ class JobBase(Strict):
             raise ValueError(f"{', '.join(secret)}: credentials do not belong in a job file (it is saved beside "
                              "the outputs); use the environment (AWS_ACCESS_KEY_ID, ...) or a profile")
         return v
+
+    @model_validator(mode="after")
+    def _resolve_auto(self) -> "JobBase":
+        """`auto` settings decided from the job file alone, so a re-run plans the same params_hash: the model's
+        dtype from where the stages that run it ask to run, then each stage's own (decode's VAE tiling)."""
+        if self.model.dtype == "auto":
+            on_gpu = any(o.resources.wants_gpu for o in self.stage_options().values() if o.loads_model)
+            object.__setattr__(self.model, "dtype", auto_dtype(self.model.path, on_gpu))
+        for name, options in self.stage_options().items():
+            object.__setattr__(self, name, options.resolved(self.model.path, self.family))
+        return self
 
     @model_validator(mode="after")
     def _sampling_fits_the_model(self) -> "JobBase":

@@ -33,11 +33,21 @@ class Resources(Strict):
     """What one replica of a stage asks Ray for, and how many replicas run."""
 
     num_cpus: float = Field(1.0, ge=0, description="CPUs per replica (a model stage's torch threads too)")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; fractions share a GPU")
+    num_gpus: float | Literal["auto"] = Field(
+        0.0, description="GPUs per replica; fractions share a GPU. auto: one per replica when the cluster has a GPU "
+                         "for each model stage, else an equal share (0.5 each for sample and decode on one GPU), "
+                         "none on a machine without GPUs")
     memory_gb: float | None = Field(None, gt=0, description="memory reserved per replica, in GiB")
     replicas: int | str = Field(
         1, description="actor pool size: a number, 'min..max' for Ray Data to scale, or 'auto' (chosen from the "
                        "cluster when the run starts: see pipeline/graph.py auto_replicas)")
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _gpus(cls, v: float | str) -> float | str:
+        if v != "auto" and v < 0:
+            raise ValueError("must be 0 or more, or auto")
+        return v
 
     @field_validator("replicas")
     @classmethod
@@ -59,6 +69,10 @@ class Resources(Strict):
         return f"{lo}..{hi}"
 
     @property
+    def wants_gpu(self) -> bool:
+        return self.num_gpus == "auto" or self.num_gpus > 0
+
+    @property
     def replica_range(self) -> tuple[int, int]:
         if isinstance(self.replicas, int):
             return self.replicas, self.replicas
@@ -75,6 +89,7 @@ class StageOptions(Strict):
     changes only the keys it names (`sample: {resources: {num_cpus: 4}}` keeps the sampler's GPU)."""
 
     RESOURCE_DEFAULTS: ClassVar[dict] = {}
+    loads_model: ClassVar[bool] = False  # runs the job's model (`model:`), whose dtype follows where it runs
     batch_size: int = Field(1, ge=1, description="rows per call of the stage")
     resources: Resources = Field(default_factory=Resources, description="what one replica asks Ray for; a block here changes only the keys it names")
 
@@ -99,6 +114,11 @@ class StageOptions(Strict):
     def pixel_settings(self) -> dict[str, Any]:
         """The options that change a video's pixels, folded into every `params_hash` (none by default)."""
         return {}
+
+    def resolved(self, path: str, family) -> "StageOptions":
+        """These options with any `auto` setting decided for the job's model (at `path`, of `family`); when the
+        job file is loaded, so that `params_hash` is known before any model runs."""
+        return self
 
     def check_model(self, family, path: str) -> str | None:
         """Why these options cannot run with this model family (checked when the job file is loaded), or None."""

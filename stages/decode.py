@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import time
 
+from typing import Literal
+
 from pydantic import Field
 
 from stages.contract import Stage, StageOptions
-from stages.models.devices import pick_device, use_threads
+from stages.models.devices import pick_device, prepare_device, use_threads
 from stages.long_video.segments import store_for
 from stages.long_video.stream import write_chunks
 from stages.long_video.windows import is_streamed, segment_frames
@@ -24,11 +26,31 @@ from stages.models.families import family_for
 
 class DecodeOptions(StageOptions):
     # auto: a pool that grows to the cluster's GPUs, or on CPUs a replica per two CPUs (pipeline/graph.py)
-    RESOURCE_DEFAULTS = {"num_gpus": 1.0, "replicas": "auto"}
+    RESOURCE_DEFAULTS = {"num_gpus": "auto", "replicas": "auto"}
+    loads_model = True
     # On CPU, convolutions through oneDNN and Wan's RMS norm vectorized: the same arithmetic up to float
     # rounding, several times faster on a batch of one (stages/models/cpu_kernels.py). Not in params_hash, like
     # the thread count. false: PyTorch's own choices.
-    fast_cpu_kernels: bool = Field(True, description="on CPU, oneDNN convolutions and a vectorized Wan RMS norm (same arithmetic up to rounding)")
+    fast_cpu_kernels: bool = Field(True, description="on CPU, oneDNN convolutions and a vectorized Wan RMS norm "
+                                                     "(same arithmetic up to rounding)")
+    tiling: Literal["auto", "on", "off"] = Field(
+        "auto", description="decode in overlapping tiles (diffusers' vae.enable_tiling()): a fraction of the memory, "
+                            "pixels blended at the seams; auto: on for the families whose real checkpoints need it at "
+                            "their recommended size (HunyuanVideo, CogVideoX)")
+
+    def resolved(self, path: str, family) -> "DecodeOptions":
+        if self.tiling != "auto":
+            return self
+        return self.model_copy(update={"tiling": "on" if family.tiles_by_default(path) else "off"})
+
+    def check_model(self, family, path: str) -> str | None:
+        if self.tiling == "on" and not family.can_tile:
+            return f"tiling: family '{family.name}' has no VAE to tile"
+        return None
+
+    def pixel_settings(self) -> dict:
+        # tiling blends pixels at the seams; only when on, so libraries made before it keep their params_hash
+        return {"decode": {"vae_tiling": True}} if self.tiling == "on" else {}
 
 
 class DecodeStage(Stage):
@@ -36,7 +58,7 @@ class DecodeStage(Stage):
     Options = DecodeOptions
     holds_model = True
     reads = ("latents",)
-    writes = ("frames",)
+    writes = ("frames", "vae_dtype", "vae_tiling")
     consumes = ("latents",)
 
     def __init__(self, options=None, ctx=None):
@@ -47,10 +69,14 @@ class DecodeStage(Stage):
     def setup(self) -> None:
         use_threads(self.options.resources.num_cpus)
         m = self.ctx.model
-        self.vae = self.family.load_vae(resolve_model_path(m.path), m.dtype,
-                                        pick_device(self.options.resources.num_gpus), revision=m.revision)
+        device = pick_device(self.options.resources.num_gpus)
+        prepare_device(device, self.options.resources.num_gpus)
+        self.vae = self.family.load_vae(resolve_model_path(m.path), m.dtype_on(device), device, revision=m.revision)
+        if self.options.tiling == "on":
+            self.vae.enable_tiling()
         if self.options.fast_cpu_kernels:
             speed_up_cpu_decode(self.vae)
+        self.vae_dtype = self.family.vae_dtype_for(m.dtype_on(device))
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         for r in rows:
@@ -78,4 +104,6 @@ class DecodeStage(Stage):
                 r.update(status="failed", error="decode: VAE output contains NaN or Inf")
                 continue
             r["frames"] = frames
+            # streamed frames go through the VAE a latent frame at a time, never in tiles
+            r.update(vae_dtype=self.vae_dtype, vae_tiling=self.options.tiling == "on" and not frames.streamed)
         return rows

@@ -72,7 +72,8 @@ class EncodeStage(Stage):
         t, h, w, _ = frames.shape
         ch, cw = coded_size(s.codec, h, w)
         video = encode_video(frames, r["fps"], s.codec, s.crf, s.preset, provenance(r, self.ctx.run_id, self.ctx.identity))
-        problem = verify_video(video, t, ch, cw, r["fps"])
+        # against the frames the row asked for: a model that made more or fewer is caught here
+        problem = verify_video(video, r.get("num_frames", t), ch, cw, r["fps"])
         if problem:
             raise VerifyError(problem)
         r.update(video_bytes=video, video_ext=CODECS[s.codec][2], codec=s.codec, resolution=f"{cw}x{ch}",

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from stages.contract import LanguageModelProcessor, Resources, Stage, StageOptions
-from stages.models.devices import pick_device, use_threads
+from stages.models.devices import auto_dtype, pick_device, use_threads
 from stages.models.template import storyboard, template
 from stages.models.rewriters import (SYSTEM_PROMPTS, EndpointRewriter, ExpandExample, LocalRewriter, PromptFile,
                                      Rewrite, check_rewrite, llm_weights_hash, messages_for, resolve_llm_path,
@@ -38,7 +37,9 @@ class ExpandOptions(StageOptions):
     model: str | None = Field(None, description="llm: builtin:tiny-qwen, a folder or hub id (local, vllm), or "
                                                 "the endpoint's model name (openai)")
     revision: str | None = Field(None, description="the hub revision of expand.model")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the language model's dtype (local, vllm)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="the language model's dtype (local, vllm); auto: bfloat16 for a real model on a GPU, else "
+                            "float32")
     url: str | None = Field(None, description="openai: the endpoint, e.g. http://vllm:8000/v1")
     api_key_env: str | None = Field(None, description="openai: the environment variable holding the API key")
     language: Literal["en", "zh"] = Field("en", description="the language of the rewritten prompt")
@@ -61,18 +62,12 @@ class ExpandOptions(StageOptions):
     @classmethod
     def resource_defaults(cls, data: dict) -> dict:
         local = data.get("mode") == "llm" and data.get("backend", "local") in ("local", "vllm")
-        return {"num_gpus": 1.0} if local else {}
+        return {"num_gpus": "auto"} if local else {}
 
     @model_validator(mode="after")
     def _backend_settings(self) -> "ExpandOptions":
-        if isinstance(self.system_prompt, PromptFile):
-            try:
-                text = Path(self.system_prompt.file).read_text()
-            except OSError as e:
-                raise ValueError(f"system_prompt.file: cannot read {self.system_prompt.file!r}: {e.strerror}")
-            if not text.strip():
-                raise ValueError(f"system_prompt.file: {self.system_prompt.file!r} is empty")
-            self.__dict__["system_prompt"] = text.strip()  # the text travels to the workers, not the path
+        if isinstance(self.system_prompt, PromptFile):  # the text travels to the workers, not the path
+            self.__dict__["system_prompt"] = self.system_prompt.text()
         if self.mode != "llm":
             return self
         if not self.model:
@@ -83,6 +78,12 @@ class ExpandOptions(StageOptions):
         if self.backend != "openai" and (self.url or self.api_key_env):
             raise ValueError(f"expand.url and expand.api_key_env are for backend openai, not {self.backend}")
         return self
+
+    def resolved(self, path: str, family) -> "ExpandOptions":
+        if self.dtype != "auto":  # bfloat16 for a real model on a GPU (stages/models/devices.py)
+            return self
+        on_gpu = self.mode == "llm" and self.backend != "openai" and self.resources.wants_gpu
+        return self.model_copy(update={"dtype": auto_dtype(self.model or "builtin:", on_gpu)})
 
     def check_row(self, row: dict) -> str | None:
         # storyboards: the template and the llm stage rewrite their shots; Ray Data's vLLM processor does not yet
@@ -189,7 +190,9 @@ class ExpandStage(Stage):
         o = self.options
         if o.backend == "local":
             use_threads(o.resources.num_cpus)
-            self.rewriter = LocalRewriter(o.model, o.dtype, pick_device(o.resources.num_gpus), o.revision)
+            device = pick_device(o.resources.num_gpus)
+            dtype = auto_dtype(o.model, device == "cuda") if o.dtype == "auto" else o.dtype  # used on its own
+            self.rewriter = LocalRewriter(o.model, dtype, device, o.revision)
         elif o.backend == "openai":
             key = os.environ.get(o.api_key_env) if o.api_key_env else None
             if o.api_key_env and not key:

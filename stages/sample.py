@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from stages.contract import Stage, StageOptions
-from stages.models.devices import pick_device, use_threads
+from stages.models.devices import pick_device, prepare_device, use_threads
 from stages.common.variant import BUCKET_FIELDS, sampling_params
 from stages.long_video.segments import store_for
 from stages.models.checkpoints import resolve_model_path
@@ -35,7 +35,8 @@ class SampleOptions(StageOptions, SpeedOptions):
     batch_size: int = Field(1, ge=1, description="variants per pipeline call (same shape only)")
     batch_invariant: bool = Field(
         True, description="denoise each variant in its own forward so batching never changes pixels")
-    RESOURCE_DEFAULTS = {"num_gpus": 1.0}
+    RESOURCE_DEFAULTS = {"num_gpus": "auto"}
+    loads_model = True  # the model's weights: `model.dtype: auto` follows where they run
 
     @model_validator(mode="after")
     def _cache_fits_the_batching(self) -> "SampleOptions":
@@ -73,8 +74,10 @@ class SampleStage(Stage):
         use_threads(self.options.resources.num_cpus)
         check_family(self.options, self.family)
         m = self.ctx.model
+        device = pick_device(self.options.resources.num_gpus)
+        prepare_device(device, self.options.resources.num_gpus)
         self.pipe = self.family.load_pipeline(
-            resolve_model_path(m.path), pick_device(self.options.resources.num_gpus), m,
+            resolve_model_path(m.path), device, m,
             speed=self.options if self.speed_options_set else None, batch_invariant=self.options.batch_invariant)
 
     @property

@@ -111,6 +111,8 @@ FIELDS = [
     V("tags", pa.list_(pa.string()), override="list<string>", planned=True, report=True),
     V("model_family", pa.string()), V("model_path", pa.string()), V("model_revision", pa.string()),
     V("model_dtype", pa.string()), V("model_weights_hash", pa.string()),
+    # the VAE as the decode stage ran it (stages/decode.py): its dtype, and whether it decoded in tiles
+    V("vae_dtype", pa.string()), V("vae_tiling", pa.bool_()),
     V("params_hash", pa.string(), planned=True, state=True),
     V("video_uri", pa.string(), report=True), V("poster_uri", pa.string(), report=True),
     V("preview_uri", pa.string(), report=True),

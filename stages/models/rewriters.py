@@ -64,6 +64,15 @@ class ExpandExample(Strict):
 class PromptFile(Strict):
     file: str = Field(..., min_length=1, description="a text file, read when the job file is loaded")
 
+    def text(self) -> str:
+        try:
+            text = Path(self.file).read_text()
+        except OSError as e:
+            raise ValueError(f"system_prompt.file: cannot read {self.file!r}: {e.strerror}") from None
+        if not text.strip():
+            raise ValueError(f"system_prompt.file: {self.file!r} is empty")
+        return text.strip()
+
 
 def storyboard_request(cast: str, shots: list[dict], k: int) -> str:
     """What the model is asked to rewrite shot `k` of a storyboard: the whole storyboard is in it, so the model

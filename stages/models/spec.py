@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from stages.common.strict import Strict
+from stages.models.devices import auto_dtype
 from stages.models.families import family_for
 from stages.models.lora import LoraSpec
 
@@ -16,7 +17,10 @@ class ModelSpec(Strict):
     path: str = Field("", description="builtin:tiny-<family>, a local folder, or a hub id; unset: the family's "
                                       "builtin tiny model (builtin:tiny-wan, builtin:tiny-ltx, ...)")
     revision: str | None = Field(None, description="the hub revision (branch, tag or commit) of a hub id")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the weights' dtype")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="the weights' dtype; auto: bfloat16 for a real checkpoint when the model stages ask for "
+                            "GPUs, else float32 (and for the built-in models); each family keeps its VAE in the dtype "
+                            "its model card asks for (Wan: float32)")
     loras: list[LoraSpec] = Field(default_factory=list, description="LoRA adapters [{path, weight_name, scale}], "
                                   "loaded through peft into the transformer (and transformer_2 for Wan2.2)")
 
@@ -25,6 +29,11 @@ class ModelSpec(Strict):
     def _family_exists(cls, v: str) -> str:
         family_for(v)
         return v
+
+    def dtype_on(self, device: str) -> str:
+        """The dtype the weights load in on `device`: the job file's, with `auto` decided for that device (a job
+        file decides it when it is loaded, pipeline/spec.py; a stage used on its own decides it here)."""
+        return auto_dtype(self.path, device.startswith("cuda")) if self.dtype == "auto" else self.dtype
 
     @model_validator(mode="after")
     def _family_tiny_model_by_default(self) -> "ModelSpec":

@@ -6,7 +6,7 @@ from pipeline.spec import JobSpecError, load_job
 def test_defaults_fill_everything_but_manifest_and_output():
     spec = load_job({"manifest": "m.parquet", "output": "out"})
     assert spec.model.path == "builtin:tiny-wan"
-    assert spec.sample.resources.num_gpus == 1
+    assert spec.sample.resources.num_gpus == "auto"  # a GPU each, or a share of one (pipeline/capacity.py)
     assert spec.resolved().run_id
 
 
@@ -25,8 +25,8 @@ def test_bad_values_name_the_path_and_what_is_allowed():
         load_job({"manifest": "m", "output": "o", "model": {"dtype": "float8"},
                   "sampling": {"num_inference_steps": 0}})
     msg = str(e.value)
-    assert "model.dtype: Input should be 'float32', 'bfloat16' or 'float16', got 'float8'" in msg
-    assert "sampling.num_inference_steps: Input should be greater than 0" in msg
+    assert "model.dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16', got 'float8'" in msg
+    assert "sampling.num_inference_steps: Input should be greater than or equal to 1" in msg
 
 
 def test_missing_required_and_shape_the_model_cannot_make():
@@ -78,6 +78,6 @@ def test_model_family_is_built_in_or_an_importable_class():
 def test_a_resources_block_changes_only_the_keys_it_names():
     spec = load_job({"manifest": "m", "output": "o", "sample": {"resources": {"num_cpus": 4}},
                      "decode": {"resources": {"memory_gb": 8}}})
-    assert spec.sample.resources.num_cpus == 4 and spec.sample.resources.num_gpus == 1  # the sampler's GPU kept
+    assert spec.sample.resources.num_cpus == 4 and spec.sample.resources.num_gpus == "auto"  # the GPU ask kept
     assert spec.decode.resources.replicas == "auto" and spec.decode.resources.memory_gb == 8
     assert spec.sample.batch_size == 1 and spec.encode.resources.num_gpus == 0

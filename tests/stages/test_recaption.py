@@ -129,5 +129,5 @@ def test_backend_settings_are_checked():
     with pytest.raises(ValueError, match="needs expand.url"):
         ExpandOptions(mode="llm", backend="openai", model="m")
     assert ExpandOptions(**LLM).resources.num_gpus == 0
-    assert ExpandOptions(mode="llm", model="m").resources.num_gpus == 1  # a GPU by default on a cluster
+    assert ExpandOptions(mode="llm", model="m").resources.num_gpus == "auto"  # a GPU (or a share) on a cluster
     assert ExpandOptions(mode="llm", backend="openai", model="m", url="http://x/v1").resources.num_gpus == 0

@@ -122,6 +122,19 @@ class FamilyRules:
     max_sequence_length: ClassVar[int | None] = 512
     # The real model's recommended settings (its model card / diffusers' docs); see `recommended`.
     RECOMMENDED: ClassVar[dict] = {}
+    vae_dtype: ClassVar[str | None] = None  # in a half-precision run, the VAE's own dtype (None: the model's)
+    can_tile: ClassVar[bool] = True  # its VAE decodes in tiles when asked (decode.tiling)
+    tiled_by_default: ClassVar[bool] = False  # its real checkpoints need tiling at their recommended size
+
+    @classmethod
+    def vae_dtype_for(cls, dtype: str) -> str:
+        """The VAE's dtype in a run of the model in `dtype` (float32 runs keep everything in float32)."""
+        return dtype if dtype == "float32" else cls.vae_dtype or dtype
+
+    @classmethod
+    def tiles_by_default(cls, path: str | None) -> bool:
+        """`decode.tiling: auto`: on for a real checkpoint of a family whose VAE needs it (the tiny models never)."""
+        return cls.tiled_by_default and not (path or "").startswith("builtin:")
 
     @classmethod
     def recommended(cls, path: str | None) -> dict:
@@ -203,7 +216,6 @@ class DiffusersFamily(FamilyRules):
 
     pipeline_class: ClassVar[str]  # a diffusers class name, imported when a model is loaded
     vae_class: ClassVar[str]
-    vae_dtype: ClassVar[str | None] = None  # None: the model's dtype
 
     # -- sampling ---------------------------------------------------------------------------------------
     @classmethod
@@ -216,7 +228,7 @@ class DiffusersFamily(FamilyRules):
         quiet_loading()
         # The VAE is loaded by the decode stage alone; the sampler never holds it.
         pipe = getattr(diffusers, cls.pipeline_class).from_pretrained(
-            path, vae=None, torch_dtype=torch_dtype(model.dtype), revision=model.revision,
+            path, vae=None, torch_dtype=torch_dtype(model.dtype_on(device)), revision=model.revision,
             **from_pretrained_kwargs(speed, cls.transformers, path, model.revision, device))
         cls.after_load(pipe, path, model.revision)
         if model.loras:
@@ -282,17 +294,20 @@ class DiffusersFamily(FamilyRules):
         import torch
 
         device = pipe._execution_device
-        # Prompts are encoded one at a time for the same reason the denoiser runs per item.
-        cfg = cls.negative_pass(params)
-        encoded = [cls.encode_one(pipe, v.prompt, v.negative_prompt, cfg, device) for v in inputs]
-        embeds = {k: _cat([e[k] for e in encoded]) for k in encoded[0]}
-        generators = [torch.Generator(device="cpu").manual_seed(v.seed) for v in inputs]
-        cls.set_flow_shift(pipe, params.flow_shift)
-        out = pipe(**embeds, height=params.height, width=params.width, num_frames=params.num_frames,
-                   num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
-                   generator=generators, output_type="latent", **cls.call_kwargs(pipe, params))
-        z = cls.latents_out(pipe, out.frames, params)
-        return z.float().cpu().numpy()
+        # diffusers runs only the pipeline's __call__ without autograd: encode_prompt called on its own would keep
+        # the text encoder's whole activation graph alive through denoising (GBs for umT5 at 512 tokens).
+        with torch.no_grad():  # as the pipeline's own __call__ (inference_mode picks other kernels)
+            # Prompts are encoded one at a time for the same reason the denoiser runs per item.
+            cfg = cls.negative_pass(params)
+            encoded = [cls.encode_one(pipe, v.prompt, v.negative_prompt, cfg, device) for v in inputs]
+            embeds = {k: _cat([e[k] for e in encoded]) for k in encoded[0]}
+            generators = [torch.Generator(device="cpu").manual_seed(v.seed) for v in inputs]
+            cls.set_flow_shift(pipe, params.flow_shift)
+            out = pipe(**embeds, height=params.height, width=params.width, num_frames=params.num_frames,
+                       num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
+                       generator=generators, output_type="latent", **cls.call_kwargs(pipe, params))
+            z = cls.latents_out(pipe, out.frames, params)
+            return z.float().cpu().numpy()
 
     # -- decoding ---------------------------------------------------------------------------------------
     @classmethod
@@ -301,7 +316,7 @@ class DiffusersFamily(FamilyRules):
 
         quiet_loading()
         vae = getattr(diffusers, cls.vae_class).from_pretrained(
-            path, subfolder="vae", torch_dtype=torch_dtype(cls.vae_dtype or dtype), revision=revision)
+            path, subfolder="vae", torch_dtype=torch_dtype(cls.vae_dtype_for(dtype)), revision=revision)
         return vae.to(device).eval()
 
     @classmethod

@@ -19,6 +19,7 @@ class CogVideoXFamily(DiffusersFamily):
     max_sequence_length = 226
     tensor_format = "BFCHW"
     window = 49  # CogVideoX-5b: 49 frames (6 s at 8 fps)
+    tiled_by_default = True  # its model card decodes tiled (vae.enable_tiling()) to fit a single GPU
     # CogVideoX-5b (THUDM/CogVideoX-5b model card): 480x720, 49 frames at 8 fps, guidance 6, DDIM/DPM (no shift).
     RECOMMENDED = dict(height=480, width=720, num_frames=49, fps=8, num_inference_steps=50, guidance_scale=6.0)
 
@@ -32,6 +33,15 @@ class CogVideoXFamily(DiffusersFamily):
                                       max_sequence_length=pipe.transformer.config.max_text_seq_length,
                                       device=device)
         return {"prompt_embeds": pos, "negative_prompt_embeds": neg if cfg else None}
+
+    @classmethod
+    def latents_out(cls, pipe, latents, params):
+        """CogVideoX 1.5 (a temporal patch of 2) pads the latent frames to a multiple of its patch at the start;
+        the pipeline drops them only when it decodes itself, so they are dropped here."""
+        patch_t = pipe.transformer.config.patch_size_t
+        frames = (params.num_frames - 1) // pipe.vae_scale_factor_temporal + 1
+        extra = patch_t - frames % patch_t if patch_t and frames % patch_t else 0
+        return latents[:, extra:]
 
     @classmethod
     def call_kwargs(cls, pipe, params) -> dict:

@@ -21,6 +21,7 @@ class NullFamily(FamilyRules):
     frame_examples = WanFamily.frame_examples
     latent_channels = 16
     max_sequence_length = None  # no text encoder
+    can_tile = False  # no VAE
 
     @classmethod
     def recommended(cls, path: str | None) -> dict:

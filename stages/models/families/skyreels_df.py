@@ -95,7 +95,10 @@ class SkyReelsDFFamily(SkyReelsFamily):
         """Latents for each variant, made one variant at a time (each saves and resumes its own segments). A
         storyboard's `shots` (its list of {expanded_prompt, first_frame, end_frame, ...}) give each window its
         shot's prompt."""
-        return np.stack([cls.sample_one(pipe, v, params) for v in inputs])
+        import torch
+
+        with torch.no_grad():  # encode_prompt is outside the pipeline's no_grad (families/base.py)
+            return np.stack([cls.sample_one(pipe, v, params) for v in inputs])
 
     @classmethod
     def sample_one(cls, pipe, v: VariantInput, params: SamplingParams) -> np.ndarray:

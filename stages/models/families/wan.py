@@ -111,8 +111,8 @@ class WanFamily(DiffusersFamily):
 
     @classmethod
     def _spatial_multiple_of(cls, path: str | None, folder) -> int:
-        if folder is None:
-            return cls.spatial_multiple
+        if folder is None:  # not downloaded yet: the rule its name says (TI2V-5B's VAE downsamples by 16)
+            return 2 * cls.spatial_multiple if cls._kind_of(path, None) == "ti2v" else cls.spatial_multiple
         try:
             vae = json.loads((folder / "vae" / "config.json").read_text())
             transformer = json.loads((folder / "transformer" / "config.json").read_text())
