@@ -44,6 +44,8 @@ def cmd_validate(args) -> int:
 
     spec = _load(args).resolved()
     planner = Planner(spec, LibraryState.load(spec.output, spec.storage_options, with_phash=False))
+    for warning in planner.warnings:
+        print(f"warning: {warning}")
     print(f"job file {args.job}: ok")
     print(f"manifest {spec.manifest}: {planner.manifest.num_rows} rows")
     valid = invalid = variants = todo = 0

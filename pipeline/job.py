@@ -129,6 +129,8 @@ class Run:
 
     def _run(self, force: bool) -> Summary:
         spec, echo = self.spec, self.echo
+        for warning in self.planner.warnings:
+            echo(f"[rushes] warning: {warning}")
         taken_from = self.lease.acquire(force=force)  # the first write: a bad bucket fails here, before any GPU work
         try:
             if taken_from:

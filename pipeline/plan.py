@@ -28,9 +28,10 @@ import pyarrow.parquet as pq
 from pipeline.library import STATUS_CODES, LibraryState, digest16, hex_bytes, record_key
 from pipeline.manifest import Manifest, RowValidator, duplicate_ids
 from pipeline.rows import table_of
-from pipeline.spec import JobSpec
+from pipeline.spec import JobSpec, JobSpecError
 from stages.common.storage import filesystem, join, put_atomic, with_retries
 from stages.models.checkpoints import model_identity
+from stages.models.references import check_references
 from stages.common.variant import DONE, params_hash, variants_of
 
 MANIFEST_BATCH = 1024  # manifest rows the driver validates and expands at a time
@@ -55,8 +56,12 @@ class Planner:
         self.spec = spec.resolved()
         self.state = state
         self.batch_rows = batch_rows
-        self.manifest = Manifest(self.spec.manifest, self.spec.storage_options)
         m = self.spec.model
+        # every model reference, before the manifest is read or any worker starts (stages/models/references.py)
+        problems, self.warnings = check_references(m, self.spec.family)
+        if problems:
+            raise JobSpecError("the job's model cannot be used:\n  " + "\n  ".join(problems))
+        self.manifest = Manifest(self.spec.manifest, self.spec.storage_options)
         self.model = model_identity(m.family, m.path, m.revision, m.dtype, loras=m.loras)
         # What decides pixels besides the variant's own fields: the model and each stage's pixel options.
         self.pixel_settings = {"model": self.model}

@@ -33,6 +33,14 @@ simulation traffic pedestrian intersection warehouse forklift robot arm conveyor
 
 
 
+# The pipeline class each built-in model is saved as (its model_index.json's `_class_name`), known without
+# building it: a job's model references are checked against it (stages/models/references.py).
+BUILTIN_PIPELINES = {"tiny-wan": "WanPipeline", "tiny-wan22": "WanPipeline", "tiny-wan22-ti2v": "WanPipeline",
+                     "tiny-ltx": "LTXPipeline", "tiny-cogvideox": "CogVideoXPipeline",
+                     "tiny-hunyuan": "HunyuanVideoPipeline", "tiny-skyreels": "SkyReelsV2Pipeline",
+                     "tiny-skyreels-df": "SkyReelsV2DiffusionForcingPipeline", "null": "none"}
+
+
 def bpe_tokenizer(vocab_size: int, specials: list[str], template: str, lowercase: bool = False,
                   bpe_unk: str | None = None, **named):
     """A byte-level BPE tokenizer trained offline on `_CORPUS` with `tokenizers`, as a transformers tokenizer:

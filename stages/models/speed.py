@@ -139,6 +139,12 @@ def check_batching(speed: SpeedOptions, batch_size: int, batch_invariant: bool) 
 def check_family(speed: SpeedOptions, family) -> None:
     """Raise when the cache hook cannot run with this family (checked when the sampler is set up)."""
     name = family.name
+    if speed.compile_repeated_blocks and family.transformer_class:
+        import diffusers
+
+        if not getattr(getattr(diffusers, family.transformer_class), "_repeated_blocks", None):
+            raise ValueError(f"compile_repeated_blocks: {family.transformer_class} (family '{name}') declares no "
+                             "repeated blocks to compile; leave it off for this family")
     if speed.cache and speed.cache.kind == "faster" and name not in ("ltx", "cogvideox"):
         raise ValueError(f"cache kind 'faster' needs a family that batches its unconditional and conditional "
                          f"passes (ltx, cogvideox); '{name}' runs them separately")
@@ -214,10 +220,12 @@ def compile_blocks(pipe, speed: SpeedOptions | None, transformers: tuple[str, ..
     """Regional compilation, after the batch-invariant wrapper is in place (only the blocks are compiled)."""
     if speed is None or not speed.compile_repeated_blocks:
         return
+    # A cache hook's decision functions are torch.compiler.disable'd: a block around them cannot be one graph
+    fullgraph = speed.cache is None
     for n in transformers:
         m = getattr(pipe, n, None)
         if m is not None:
-            m.compile_repeated_blocks(fullgraph=True)
+            m.compile_repeated_blocks(fullgraph=fullgraph)
 
 
 def _cache_config(pipe, cache: CacheOptions, num_inference_steps: int, family):

@@ -113,6 +113,8 @@ class FamilyRules:
     window: ClassVar[int | None] = None  # the most frames one window makes (its model card); None: unknown
     extends: ClassVar[bool] = False  # makes rows longer than its window (stages/long_video/)
     transformers: ClassVar[tuple[str, ...]] = ("transformer",)
+    transformer_class: ClassVar[str | None] = None  # the denoiser's diffusers class (None: no model)
+    pipeline_classes: ClassVar[tuple[str, ...]] = ()  # the checkpoints it runs (model_index.json's _class_name)
     decode_uses_seed: ClassVar[bool] = False  # decode adds seeded noise (LTX's timestep-conditioned VAE)
     tensor_format: ClassVar[str] = "BCFHW"  # the denoiser's hidden_states layout (FasterCache splits frames)
     guidance_distilled: ClassVar[bool] = False  # guidance embedded, no unconditional pass (HunyuanVideo)

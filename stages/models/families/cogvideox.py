@@ -12,6 +12,8 @@ from stages.models.families.base import DiffusersFamily
 class CogVideoXFamily(DiffusersFamily):
     name = "cogvideox"
     pipeline_class = "CogVideoXPipeline"
+    pipeline_classes = ("CogVideoXPipeline",)
+    transformer_class = "CogVideoXTransformer3DModel"
     vae_class = "AutoencoderKLCogVideoX"
     spatial_multiple = 16  # VAE 8x, transformer patch 2
     temporal_stride = 4

@@ -14,6 +14,8 @@ from stages.models.families.base import DiffusersFamily
 class HunyuanFamily(DiffusersFamily):
     name = "hunyuan"
     pipeline_class = "HunyuanVideoPipeline"
+    pipeline_classes = ("HunyuanVideoPipeline",)
+    transformer_class = "HunyuanVideoTransformer3DModel"
     vae_class = "AutoencoderKLHunyuanVideo"
     spatial_multiple = 16  # VAE 8x, transformer patch 2
     temporal_stride = 4

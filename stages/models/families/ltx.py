@@ -14,6 +14,8 @@ from stages.models.families.base import DiffusersFamily
 class LTXFamily(DiffusersFamily):
     name = "ltx"
     pipeline_class = "LTXPipeline"
+    pipeline_classes = ("LTXPipeline",)
+    transformer_class = "LTXVideoTransformer3DModel"
     vae_class = "AutoencoderKLLTXVideo"
     spatial_multiple = 32  # the VAE compresses 32x (patch 4 x three 2x stages); the transformer's patch is 1
     temporal_stride = 8

@@ -21,6 +21,7 @@ class NullFamily(FamilyRules):
     frame_examples = WanFamily.frame_examples
     latent_channels = 16
     max_sequence_length = None  # no text encoder
+    pipeline_classes = ("none",)  # builtin:null only
     can_tile = False  # no VAE
 
     @classmethod

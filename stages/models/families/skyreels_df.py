@@ -42,6 +42,7 @@ class SkyReelsDFFamily(SkyReelsFamily):
 
     name = "skyreels_df"
     pipeline_class = "SkyReelsV2DiffusionForcingPipeline"
+    pipeline_classes = ("SkyReelsV2DiffusionForcingPipeline",)
     extends = True  # makes rows longer than its window (stages/long_video/windows.py)
     # SkyReels-V2-DF 540P (model card and diffusers' example): 544x960, a 97-frame window at 24 fps, 30 steps,
     # guidance 6, shift 8; long videos: overlap 17 frames, addnoise_condition 20, synchronous (ar_step 0).

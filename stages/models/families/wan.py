@@ -34,6 +34,8 @@ class WanFamily(DiffusersFamily):
 
     name = "wan"
     pipeline_class = "WanPipeline"
+    pipeline_classes = ("WanPipeline",)
+    transformer_class = "WanTransformer3DModel"
     vae_class = "AutoencoderKLWan"
     spatial_multiple = 16  # VAE downsamples by 8, the transformer patchifies by 2
     temporal_stride = 4
@@ -171,6 +173,8 @@ class SkyReelsFamily(WanFamily):
 
     name = "skyreels"
     pipeline_class = "SkyReelsV2Pipeline"
+    pipeline_classes = ("SkyReelsV2Pipeline",)
+    transformer_class = "SkyReelsV2Transformer3DModel"
     transformers = ("transformer",)
     window = 97  # SkyReels-V2 T2V 540P: 97 frames (4 s at 24 fps)
     # SkyReels-V2-T2V-14B-540P (model card): 544x960, 97 frames at 24 fps, guidance 6, shift 8.
