@@ -26,6 +26,7 @@ from pipeline.manifest import ManifestError
 from pipeline.spec import JobSpecError, load_job
 from stages.common.storage import StorageError
 from stages.common.variant import STATUSES
+from stages.contract import ContractError
 from pipeline.submit import SubmitError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUSY = 0, 1, 2, 3
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     except StorageError as e:
         print(f"rushes: {e}", file=sys.stderr)
         return EXIT_FAILED
-    except (ClusterError, JobFailed, SubmitError) as e:
+    except (ClusterError, ContractError, JobFailed, SubmitError) as e:
         print(f"rushes: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -21,12 +21,12 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from stages.contract import LanguageModelProcessor, Resources, Stage, StageOptions
+from stages.contract import ContractError, LanguageModelProcessor, Resources, Stage, StageOptions
 from stages.models.devices import auto_dtype, pick_device, use_threads
 from stages.models.template import storyboard, template
 from stages.models.rewriters import (SYSTEM_PROMPTS, EndpointRewriter, ExpandExample, LocalRewriter, PromptFile,
                                      Rewrite, check_rewrite, llm_weights_hash, messages_for, resolve_llm_path,
-                                     storyboard_request, word_count)
+                                     storyboard_request, vllm_config, word_count)
 
 class ExpandOptions(StageOptions):
     """`mode: llm` runs as an actor pool before sampling, with its own batch size and resources."""
@@ -169,9 +169,11 @@ class ExpandStage(Stage):
         o = self.options
         if not (o.mode == "llm" and o.backend == "vllm"):
             return None
+        if not resources.num_gpus:
+            raise ContractError("expand: backend vllm needs GPUs, and expand.resources.num_gpus is 0 on this cluster")
         lo, hi = resources.replica_range
-        config = {"model_source": resolve_llm_path(o.model), "engine_kwargs": {"dtype": o.dtype, "revision": o.revision},
-                  "batch_size": o.batch_size, "concurrency": lo if lo == hi else (lo, hi)}
+        config = vllm_config(resolve_llm_path(o.model), o.dtype, o.revision, o.batch_size, resources.num_gpus,
+                             resources.num_cpus, lo if lo == hi else (lo, hi))
 
         def request(r: dict) -> dict | None:
             if not self.to_rewrite(r) or self.keep_as_is(r):
@@ -180,9 +182,10 @@ class ExpandStage(Stage):
                     "sampling_params": {"temperature": o.temperature, "top_p": o.top_p, "seed": r.get("expand_seed"),
                                         "max_tokens": o.max_new_tokens}}
 
-        def answer(r: dict, a: dict) -> None:
+        def answer(r: dict, a: dict) -> None:  # a failed request: its error, with the rewrite left empty
             finished = a["output_tokens"] < o.max_new_tokens
-            self.finish(r, Rewrite(a["text"], finished, a["input_tokens"], a["output_tokens"]), a["seconds"])
+            rewrite = Rewrite(a["text"], finished, a["input_tokens"], a["output_tokens"], error=a.get("error"))
+            self.finish(r, rewrite, a["seconds"])
 
         return LanguageModelProcessor(config, request, answer)
 

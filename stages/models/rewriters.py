@@ -172,6 +172,20 @@ def build_tiny_qwen(target: Path) -> None:
     tok.save_pretrained(target)
 
 
+def vllm_config(model: str, dtype: str, revision: str | None, batch_size: int, num_gpus: float, num_cpus: float,
+                concurrency) -> dict:
+    """`vLLMEngineProcessorConfig`'s arguments (ray.data.llm) for one replica of the stage's resources: a whole
+    number of GPUs becomes the tensor-parallel width, a share of one GPU bounds vLLM's memory to that share; a
+    failed request becomes that row's error (`should_continue_on_error`) instead of failing the dataset."""
+    tp = max(1, int(num_gpus))
+    engine = {"dtype": dtype, "revision": revision, "tensor_parallel_size": tp}
+    if num_gpus < 1:
+        engine["gpu_memory_utilization"] = round(0.9 * num_gpus, 3)
+    return {"model_source": model, "engine_kwargs": engine, "batch_size": batch_size, "concurrency": concurrency,
+            "placement_group_config": {"bundle_per_worker": {"CPU": num_cpus / tp, "GPU": min(1.0, num_gpus)}},
+            "should_continue_on_error": True}
+
+
 def resolve_llm_path(path: str) -> str:
     """A path that `from_pretrained` accepts; builds a builtin model into the cache on first use."""
     return resolve_builtin(path, LLM_BUILTINS, build_tiny_qwen, "expand.model", "language model")

@@ -237,3 +237,27 @@ def test_validate_refuses_a_wrong_model_reference_with_exit_2_and_no_traceback(t
     err = capsys.readouterr().err
     assert "model.path: 'builtin:tiny-skyreels-df' is a SkyReelsV2DiffusionForcingPipeline checkpoint" in err
     assert "Traceback" not in err
+
+
+def test_the_vllm_processor_is_configured_from_the_stages_resources():
+    """ray.data.llm's vLLM processor gets the expand stage's GPUs (a tensor-parallel width, or a memory share of
+    one GPU), its CPUs per worker, its replicas, and turns a failed request into that row's error."""
+    from stages.contract import ContractError
+    from stages.expand import ExpandOptions, ExpandStage
+
+    def config(**resources):
+        stage = ExpandStage(ExpandOptions(mode="llm", backend="vllm", model="Qwen/Qwen2.5-7B-Instruct",
+                                          dtype="bfloat16", batch_size=16))
+        return stage.llm_processor(Resources(**resources)).config
+
+    two = config(num_gpus=2, num_cpus=4, replicas="1..3")
+    assert two["engine_kwargs"]["tensor_parallel_size"] == 2 and two["concurrency"] == (1, 3)
+    assert two["placement_group_config"] == {"bundle_per_worker": {"CPU": 2.0, "GPU": 1.0}}
+    assert two["should_continue_on_error"] is True and two["batch_size"] == 16
+    half = config(num_gpus=0.5, num_cpus=1)
+    assert half["engine_kwargs"]["gpu_memory_utilization"] == 0.45 and half["concurrency"] == 1
+    assert half["placement_group_config"]["bundle_per_worker"]["GPU"] == 0.5
+    with pytest.raises(ContractError, match="backend vllm needs GPUs"):
+        config(num_gpus=0)
+    vllm = pytest.importorskip("ray.data.llm")
+    vllm.vLLMEngineProcessorConfig(**two)  # ray's own validation of the arguments
