@@ -1,17 +1,13 @@
 """Prompt expansion ("recaptioning").
 
-Two halves:
-- `plan(row, variants)`, in the driver while planning, on the variants of each manifest row: with `mode:
-  template` or `none` it writes `expanded_prompt` there: both are pure Python and need no worker. With `mode: llm` the prompt is rewritten later, on Ray, and the planner's
-  `params_hash` covers the original prompt plus the rewriter's identity (`ExpandOptions.pixel_settings`),
-  so a re-run decides skip or regenerate without loading a model or calling an endpoint.
-- `__call__(rows)`, on Ray (`mode: llm` only; an actor pool before sampling): rewrites each pending
-  variant that has no `expanded_prompt` yet, through the backend (`local`, `openai`; `vllm` is Ray Data's
-  own LLM processor, `llm_processor()`), and records `expanded_prompt`, `expand_model`,
-  `expand_seconds`, token counts and, when the original had to be kept, `expand_error`.
-
-The template never contradicts its prompt: it adds no time of day or lighting, style or camera that the
-prompt already fixes, and it leaves a prompt that is not in English as it is (and says so in the record).
+- `plan(row, variants)`, in the driver while planning: with `mode: template` or `none` it writes each variant's
+  `expanded_prompt` there (pure Python, stages/models/template.py: it never contradicts its prompt). With
+  `mode: llm` the prompt is rewritten later, on Ray, and `params_hash` covers the original prompt and the
+  rewriter's identity (`ExpandOptions.pixel_settings`): a re-run decides skip or regenerate without a model.
+- `__call__(rows)`, on Ray (`mode: llm`; an actor pool before sampling): rewrites each pending variant with no
+  `expanded_prompt` yet, through the backend (`local`, `openai`; `vllm` runs in Ray Data's own LLM processor,
+  `llm_processor()`), and records `expanded_prompt`, `expand_model`, `expand_seconds`, token counts and, when
+  the original had to be kept, `expand_error`.
 """
 from __future__ import annotations
 
