@@ -24,8 +24,8 @@ Imports torch, diffusers and transformers only. How the numbers are made:
   attention layer; video tokens = latent frames x h x w / patch volume. Which tokens a Linear sees comes from its
   name (RULES): video, text (padded: Wan 512, LTX 128, CogVideoX 226, HunyuanVideo 256), image (257 CLIP tokens),
   joint (video + text) or cond/time (1 a sample; a token each with Wan2.2 TI2V's expand_timesteps). A variant:
-  steps x forwards a step (2 with CFG, 1 guidance-distilled) x forward. VAE decode FLOPs: torch's FlopCounterMode
-  over the traced run, + 4 Sq Skv d per attention call. The traced FLOPs check the formula (tests).
+  steps x forwards a step (2 with CFG, 1 guidance-distilled) x forward. VAE decode FLOPs (count_flops=True):
+  torch's FlopCounterMode over the traced run, + 4 Sq Skv d per attention call (tests check formula = traced).
 """
 from __future__ import annotations
 
@@ -164,8 +164,9 @@ class LiveBytes(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def traced():
-    """Run eager code on meta tensors; yields {'peak': bytes, 'flops': FLOPs} filled in on exit."""
+def traced(count_flops: bool = True):
+    """Run eager code on meta tensors; yields {'peak': bytes, 'flops': FLOPs or None} filled in on exit. Counting
+    FLOPs runs every op through FlopCounterMode too: ~4x slower on op-heavy code (a tiled VAE decode)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     result, attention = {}, [0]
@@ -176,13 +177,13 @@ def traced():
         return query.new_empty(query.shape[:-1] + (value.shape[-1],))
 
     F.scaled_dot_product_attention = flash_like
-    live, flops = LiveBytes(), FlopCounterMode(display=False)
+    live, flops = LiveBytes(), FlopCounterMode(display=False) if count_flops else contextlib.nullcontext()
     try:
         with torch.inference_mode(), flops, live:
             yield result
     finally:
         F.scaled_dot_product_attention = original
-        result.update(peak=live.peak, flops=flops.get_total_flops() + attention[0])
+        result.update(peak=live.peak, flops=flops.get_total_flops() + attention[0] if count_flops else None)
 
 
 def vae_factors(vae) -> tuple[int, int]:
@@ -246,6 +247,8 @@ def _inputs(model, g: dict, batch: int, expand_timesteps: bool) -> dict | None:
                    encoder_hidden_states=torch.empty(batch, lt, cfg["text_dim"], **m))
         if cfg.get("image_dim"):
             out["encoder_hidden_states_image"] = torch.empty(batch, 257, cfg["image_dim"], **m)
+        if cfg.get("inject_sample_info"):  # SkyReels-V2 DF-1.3B: an fps embedding
+            out["fps"] = [1] * batch  # as the pipeline passes it (0: 16 fps, 1: 24 fps)
         return out
     if fam == "LTX":
         return dict(hidden_states=torch.empty(batch, frames * h * w, cfg["in_channels"], **m),
@@ -287,8 +290,10 @@ def denoiser_activation_bytes(folder, height: int, width: int, num_frames: int, 
     return dict(peak=t["peak"], formula=formula, flops=t["flops"])
 
 
-def vae_decode(folder, height: int, width: int, num_frames: int, dtype: str = "float32", tiled: bool = False) -> dict:
-    """Peak activation bytes and FLOPs of decoding one video, whole or with the class's default `enable_tiling()`."""
+def vae_decode(folder, height: int, width: int, num_frames: int, dtype: str = "float32", tiled: bool = False,
+               count_flops: bool = False) -> dict:
+    """Peak activation bytes (and FLOPs if asked) of decoding one video, whole or with the class's default
+    `enable_tiling()` (which the decode honours when called on the VAE directly)."""
     vae = build(folder, "vae", dtype)
     if tiled:
         vae.enable_tiling()
@@ -296,7 +301,7 @@ def vae_decode(folder, height: int, width: int, num_frames: int, dtype: str = "f
     c = vae.config.get("z_dim") or vae.config.get("latent_channels")
     z = torch.empty(1, c, (num_frames - 1) // t + 1, height // s, width // s, device="meta", dtype=vae.dtype)
     kw = {"temb": torch.empty(1, device="meta", dtype=vae.dtype)} if vae.config.get("timestep_conditioning") else {}
-    with traced() as tr:
+    with traced(count_flops) as tr:
         vae.decode(z, return_dict=False, **kw)
     return dict(peak=tr["peak"], flops=tr["flops"])
 
