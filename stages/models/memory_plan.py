@@ -135,10 +135,12 @@ def weight_bytes(model: torch.nn.Module, dtype: str, fp8: bool = False) -> int:
 class LiveBytes(TorchDispatchMode):
     """Peak bytes of the tensors alive at once while eager code runs (meta tensors: shapes only, nothing computed)."""
 
-    def __init__(self):
+    def __init__(self, *modules: torch.nn.Module):
         super().__init__()
         self.live = self.peak = 0
         self.refs, self.tracked = {}, set()
+        # storages that exist before the run (weights, buffers): views of them (a Linear's weight.t()) are not new
+        self.external = {t.untyped_storage()._cdata for m in modules for t in (*m.parameters(), *m.buffers())}
 
     def _drop(self, tid, key, nbytes):
         self.tracked.discard(tid)
@@ -151,9 +153,11 @@ class LiveBytes(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and id(t) not in self.tracked:
-                self.tracked.add(id(t))
                 storage = t.untyped_storage()
                 key, nbytes = storage._cdata, storage.nbytes()
+                if key in self.external:
+                    continue
+                self.tracked.add(id(t))
                 if key not in self.refs:
                     self.refs[key] = 0
                     self.live += nbytes
@@ -164,7 +168,7 @@ class LiveBytes(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def traced(count_flops: bool = True):
+def traced(*modules: torch.nn.Module, count_flops: bool = True):
     """Run eager code on meta tensors; yields {'peak': bytes, 'flops': FLOPs or None} filled in on exit. Counting
     FLOPs runs every op through FlopCounterMode too: ~4x slower on op-heavy code (a tiled VAE decode)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -177,7 +181,7 @@ def traced(count_flops: bool = True):
         return query.new_empty(query.shape[:-1] + (value.shape[-1],))
 
     F.scaled_dot_product_attention = flash_like
-    live, flops = LiveBytes(), FlopCounterMode(display=False) if count_flops else contextlib.nullcontext()
+    live, flops = LiveBytes(*modules), FlopCounterMode(display=False) if count_flops else contextlib.nullcontext()
     try:
         with torch.inference_mode(), flops, live:
             yield result
@@ -285,7 +289,7 @@ def denoiser_activation_bytes(folder, height: int, width: int, num_frames: int, 
     formula = formula_activation_bytes(d, ffn, g["tokens"], batch, dtype, expand)
     if inputs is None:
         return dict(peak=formula, formula=formula, flops=None)
-    with traced() as t:
+    with traced(model) as t:
         model(**inputs, return_dict=False)
     return dict(peak=t["peak"], formula=formula, flops=t["flops"])
 
@@ -301,7 +305,7 @@ def vae_decode(folder, height: int, width: int, num_frames: int, dtype: str = "f
     c = vae.config.get("z_dim") or vae.config.get("latent_channels")
     z = torch.empty(1, c, (num_frames - 1) // t + 1, height // s, width // s, device="meta", dtype=vae.dtype)
     kw = {"temb": torch.empty(1, device="meta", dtype=vae.dtype)} if vae.config.get("timestep_conditioning") else {}
-    with traced(count_flops) as tr:
+    with traced(vae, count_flops=count_flops) as tr:
         vae.decode(z, return_dict=False, **kw)
     return dict(peak=tr["peak"], flops=tr["flops"])
 
