@@ -322,8 +322,8 @@ def _need(weights: int, activations: int) -> float:
     return (weights + activations * SLACK + CONTEXT) / GiB
 
 
-def fits(folder, gpu: str, height: int, width: int, num_frames: int, dtype: str = "bfloat16",
-         vae_dtype: str | None = None, batch: int = 1, headroom: float = 0.10, share_gpu: bool = False) -> dict:
+def fits(folder, gpu: str, shape: tuple[int, int, int], dtype: str = "bfloat16", vae_dtype: str | None = None,
+         batch: int = 1, headroom: float = 0.10, share_gpu: bool = False) -> dict:
     """Whether the sampler process (denoisers + text/image encoders resident) and the decoder process (VAE) fit `gpu`
     with `headroom` left, and the GiB each option set needs: offload_text_encoder (encoders leave the GPU after
     encoding, model_cpu_offload-like: peak = the larger of encoders + theirs and denoisers + theirs), one_expert
@@ -334,6 +334,7 @@ def fits(folder, gpu: str, height: int, width: int, num_frames: int, dtype: str 
     (only fp8 and tiling change pixels); None when nothing is needed, `fits_at_all` False when nothing helps."""
     import itertools
 
+    height, width, num_frames = shape
     budget = GPUS[gpu][0] * (1 - headroom)
     comps = components(folder)
     fam = family(comps["transformer"][1])

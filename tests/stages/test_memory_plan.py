@@ -104,7 +104,7 @@ def test_wan21_14b_in_bf16_fits_an_h100_as_sampler_with_its_text_encoder_residen
     """14.29 B transformer (26.6 GiB) + umT5 (10.6 GiB) + traced activations: 42 GiB at 480p, 47 GiB at 720p, under
     the 71.6 GiB an H100 leaves after a 10% headroom; offloading the text encoder saves its 10.6 GiB."""
     for h, w in ((480, 832), (720, 1280)):
-        plan = mp.fits(ROOT / "wan2.1-t2v-14b", "h100-80gb", h, w, 81)
+        plan = mp.fits(ROOT / "wan2.1-t2v-14b", "h100-80gb", (h, w, 81))
         sampler = plan["sampler"]
         assert sampler["fits"] and sampler["fix"] is None, plan
         assert 40 < sampler["needs_gib"]["none"] < 50
@@ -116,18 +116,18 @@ def test_wan21_14b_in_bf16_fits_an_h100_as_sampler_with_its_text_encoder_residen
 def test_wan21_14b_in_float32_does_not_fit_an_80gb_gpu_with_its_text_encoder():
     """53.2 GiB transformer + 21.2 GiB umT5 alone exceed 80 GB; offloading the encoder after encoding is enough."""
     for gpu in ("h100-80gb", "a100-80gb"):
-        plan = mp.fits(ROOT / "wan2.1-t2v-14b", gpu, 480, 832, 81, dtype="float32")
+        plan = mp.fits(ROOT / "wan2.1-t2v-14b", gpu, (480, 832, 81), dtype="float32")
         needs = plan["sampler"]["needs_gib"]
         assert not plan["sampler"]["fits"] and needs["none"] > mp.GPUS[gpu][0]  # not even without headroom
         assert plan["sampler"]["fix"] == ["offload_text_encoder"]
 
 
 def test_wan22_a14b_needs_offload_or_one_expert_on_smaller_gpus():
-    plan = mp.fits(ROOT / "wan2.2-t2v-a14b", "h100-80gb", 720, 1280, 81)
+    plan = mp.fits(ROOT / "wan2.2-t2v-a14b", "h100-80gb", (720, 1280, 81))
     assert not plan["sampler"]["fits"] and plan["sampler"]["fix"] == ["offload_text_encoder"]
     needs = plan["sampler"]["needs_gib"]
     assert needs["one_expert"] == pytest.approx(needs["none"] - 26.7, abs=0.2)  # one 14.29 B expert in bf16
-    l40s = mp.fits(ROOT / "wan2.2-t2v-a14b", "l40s-48gb", 720, 1280, 81)["sampler"]
+    l40s = mp.fits(ROOT / "wan2.2-t2v-a14b", "l40s-48gb", (720, 1280, 81))["sampler"]
     assert l40s["fix"] == ["offload_text_encoder", "one_expert"]
 
 
@@ -135,7 +135,7 @@ def test_hunyuanvideo_720p_129_frames_decode_needs_tiling_beside_its_sampler():
     """The whole decode (framewise, 17 frames at a time, by default) peaks at ~41 GiB in fp16 - most of it the mid
     block's causal attention mask, (5 x 90 x 160)^2 elements built through float32 - so on an H100 it fits alone
     but not beside the HunyuanVideo sampler (53 GiB), nor on a 48 GB L40S; the default tiling brings it to ~5 GiB."""
-    plan = mp.fits(ROOT / "hunyuanvideo", "h100-80gb", 720, 1280, 129, vae_dtype="float16", share_gpu=True)
+    plan = mp.fits(ROOT / "hunyuanvideo", "h100-80gb", (720, 1280, 129), vae_dtype="float16", share_gpu=True)
     decoder, whole = plan["decoder"], plan["decoder"]["needs_gib"]["none"]
     assert 35 < whole < 50 and whole < plan["budget_gib"]  # alone, it would fit
     assert not decoder["fits"] and decoder["fix"] == ["tiling"] and decoder["needs_gib"]["tiling"] < 8
