@@ -2,6 +2,7 @@
 
     rushes validate JOB.yaml [--manifest URI] [--output URI] [--strict]
     rushes run JOB.yaml [--manifest URI] [--output URI] [--run-id ID] [--force]
+    rushes plan JOB.yaml [--gpu NAME] [--gpus N] [--mfu F] [--manifest URI] [--output URI]
     rushes status OUTPUT_URI [--storage-option KEY=VALUE ...]
     rushes compact OUTPUT_URI [--storage-option KEY=VALUE ...] [--target-records N] [--force]
     rushes report OUTPUT_URI [--run RUN_ID] [--storage-option KEY=VALUE ...]
@@ -9,8 +10,8 @@
     rushes status SUBMISSION_ID --address http://HEAD:8265
     rushes logs SUBMISSION_ID --address http://HEAD:8265 [--follow]
 
-Exit codes: 0 when every row ended in a recorded state; 2 when the job file or the manifest cannot be
-used (nothing was generated); 3 when another run holds the output; 1 when the job itself could not run
+Exit codes: 0 when every row ended in a recorded state (`plan`: when every stage fits); 2 when the job file
+or the manifest cannot be used (nothing was generated; `plan`: a stage does not fit its GPU); 3 when another run holds the output; 1 when the job itself could not run
 (a storage error, for one). `submit --wait` exits with the submitted job's own exit code.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import sys
 
 from pipeline.errors import ClusterError, JobFailed
+from pipeline.gpu_plan import DEFAULT_MFU, GPUS
 from pipeline.lease import LeaseHeld, LeaseLost
 from pipeline.manifest import ManifestError
 from pipeline.spec import JobSpecError, load_job
@@ -63,6 +65,16 @@ def cmd_validate(args) -> int:
     print(f"model: {m['family']} {m['path']} dtype={m['dtype']} weights={str(m['weights_hash'])[:16]}")
     print(f"output: {spec.output}")
     return EXIT_BAD_INPUT if args.strict and invalid else EXIT_OK
+
+
+def cmd_plan(args) -> int:
+    from pipeline.gpu_plan import cluster_gpu, plan_job
+
+    spec = _load(args).resolved()
+    gpu = args.gpu or cluster_gpu(spec)
+    plan = plan_job(spec, gpu, args.gpus, args.mfu)
+    print(plan.render())
+    return EXIT_OK if plan.fits else EXIT_BAD_INPUT
 
 
 def cmd_run(args) -> int:
@@ -172,6 +184,14 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--run-id", help="run id (default: timestamp + random suffix)")
             p.add_argument("--force", action="store_true",
                            help="take over the output's lease even if it has not expired (its run is dead)")
+    p = sub.add_parser("plan", help="the memory each model stage needs on a GPU, and the job's GPU-hours; nothing runs")
+    p.add_argument("job", help="job file (YAML)")
+    p.add_argument("--gpu", choices=sorted(GPUS), help="the GPU to plan for (default: the cluster's, when ray.address "
+                                                       "or RAY_ADDRESS names one with GPUs)")
+    p.add_argument("--gpus", type=positive_int, default=1, help="GPUs the job runs on, for its wall time")
+    p.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="model FLOPs utilization for the GPU-hours")
+    p.add_argument("--manifest", help="manifest URI; overrides the job file")
+    p.add_argument("--output", help="output URI; overrides the job file")
     p = sub.add_parser("submit", help="submit the job to a Ray cluster through the Ray Jobs API")
     p.add_argument("job", help="job file (YAML), inside the working directory")
     p.add_argument("--address", help="the cluster's dashboard URL, e.g. http://HEAD:8265 "
@@ -207,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[rushes] %(message)s")
     try:
-        commands = {"validate": cmd_validate, "run": cmd_run, "status": cmd_status, "submit": cmd_submit,
+        commands = {"validate": cmd_validate, "run": cmd_run, "plan": cmd_plan, "status": cmd_status, "submit": cmd_submit,
                     "logs": cmd_logs, "compact": cmd_compact, "report": cmd_report}
         return commands[args.command](args)
     except (JobSpecError, ManifestError) as e:

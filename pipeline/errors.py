@@ -11,3 +11,7 @@ class ClusterError(RuntimeError):
 
 class JobFailed(RuntimeError):
     """The Ray pipeline stopped; every record committed before it is kept, and a re-run resumes."""
+
+
+class BudgetSpent(JobFailed):
+    """The run spent `budget.max_gpu_hours`: it started no new variant and kept what it committed."""

@@ -100,8 +100,9 @@ def stages_on_ray(spec: JobSpec, ctx: RunContext) -> list[Stage]:
     return [s for s in (cls(getattr(spec, cls.name), ctx) for cls in spec.stages) if s.on_ray]
 
 
-def build_dataset(spec: JobSpec, plan_uris: list[str], ctx: RunContext) -> tuple[ray.data.Dataset, object]:
-    """The dataset of records, and the ledger actor (the caller kills it when the dataset is consumed)."""
+def build_dataset(spec: JobSpec, plan_uris: list[str], ctx: RunContext) -> tuple[ray.data.Dataset, object, dict]:
+    """The dataset of records, the ledger actor (the caller kills it when the dataset is consumed), and each
+    stage's share of a GPU per replica as it runs on this cluster (what a second of its work costs in GPU time)."""
     stages = stages_on_ray(spec, ctx)
     check_chain(stages, PLANNED_KEYS)
     asks = fit_to_cluster(spec, stages)
@@ -135,7 +136,7 @@ def build_dataset(spec: JobSpec, plan_uris: list[str], ctx: RunContext) -> tuple
                                 **args)
         else:
             ds = ds.map_batches(task_function(stage.name), fn_kwargs={"guarded": guarded}, **args)
-    return ds, ledger
+    return ds, ledger, {name: float(r.num_gpus) for name, r in asks.items() if name != PLAN_READ}
 
 
 def show_ray_data_progress(show: bool) -> None:

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 import yaml
 
 from pipeline.commit import CommitBuffer, MetadataWriter, invalid_record, record_schema
-from pipeline.errors import ClusterError, JobFailed
+from pipeline.errors import BudgetSpent, ClusterError, JobFailed
 from pipeline.lease import Lease
 from pipeline.library import LibraryState
 from pipeline.plan import PLAN_OBJECT_ROWS, PlanSpill, Planner, remove_plans
 from pipeline.progress import ProgressLine, on_terminal
-from pipeline.spec import JobSpec
+from pipeline.spec import JobSpec, JobSpecError
 from stages.contract import RunContext
 from stages.common.storage import filesystem, is_local
 from stages.common.variant import DONE, STATUSES, WORK
@@ -42,6 +42,8 @@ class Summary:
     seconds: float = 0.0
     spec_uri: str = ""
     report_uri: str = ""
+    gpu_seconds: float = 0.0  # busy seconds of each GPU stage times its share of a GPU
+    gpu_hours_planned: float | None = None  # pipeline/gpu_plan.py, when the run was planned
 
     @property
     def generated(self) -> int:
@@ -58,6 +60,9 @@ class Summary:
             f"  {by_status}",
             f"  variants: {work}",
             f"  {self.generated} videos generated in {self.seconds:.1f} s ({per_min:.1f} videos/min)",
+        ] + ([f"  GPU-hours: {self.gpu_seconds / 3600:.3f} spent" + (
+            f", {self.gpu_hours_planned:.3f} planned" if self.gpu_hours_planned is not None else "")]
+             if self.gpu_seconds or self.gpu_hours_planned is not None else []) + [
             f"  videos:   {self.output.rstrip('/')}/videos/",
             f"  metadata: {self.output.rstrip('/')}/metadata/  (pipeline.library.read_records)",
             f"  job spec: {self.spec_uri}",
@@ -67,6 +72,7 @@ class Summary:
         """`runs/<run_id>/summary.json`, which the report reads."""
         return json.dumps({"run_id": self.run_id, "output": self.output, "manifest_rows": self.manifest_rows,
                            "counts": dict(self.counts), "work": dict(self.work), "seconds": self.seconds,
+                           "gpu_seconds": self.gpu_seconds, "gpu_hours_planned": self.gpu_hours_planned,
                            "generated": self.generated}, indent=1)
 
 
@@ -156,6 +162,8 @@ class Run:
             return self.summary
         except Exception:
             if self.writer is not None and not self.lease.lost.is_set():
+                self.summary.seconds = time.perf_counter() - self.start
+                self.writer.save_text(f"runs/{spec.run_id}/summary.json", self.summary.to_json() + "\n")
                 self.write_report()  # a run that stopped: what it committed is kept, and shown
             raise
         finally:
@@ -210,6 +218,7 @@ class Run:
 
         spec = self.spec
         ensure_ray(spec)
+        self.check_plan()
         if self.line:
             from pipeline.graph import show_ray_data_progress
 
@@ -238,6 +247,29 @@ class Run:
                 self.echo(f"[rushes] sampling {self.again.count} rejected variants again with new seeds "
                           f"(try {round_} of filter.retries_on_reject={spec.filter.retries_on_reject})")
 
+    def check_plan(self) -> None:
+        """Before any work, on a cluster with GPUs or with a budget: the plan of pipeline/gpu_plan.py, printed; a
+        job whose model cannot fit the cluster's GPUs, or whose planned GPU-hours exceed budget.max_gpu_hours, is
+        refused (exit 2), with nothing generated."""
+        from pipeline.gpu_plan import plan_job, running_cluster_gpu
+
+        import ray
+
+        spec, budget = self.spec, self.spec.budget
+        gpu = running_cluster_gpu(spec.ray.resource_wait_s) if spec.family.transformer_class else None
+        if gpu is None and budget.max_gpu_hours is None:
+            return
+        plan = plan_job(spec, gpu or budget.gpu, max(1, int(ray.cluster_resources().get("GPU", 1))), budget.mfu,
+                        self.state)
+        self.echo(plan.render())
+        self.summary.gpu_hours_planned = plan.gpu_hours
+        if gpu is not None and not plan.fits:
+            raise JobSpecError(f"the job's model does not fit the cluster's GPUs ({gpu}); nothing was generated. "
+                               "Change what the plan above says, or run `rushes plan` to try settings.")
+        if budget.max_gpu_hours is not None and (plan.gpu_hours or 0) > budget.max_gpu_hours:
+            raise JobSpecError(f"the plan needs {plan.gpu_hours:.3f} GPU-hours, more than budget.max_gpu_hours="
+                               f"{budget.max_gpu_hours:g}; nothing was generated")
+
     def run_wave(self, plan_uris: list[str]) -> None:
         """One Ray Data dataset over `plan_uris`: its records committed, its rejects spilled to `self.again`."""
         import ray
@@ -247,7 +279,8 @@ class Run:
         from pipeline.watchdog import Stalled, watched_batches
 
         commits, counts = self.commits, self.summary.counts
-        ds, ledger = build_dataset(self.spec, plan_uris, self.ctx)
+        ds, ledger, shares = build_dataset(self.spec, plan_uris, self.ctx)
+        budget = self.spec.budget.max_gpu_hours
         try:
             shown = commits.committed
             def idle():  # a finished variant waits at most about commit.max_wait_s, even while no batch arrives
@@ -255,7 +288,10 @@ class Run:
                 self.tick()
             for batch in watched_batches(ds, ledger, self.spec.ray.stall_timeout_s, on_idle=idle):
                 self.lease.check()
-                records, retry = self.curator.review(rows_of(batch))
+                rows = rows_of(batch)
+                self.summary.gpu_seconds += sum(r["stage_seconds"].get(name, 0.0) * share for r in rows
+                                                for name, share in shares.items() if share)
+                records, retry = self.curator.review(rows)
                 self.again.add(retry)
                 commits.add(records)
                 self.metrics.records(records)
@@ -267,6 +303,12 @@ class Run:
                 if commits.committed != shown:
                     shown = commits.committed
                     self.progress()
+                if budget is not None and self.summary.gpu_seconds > budget * 3600:
+                    commits.flush()  # what finished is kept; no new variant starts
+                    raise BudgetSpent(
+                        f"the budget is spent: {self.summary.gpu_seconds / 3600:.3f} GPU-hours of "
+                        f"budget.max_gpu_hours={budget:g}, after committing {commits.committed} of {self.total} "
+                        "variants; they are kept. Run again (with a larger budget) to resume.")
             commits.flush()
             if commits.committed != shown:
                 self.progress()

@@ -158,6 +158,10 @@ def summary_html(run_id: str | None, summary: dict | None, run_counts: Counter) 
     cells += [(k, work.get(k, 0)) for k in WORK if summary]
     if summary:
         cells += [("seconds", round(summary["seconds"], 1)), ("manifest rows", summary["manifest_rows"])]
+        if summary.get("gpu_hours_planned") is not None:
+            cells.append(("GPU-hours planned", round(summary["gpu_hours_planned"], 3)))
+        if summary.get("gpu_seconds"):
+            cells.append(("GPU-hours spent", round(summary["gpu_seconds"] / 3600, 3)))
     stats = "".join(f'<div class="stat stat-{html.escape(k)}"><b>{v}</b><span>{html.escape(k)}</span></div>'
                     for k, v in cells)
     return f'<p>run <code>{html.escape(run_id)}</code></p><div class="stats">{stats}</div>{note}'

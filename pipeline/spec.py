@@ -27,6 +27,7 @@ from stages.common.variant import FIELDS
 from stages.contract import StageOptions
 from stages.models.devices import auto_dtype
 from stages.models.families import family_for
+from stages.models.gpus import GPU_TABLE
 from stages.models.spec import ModelSpec
 from stages.decode import DecodeStage
 from stages.encode import EncodeStage
@@ -154,6 +155,23 @@ class RaySpec(Strict):
                                    "the model actors restart (and reload) between waves")
 
 
+class BudgetSpec(Strict):
+    """A bound on what a job may spend. A job whose plan exceeds it is refused before any work; a run that spends
+    it starts no new variant, commits what finished, and exits 1 (a re-run with a larger budget resumes)."""
+
+    max_gpu_hours: float | None = Field(None, gt=0, description="GPU-hours the job may use (busy time of each GPU "
+                                                                  "stage times its share of a GPU); null: no bound")
+    gpu: str = Field("h100-80gb", description="the GPU the plan assumes when the cluster's cannot be read")
+    mfu: float = Field(0.35, gt=0, le=1, description="the model FLOPs utilization the plan assumes")
+
+    @field_validator("gpu")
+    @classmethod
+    def _known_gpu(cls, v: str) -> str:
+        if v not in GPU_TABLE:
+            raise ValueError(f"unknown GPU (known: {', '.join(sorted(GPU_TABLE))})")
+        return v
+
+
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -170,6 +188,7 @@ class JobBase(Strict):
     model: ModelSpec = Field(default_factory=ModelSpec, description="the model: its family, weights, dtype and LoRAs")
     sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="every row's sampling settings, unless its manifest columns say otherwise")
     variants: VariantMatrix | None = Field(None, description="a variant matrix: styles x aspect ratios x seeds")
+    budget: BudgetSpec = Field(default_factory=BudgetSpec, description="a bound on the GPU-hours a job may spend")
     commit: CommitSpec = Field(default_factory=CommitSpec, description="how finished variants' records are committed")
     ray: RaySpec = Field(default_factory=RaySpec, description="where the job runs on Ray, and the bounds on failures and waits")
 

@@ -37,23 +37,19 @@ import struct
 import weakref
 from pathlib import Path
 
+import diffusers
 import torch
 import torch.nn.functional as F
+import transformers
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from stages.models.gpus import GPU_TABLE
 
 GiB = 2 ** 30
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 1}
 SLACK, CONTEXT = 1.15, 1.0 * GiB
-# name: (memory GiB as CUDA reports it, dense BF16 tensor TFLOP/s with FP32 accumulate, datasheet).
-# H100 SXM 80GB: 989 TFLOPS (1,979 with sparsity), NVIDIA H100 Tensor Core GPU datasheet; nvidia-smi 81,559 MiB.
-# H200 SXM 141GB: 989 TFLOPS (1,979 sparse), NVIDIA H200 datasheet; 143,771 MiB.
-# A100 80GB / 40GB: 312 TFLOPS (624 sparse), NVIDIA A100 datasheet; 81,920 / 40,960 MiB.
-# L40S 48GB: 362.05 TFLOPS (733 sparse), NVIDIA L40S datasheet; 46,068 MiB.
-# RTX 4090 24GB: 165.2 TFLOPS with FP32 accumulate (330.3 with FP16 accumulate), NVIDIA Ada GPU architecture
-# whitepaper, appendix table; 24,564 MiB.
-GPUS = {"h100-80gb": (79.6, 989.0), "h200-141gb": (140.4, 989.0), "a100-80gb": (80.0, 312.0),
-        "a100-40gb": (40.0, 312.0), "l40s-48gb": (45.0, 362.05), "rtx4090-24gb": (24.0, 165.2)}
+GPUS = GPU_TABLE
 TEXT_TOKENS = {"Wan": 512, "SkyReels": 512, "LTX": 128, "CogVideoX": 226, "HunyuanVideo": 256}
 RULES = {  # (regex on the Linear's name, which tokens it sees); unmatched: video
     "Wan": [(r"attn2\.(to_k|to_v)$|^condition_embedder\.text", "text"), (r"add_[kv]_proj$|image_embedder", "image"),
@@ -91,13 +87,16 @@ def build(folder, name: str, dtype: str = "float32") -> torch.nn.Module:
     path = Path(folder) / name
     with torch.device("meta"):
         if lib == "diffusers":
-            import diffusers
             cls = getattr(diffusers, cls_name)
             model = cls.from_config(cls.load_config(path))
         else:
-            import transformers
             model = getattr(transformers, cls_name)._from_config(transformers.AutoConfig.from_pretrained(path))
-    return model.to(getattr(torch, dtype)).eval()
+    level = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_error()  # `.to(dtype)` warns of the float32 modules it keeps: counted above
+    try:
+        return model.to(getattr(torch, dtype)).eval()
+    finally:
+        diffusers.utils.logging.set_verbosity(level)
 
 
 def param_count(model: torch.nn.Module) -> int:

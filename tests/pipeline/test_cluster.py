@@ -6,6 +6,7 @@ family hook. Timing comes from progress (files the workers write, records the dr
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -214,3 +215,29 @@ def test_a_batch_that_hangs_in_a_live_worker_is_ended_by_the_batch_timeout(clust
     for rid in ("r00", "r02", "r03"):
         assert by_id[rid]["status"] in ("accepted", "rejected"), by_id[rid]["error"]
     assert summary.counts["failed"] == 1
+
+
+def test_a_spent_budget_stops_new_work_keeps_what_finished_and_a_rerun_resumes(cluster, make_manifest, tmp_path):
+    """budget.max_gpu_hours: a plan over it is refused before any work; a run that spends it (busy seconds of
+    each GPU stage times its share of a GPU; the sampler holds a whole logical GPU here) commits what finished,
+    starts nothing new and exits 1; the same job with a larger budget resumes without redoing a variant."""
+    from pipeline.errors import BudgetSpent
+    from pipeline.spec import JobSpecError
+
+    prompts = [f"a red kite over the sea {i}" for i in range(12)]
+    with pytest.raises(JobSpecError, match="more than budget.max_gpu_hours=1e-12"):
+        run_job(chaos_job(make_manifest, tmp_path, prompts, budget={"max_gpu_hours": 1e-12}), echo=lambda *_: None)
+    assert not (tmp_path / "out" / "metadata").exists() or not records(str(tmp_path / "out"))
+    spec = chaos_job(make_manifest, tmp_path, prompts, budget={"max_gpu_hours": 0.0002},  # 0.72 GPU-seconds
+                     sample={"batch_size": 1})
+    with pytest.raises(BudgetSpent, match="the budget is spent") as stopped:
+        run_job(spec, echo=lambda *_: None)
+    first = records(spec.output)
+    assert 0 < len(first) < 12, str(stopped.value)
+    summary = json.loads((tmp_path / "out" / "runs" / spec.run_id / "summary.json").read_text())
+    assert summary["gpu_seconds"] > 0.72 and summary["gpu_hours_planned"] < 0.0002
+    again = chaos_job(make_manifest, tmp_path, prompts, budget={"max_gpu_hours": 1.0}, sample={"batch_size": 1})
+    summary = run_job(again, echo=lambda *_: None)
+    assert summary.work["skipped"] == len(first) and summary.work["new"] == 12 - len(first)
+    keys = [(r["id"], r["variant"]) for r in records(spec.output) if r["run_id"] == again.run_id]
+    assert len(keys) == len(set(keys)) == 12 - len(first)

@@ -17,7 +17,8 @@ from stages.media.frames import video_to_frames
 from stages.models.devices import quiet_loading, torch_dtype
 from stages.models.lora import load_loras
 from stages.models.protocol import VariantInput
-from stages.models.speed import SpeedOptions, apply_at_load, compile_blocks, from_pretrained_kwargs
+from stages.models.speed import (SpeedOptions, apply_at_load, compile_blocks, from_pretrained_kwargs,
+                                 offload_text_encoders)
 
 # torch is imported where a model is loaded or run, never at import: CPU-only workers (validation,
 # filter, encode) import this package and would otherwise pay ~3 CPU-s and ~400 MB each for torch.
@@ -206,6 +207,11 @@ class FamilyRules:
         return None
 
     @classmethod
+    def negative_pass(cls, params: SamplingParams) -> bool:
+        """Whether the denoiser also runs on the negative prompt (classifier-free guidance: twice the work)."""
+        return params.guidance_scale > 1.0
+
+    @classmethod
     def check_row(cls, row: dict, path: str | None) -> str | None:
         """Every rule above on a row (or the job's defaults) with its settings resolved."""
         return (cls.check_shape(row["height"], row["width"], row["num_frames"], path=path)
@@ -237,6 +243,7 @@ class DiffusersFamily(FamilyRules):
             load_loras(pipe, model.loras, cls.transformers)
         if apply_at_load(pipe, speed, cls.transformers, device):
             pipe.to(device)
+        offload_text_encoders(pipe, speed, device)
         pipe.set_progress_bar_config(disable=True)
         if batch_invariant:
             for name in cls.transformers:
@@ -265,11 +272,6 @@ class DiffusersFamily(FamilyRules):
     def call_kwargs(cls, pipe, params: SamplingParams) -> dict:
         """Family-specific arguments of the pipeline call, from the variant's settings."""
         return {}
-
-    @classmethod
-    def negative_pass(cls, params: SamplingParams) -> bool:
-        """Whether the denoiser also runs on the negative prompt (so that it must be encoded)."""
-        return params.guidance_scale > 1.0
 
     @classmethod
     def set_flow_shift(cls, pipe, flow_shift: float | None) -> None:
