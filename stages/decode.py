@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field
 
 from stages.contract import Stage, StageOptions
-from stages.models.devices import pick_device, prepare_device, use_threads
+from stages.models.devices import gpu_peak_gib, pick_device, prepare_device, use_threads
 from stages.long_video.segments import store_for
 from stages.long_video.stream import write_chunks
 from stages.long_video.windows import is_streamed, segment_frames
@@ -65,11 +65,12 @@ class DecodeStage(Stage):
         super().__init__(options, ctx)
         self.family = family_for(self.ctx.model.family)
         self.vae = None
+        self.device = "cpu"
 
     def setup(self) -> None:
         use_threads(self.options.resources.num_cpus)
         m = self.ctx.model
-        device = pick_device(self.options.resources.num_gpus)
+        self.device = device = pick_device(self.options.resources.num_gpus)
         prepare_device(device, self.options.resources.num_gpus)
         self.vae = self.family.load_vae(resolve_model_path(m.path), m.dtype_on(device), device, revision=m.revision)
         if self.options.tiling == "on":
@@ -100,6 +101,9 @@ class DecodeStage(Stage):
                 continue
             finally:
                 r["stage_seconds"]["decode"] = time.perf_counter() - start
+                peak = gpu_peak_gib(self.device)
+                if peak is not None:
+                    r["gpu_peak_gib"] = {**(r.get("gpu_peak_gib") or {}), "decode": peak}
             if not finite:
                 r.update(status="failed", error="decode: VAE output contains NaN or Inf")
                 continue

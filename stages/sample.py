@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from stages.contract import Stage, StageOptions
-from stages.models.devices import pick_device, prepare_device, use_threads
+from stages.models.devices import gpu_peak_gib, pick_device, prepare_device, use_threads
 from stages.common.variant import BUCKET_FIELDS, sampling_params
 from stages.long_video.segments import store_for
 from stages.models.checkpoints import resolve_model_path
@@ -68,13 +68,14 @@ class SampleStage(Stage):
         super().__init__(options, ctx)
         self.family = family_for(self.ctx.model.family)
         self.pipe = None
+        self.device = "cpu"
         self.calls = 0  # pipeline calls made, for tests and benchmarks
 
     def setup(self) -> None:
         use_threads(self.options.resources.num_cpus)
         check_family(self.options, self.family)
         m = self.ctx.model
-        device = pick_device(self.options.resources.num_gpus)
+        self.device = device = pick_device(self.options.resources.num_gpus)
         prepare_device(device, self.options.resources.num_gpus)
         self.pipe = self.family.load_pipeline(
             resolve_model_path(m.path), device, m,
@@ -157,8 +158,11 @@ class SampleStage(Stage):
             latents = [None]
             batch[0].update(status="failed", error=f"sample: {type(e).__name__}: {e}")
         seconds = (time.perf_counter() - start) / len(batch)
+        peak = gpu_peak_gib(self.device)
         for r, z in zip(batch, latents):
             r["stage_seconds"]["sample"] = seconds
+            if peak is not None:
+                r["gpu_peak_gib"] = {**(r.get("gpu_peak_gib") or {}), "sample": peak}
             if z is None:
                 continue
             if not np.isfinite(z).all():

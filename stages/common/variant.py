@@ -113,6 +113,7 @@ FIELDS = [
     V("model_dtype", pa.string()), V("model_weights_hash", pa.string()),
     # the VAE as the decode stage ran it (stages/decode.py): its dtype, and whether it decoded in tiles
     V("vae_dtype", pa.string()), V("vae_tiling", pa.bool_()),
+    V("gpu_peak_gib", FLOAT_MAP),  # the most GPU memory each model stage held for it (CUDA only)
     V("params_hash", pa.string(), planned=True, state=True),
     V("video_uri", pa.string(), report=True), V("poster_uri", pa.string(), report=True),
     V("preview_uri", pa.string(), report=True),

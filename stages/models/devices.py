@@ -38,6 +38,18 @@ def quiet_loading() -> None:
     warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
 
 
+def gpu_peak_gib(device: str) -> float | None:
+    """The most GPU memory this process held since the last call, in GiB (and the count starts again); None off
+    CUDA. Recorded per stage, so a real run shows what each model stage needed."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    torch.cuda.reset_peak_memory_stats()
+    return round(peak, 3)
+
+
 def auto_dtype(path: str, on_gpu: bool) -> str:
     """`dtype: auto`: bfloat16 for a real checkpoint that runs on a GPU (half the weights' memory, and the GPU's
     fast matmuls: a 14B model does not fit an 80 GB GPU in float32); float32 on CPU, where bfloat16 matmuls are

@@ -234,10 +234,11 @@ def test_a_spent_budget_stops_new_work_keeps_what_finished_and_a_rerun_resumes(c
         run_job(spec, echo=lambda *_: None)
     first = records(spec.output)
     assert 0 < len(first) < 12, str(stopped.value)
-    summary = json.loads((tmp_path / "out" / "runs" / spec.run_id / "summary.json").read_text())
+    run_id = first[0]["run_id"]
+    summary = json.loads((tmp_path / "out" / "runs" / run_id / "summary.json").read_text())
     assert summary["gpu_seconds"] > 0.72 and summary["gpu_hours_planned"] < 0.0002
     again = chaos_job(make_manifest, tmp_path, prompts, budget={"max_gpu_hours": 1.0}, sample={"batch_size": 1})
     summary = run_job(again, echo=lambda *_: None)
     assert summary.work["skipped"] == len(first) and summary.work["new"] == 12 - len(first)
-    keys = [(r["id"], r["variant"]) for r in records(spec.output) if r["run_id"] == again.run_id]
+    keys = [(r["id"], r["variant"]) for r in records(spec.output) if r["run_id"] == summary.run_id]
     assert len(keys) == len(set(keys)) == 12 - len(first)
