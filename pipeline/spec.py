@@ -203,7 +203,9 @@ class JobBase(Strict):
             on_gpu = any(o.resources.wants_gpu for o in self.stage_options().values() if o.loads_model)
             object.__setattr__(self.model, "dtype", auto_dtype(self.model.path, on_gpu))
         for name, options in self.stage_options().items():
-            object.__setattr__(self, name, options.resolved(self.model.path, self.family))
+            options = options.resolved(self.model.path, self.family)
+            options._storage_options = self.storage_options
+            object.__setattr__(self, name, options)
         return self
 
     @model_validator(mode="after")
