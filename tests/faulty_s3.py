@@ -2,12 +2,14 @@
 
 Requests pass through unchanged unless a rule matches (method and a substring of the path): then the
 proxy answers with a real S3 error response instead (503 SlowDown, 403 AccessDenied), `times` times, after
-letting the first `after` matching requests through. `requests` records every request (method, path, Range).
+letting the first `after` matching requests through. `requests` records every request (method, path, Range);
+`delays` holds back the requests whose path contains a key by its value in seconds (a slow store).
 """
 from __future__ import annotations
 
 import http.client
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -34,6 +36,7 @@ class FaultyS3:
         self.upstream_port = upstream_port
         self.rules: list[Rule] = []
         self.requests: list[tuple[str, str, str | None]] = []
+        self.delays: dict[str, float] = {}
         self.lock = threading.Lock()
         proxy = self
 
@@ -47,6 +50,7 @@ class FaultyS3:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with proxy.lock:
                     proxy.requests.append((self.command, self.path, self.headers.get("Range")))
+                time.sleep(max([s for part, s in proxy.delays.items() if part in self.path], default=0))
                 rule = proxy.match(self.command, self.path)
                 if rule is not None:
                     status, message = ERRORS[rule.code]
