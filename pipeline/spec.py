@@ -165,7 +165,8 @@ class JobBase(Strict):
     output: str = Field(..., min_length=1, description="library root; local folder or fsspec URI")
     run_id: str | None = Field(None, description="this run's id (default: a UTC timestamp and a random suffix); part of object keys")
     storage_options: dict[str, Any] = Field(
-        default_factory=dict, description="fsspec options for manifest and output (endpoint_url, region...)")
+        default_factory=dict,
+        description="fsspec options for manifest, output and weights in object storage (endpoint_url, region...)")
     lease_ttl_s: float = Field(120.0, ge=5, description="a dead run's lease expires after this long")
     model: ModelSpec = Field(default_factory=ModelSpec, description="the model: its family, weights, dtype and LoRAs")
     sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="every row's sampling settings, unless its manifest columns say otherwise")

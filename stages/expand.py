@@ -30,8 +30,8 @@ class ExpandOptions(StageOptions):
     mode: Literal["template", "none", "llm"] = Field("template", description="template: words added in the driver; none: the prompt as written; llm: a language model rewrites it on Ray")
     styles: list[str] = Field(default_factory=list, description="template: styles to draw from; empty = built-in")
     backend: Literal["local", "openai", "vllm"] = Field("local", description="llm: local (a transformers model on the stage's GPU), openai (an OpenAI-compatible endpoint), vllm (Ray Data's LLM processor)")
-    model: str | None = Field(None, description="llm: builtin:tiny-qwen, a folder or hub id (local, vllm), or "
-                                                "the endpoint's model name (openai)")
+    model: str | None = Field(None, description="llm: builtin:tiny-qwen, a folder, hub id or s3:// URI (local, vllm), "
+                                                "or the endpoint's model name (openai)")
     revision: str | None = Field(None, description="the hub revision of expand.model")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="the language model's dtype (local, vllm); auto: bfloat16 for a real model on a GPU, else "
