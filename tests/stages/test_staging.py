@@ -195,3 +195,21 @@ def test_a_lora_in_s3_is_staged_and_gives_the_local_lora_s_pixels(tiny_wan, tmp_
     from_s3 = latents({"path": URI, "loras": [{"path": remote}]}, options)
     here = latents({"path": local, "loras": [{"path": local_lora}]}, {})
     np.testing.assert_array_equal(from_s3, here)
+
+
+def test_a_language_model_in_s3_is_fingerprinted_by_the_job_and_loaded_by_the_rewriter(s3, tmp_path, monkeypatch):
+    from pipeline.spec import load_job
+    from stages.models.rewriters import LocalRewriter, resolve_llm_path
+
+    fs, endpoint = s3
+    options = {"endpoint_url": endpoint}
+    uri = "s3://rushes-test/models/tiny-qwen/"
+    fs.put(resolve_llm_path("builtin:tiny-qwen").rstrip("/") + "/", uri, recursive=True)
+    monkeypatch.setenv("RUSHES_CACHE", str(tmp_path / "node-cache"))
+    spec = load_job({"manifest": str(tmp_path / "m.parquet"), "output": str(tmp_path / "out"),
+                     "storage_options": options, "expand": {"mode": "llm", "model": uri}})
+    assert spec.expand.pixel_settings()["expand"]["weights_hash"] == remote_fingerprint(uri, options)
+    assert not staging.staged_folder(uri).exists()  # the driver reads the listing only
+    rewriter = LocalRewriter(uri, "float32", "cpu", storage_options=options)
+    (rewrite,) = rewriter.rewrite([[{"role": "user", "content": "a cat"}]], [1], 0.7, 0.9, 16)
+    assert rewrite.output_tokens and (staging.staged_folder(uri) / staging.COMPLETE).exists()
