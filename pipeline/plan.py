@@ -58,11 +58,11 @@ class Planner:
         self.batch_rows = batch_rows
         m = self.spec.model
         # every model reference, before the manifest is read or any worker starts (stages/models/references.py)
-        problems, self.warnings = check_references(m, self.spec.family)
+        problems, self.warnings = check_references(m, self.spec.family, self.spec.storage_options)
         if problems:
             raise JobSpecError("the job's model cannot be used:\n  " + "\n  ".join(problems))
         self.manifest = Manifest(self.spec.manifest, self.spec.storage_options)
-        self.model = model_identity(m.family, m.path, m.revision, m.dtype, loras=m.loras)
+        self.model = model_identity(m.family, m.path, m.revision, m.dtype, m.loras, self.spec.storage_options)
         # What decides pixels besides the variant's own fields: the model and each stage's pixel options.
         self.pixel_settings = {"model": self.model}
         for options in self.spec.stage_options().values():

@@ -183,7 +183,8 @@ class JobBase(Strict):
     output: str = Field(..., min_length=1, description="library root; local folder or fsspec URI")
     run_id: str | None = Field(None, description="this run's id (default: a UTC timestamp and a random suffix); part of object keys")
     storage_options: dict[str, Any] = Field(
-        default_factory=dict, description="fsspec options for manifest and output (endpoint_url, region...)")
+        default_factory=dict,
+        description="fsspec options for manifest, output and weights in object storage (endpoint_url, region...)")
     lease_ttl_s: float = Field(120.0, ge=5, description="a dead run's lease expires after this long")
     model: ModelSpec = Field(default_factory=ModelSpec, description="the model: its family, weights, dtype and LoRAs")
     sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="every row's sampling settings, unless its manifest columns say otherwise")
@@ -222,7 +223,9 @@ class JobBase(Strict):
             on_gpu = any(o.resources.wants_gpu for o in self.stage_options().values() if o.loads_model)
             object.__setattr__(self.model, "dtype", auto_dtype(self.model.path, on_gpu))
         for name, options in self.stage_options().items():
-            object.__setattr__(self, name, options.resolved(self.model.path, self.family))
+            options = options.resolved(self.model.path, self.family)
+            options._storage_options = self.storage_options
+            object.__setattr__(self, name, options)
         return self
 
     @model_validator(mode="after")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from stages.common.strict import Strict
 from stages.models.spec import ModelSpec
@@ -92,6 +92,9 @@ class StageOptions(Strict):
     loads_model: ClassVar[bool] = False  # runs the job's model (`model:`), whose dtype follows where it runs
     batch_size: int = Field(1, ge=1, description="rows per call of the stage")
     resources: Resources = Field(default_factory=Resources, description="what one replica asks Ray for; a block here changes only the keys it names")
+    # The job's storage_options, set when the job file is loaded (pipeline/spec.py), not a key of their own: for
+    # pixel settings read from object storage while planning (the fingerprint of an expand.model in s3://).
+    _storage_options: dict = PrivateAttr(default_factory=dict)
 
     @classmethod
     def resource_defaults(cls, data: dict) -> dict:

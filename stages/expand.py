@@ -21,7 +21,7 @@ from stages.contract import ContractError, LanguageModelProcessor, Resources, St
 from stages.models.devices import auto_dtype, pick_device, use_threads
 from stages.models.template import storyboard, template
 from stages.models.rewriters import (SYSTEM_PROMPTS, EndpointRewriter, ExpandExample, LocalRewriter, PromptFile,
-                                     Rewrite, check_rewrite, llm_weights_hash, messages_for, resolve_llm_path,
+                                     Rewrite, check_rewrite, llm_weights_hash, messages_for, vllm_model_source,
                                      storyboard_request, vllm_config, word_count)
 
 class ExpandOptions(StageOptions):
@@ -30,8 +30,8 @@ class ExpandOptions(StageOptions):
     mode: Literal["template", "none", "llm"] = Field("template", description="template: words added in the driver; none: the prompt as written; llm: a language model rewrites it on Ray")
     styles: list[str] = Field(default_factory=list, description="template: styles to draw from; empty = built-in")
     backend: Literal["local", "openai", "vllm"] = Field("local", description="llm: local (a transformers model on the stage's GPU), openai (an OpenAI-compatible endpoint), vllm (Ray Data's LLM processor)")
-    model: str | None = Field(None, description="llm: builtin:tiny-qwen, a folder or hub id (local, vllm), or "
-                                                "the endpoint's model name (openai)")
+    model: str | None = Field(None, description="llm: builtin:tiny-qwen, a folder, hub id or s3:// URI (local, vllm), "
+                                                "or the endpoint's model name (openai)")
     revision: str | None = Field(None, description="the hub revision of expand.model")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="the language model's dtype (local, vllm); auto: bfloat16 for a real model on a GPU, else "
@@ -104,7 +104,8 @@ class ExpandOptions(StageOptions):
                     "max_words": self.max_words, "keep_over_words": self.keep_over_words,
                     "per_variant": self.per_variant}
         if self.backend != "openai":  # an endpoint's weights are not ours to see: its model name stands for them
-            identity.update(dtype=self.dtype, weights_hash=llm_weights_hash(self.model, self.revision))
+            identity.update(dtype=self.dtype,
+                            weights_hash=llm_weights_hash(self.model, self.revision, self._storage_options))
         return {"expand": identity}
 
 
@@ -168,7 +169,7 @@ class ExpandStage(Stage):
         if not resources.num_gpus:
             raise ContractError("expand: backend vllm needs GPUs, and expand.resources.num_gpus is 0 on this cluster")
         lo, hi = resources.replica_range
-        config = vllm_config(resolve_llm_path(o.model), o.dtype, o.revision, o.batch_size, resources.num_gpus,
+        config = vllm_config(vllm_model_source(o.model), o.dtype, o.revision, o.batch_size, resources.num_gpus,
                              resources.num_cpus, lo if lo == hi else (lo, hi))
 
         def request(r: dict) -> dict | None:
@@ -191,7 +192,7 @@ class ExpandStage(Stage):
             use_threads(o.resources.num_cpus)
             device = pick_device(o.resources.num_gpus)
             dtype = auto_dtype(o.model, device == "cuda") if o.dtype == "auto" else o.dtype  # used on its own
-            self.rewriter = LocalRewriter(o.model, dtype, device, o.revision)
+            self.rewriter = LocalRewriter(o.model, dtype, device, o.revision, self.ctx.storage_options)
         elif o.backend == "openai":
             key = os.environ.get(o.api_key_env) if o.api_key_env else None
             if o.api_key_env and not key:

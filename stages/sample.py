@@ -22,6 +22,7 @@ from stages.common.variant import BUCKET_FIELDS, sampling_params
 from stages.long_video.segments import store_for
 from stages.models.checkpoints import resolve_model_path
 from stages.models.families import family_for
+from stages.models.lora import staged_loras
 from stages.models.protocol import VariantInput
 from stages.models.speed import SpeedOptions, cache_enabled, check_batching, check_family
 
@@ -74,11 +75,12 @@ class SampleStage(Stage):
     def setup(self) -> None:
         use_threads(self.options.resources.num_cpus)
         check_family(self.options, self.family)
-        m = self.ctx.model
+        m, where = self.ctx.model, self.ctx.storage_options  # weights in object storage: copied once per node
+        m = m.model_copy(update={"loras": staged_loras(m.loras, where)})
         self.device = device = pick_device(self.options.resources.num_gpus)
         prepare_device(device, self.options.resources.num_gpus)
         self.pipe = self.family.load_pipeline(
-            resolve_model_path(m.path), device, m,
+            resolve_model_path(m.path, where), device, m,
             speed=self.options if self.speed_options_set else None, batch_invariant=self.options.batch_invariant)
 
     @property

@@ -1,12 +1,15 @@
 """A fault-injecting HTTP proxy in front of the moto S3 server, for storage-failure tests.
 
 Requests pass through unchanged unless a rule matches (method and a substring of the path): then the
-proxy answers with a real S3 error response instead (503 SlowDown, 403 AccessDenied), `times` times.
+proxy answers with a real S3 error response instead (503 SlowDown, 403 AccessDenied), `times` times, after
+letting the first `after` matching requests through. `requests` records every request (method, path, Range);
+`delays` holds back the requests whose path contains a key by its value in seconds (a slow store).
 """
 from __future__ import annotations
 
 import http.client
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,12 +27,16 @@ class Rule:
     code: str
     times: int = 10**9
     hits: int = 0
+    after: int = 0  # matching requests let through before the rule answers
+    seen: int = 0
 
 
 class FaultyS3:
     def __init__(self, upstream_port: int):
         self.upstream_port = upstream_port
         self.rules: list[Rule] = []
+        self.requests: list[tuple[str, str, str | None]] = []
+        self.delays: dict[str, float] = {}
         self.lock = threading.Lock()
         proxy = self
 
@@ -41,6 +48,9 @@ class FaultyS3:
 
             def _handle(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with proxy.lock:
+                    proxy.requests.append((self.command, self.path, self.headers.get("Range")))
+                time.sleep(max([s for part, s in proxy.delays.items() if part in self.path], default=0))
                 rule = proxy.match(self.command, self.path)
                 if rule is not None:
                     status, message = ERRORS[rule.code]
@@ -80,8 +90,10 @@ class FaultyS3:
         with self.lock:
             for rule in self.rules:
                 if rule.method == method and rule.path_contains in path and rule.hits < rule.times:
-                    rule.hits += 1
-                    return rule
+                    rule.seen += 1
+                    if rule.seen > rule.after:
+                        rule.hits += 1
+                        return rule
         return None
 
     def start(self):

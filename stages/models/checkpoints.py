@@ -5,6 +5,8 @@
   `save_pretrained` into the cache folder, then loaded with `from_pretrained` like any checkpoint.
 - a local folder in diffusers layout (`model_index.json` at its root);
 - a hub id (`Wan-AI/Wan2.1-T2V-1.3B-Diffusers`), resolved by diffusers/huggingface_hub as usual;
+- an fsspec URI (`s3://bucket/Wan2.1-T2V-14B-Diffusers/`): copied once per node into the cache
+  (stages/models/staging.py), then loaded from there; its fingerprint comes from the store's metadata;
 - `builtin:null`: no weights at all, for the `null` family (stages/models/families.py), which ignores its path.
 
 `model_identity()` gives what goes into `params_hash`: family, path, revision, dtype and a fingerprint
@@ -19,6 +21,8 @@ import tempfile
 from pathlib import Path
 
 from stages.models import builtin
+from stages.models.lora import remote_file
+from stages.models.staging import cache_dir, is_remote, remote_fingerprint, stage
 
 BUILTIN_PREFIX = "builtin:"
 # Bump when the builtin recipe changes: the fingerprint changes with it, so outputs regenerate.
@@ -29,17 +33,16 @@ BUILTIN_MODELS = {"tiny-wan": "tiny-wan-v1", "tiny-wan22": "tiny-wan22-v1", "tin
 # Builtins without weights (the `null` family's): nothing to build; the version is their fingerprint.
 WEIGHTLESS_BUILTINS = {"null": "null-v1"}
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("RUSHES_CACHE", Path.home() / ".cache" / "rushes"))
-
-
 def builder_for(name: str):
     """The function that builds the builtin model `name` (stages/models/builtin.py)."""
     return getattr(builtin, "build_" + name.replace("-", "_"))
 
 
-def resolve_model_path(path: str) -> str:
-    """A path that `from_pretrained` accepts; builds the builtin model into the cache on first use."""
+def resolve_model_path(path: str, storage_options: dict | None = None) -> str:
+    """A path that `from_pretrained` accepts; builds the builtin model into the cache on first use, and copies a
+    checkpoint in object storage into this node's cache (once per node)."""
+    if is_remote(path):
+        return stage(path, storage_options)
     if not path.startswith(BUILTIN_PREFIX):
         return path
     name = path[len(BUILTIN_PREFIX):]
@@ -54,7 +57,10 @@ def resolve_model_path(path: str) -> str:
 
 def checkpoint_on_disk(path: str, revision: str | None = None) -> Path | None:
     """The folder of a checkpoint that is already here, without building or downloading anything: a local
-    folder, a builtin model already built into the cache, or a hub snapshot already in its cache."""
+    folder, a builtin model already built into the cache, or a hub snapshot already in its cache (a checkpoint in
+    object storage is not: its files are read there, stages/models/references.py)."""
+    if is_remote(path):
+        return None
     if path.startswith(BUILTIN_PREFIX):
         name = path[len(BUILTIN_PREFIX):]
         folder = cache_dir() / "builtin" / BUILTIN_MODELS[name] if name in BUILTIN_MODELS else None
@@ -123,9 +129,12 @@ def weights_fingerprint(folder: str | Path, only: str | None = None) -> str:
     return h.hexdigest()
 
 
-def fingerprint_of(local: str, revision: str | None) -> str | None:
-    """The weights fingerprint of a checkpoint folder, or of a hub id already in the local cache, without
-    loading it; None for a hub id not cached here (its id and revision then stand for it)."""
+def fingerprint_of(local: str, revision: str | None, storage_options: dict | None = None) -> str | None:
+    """The weights fingerprint of a checkpoint folder, of a checkpoint in object storage (from the store's
+    metadata: nothing is downloaded), or of a hub id already in the local cache, without loading it; None for a
+    hub id not cached here (its id and revision then stand for it)."""
+    if is_remote(local):
+        return remote_fingerprint(local, storage_options)
     if Path(local).is_dir():
         return weights_fingerprint(local)
     try:
@@ -136,11 +145,14 @@ def fingerprint_of(local: str, revision: str | None) -> str | None:
         return None
 
 
-def lora_identity(lora) -> dict:
-    """What decides the adapter's effect, without loading it: path, file, scale and a weights fingerprint."""
+def lora_identity(lora, storage_options: dict | None = None) -> dict:
+    """What decides the adapter's effect, without loading it: path, file, scale and a weights fingerprint (of an
+    adapter in object storage: of its file there, from the store's metadata)."""
     fingerprint = None
     path = Path(lora.path)
-    if path.is_file():
+    if is_remote(lora.path):
+        fingerprint = remote_fingerprint(remote_file(lora), storage_options)
+    elif path.is_file():
         fingerprint = weights_fingerprint(path.parent, only=path.name)
     elif path.is_dir():
         fingerprint = weights_fingerprint(path, only=lora.weight_name)
@@ -155,16 +167,19 @@ def lora_identity(lora) -> dict:
     return {"path": lora.path, "weight_name": lora.weight_name, "scale": lora.scale, "weights_hash": fingerprint}
 
 
-def model_identity(family: str, path: str, revision: str | None, dtype: str, loras: list = ()) -> dict:
+def model_identity(family: str, path: str, revision: str | None, dtype: str, loras: list = (),
+                   storage_options: dict | None = None) -> dict:
     """Everything about the model that decides the pixels, without loading it (LoRAs only when there are
-    any, so that a model without them keeps its identity)."""
+    any, so that a model without them keeps its identity). Weights in object storage are fingerprinted from the
+    store's metadata with `storage_options`; none are downloaded here."""
     weightless = path.startswith(BUILTIN_PREFIX) and path[len(BUILTIN_PREFIX):] in WEIGHTLESS_BUILTINS
     if weightless:
         fingerprint = WEIGHTLESS_BUILTINS[path[len(BUILTIN_PREFIX):]]
     else:
-        fingerprint = fingerprint_of(resolve_model_path(path), revision)
+        fingerprint = fingerprint_of(path if is_remote(path) else resolve_model_path(path), revision,
+                                     storage_options)
     identity = {"family": family, "path": path, "revision": revision, "dtype": dtype, "weights_hash": fingerprint}
     if loras:
-        identity["loras"] = [lora_identity(lora) for lora in loras]
+        identity["loras"] = [lora_identity(lora, storage_options) for lora in loras]
     return identity
 

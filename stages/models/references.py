@@ -1,6 +1,6 @@
 """Every model reference of a job checked before any worker starts, without loading weights.
 
-In: the job's `model:` (path, family, LoRAs) and its family. Out: the problems (each naming its job-file key:
+In: the job's `model:` (path, family, LoRAs), its family and its `storage_options`. Out: the problems (each naming its job-file key:
 the run is refused) and the warnings (said, and the run goes on). A wrong reference found only when a worker
 loads it would fail every actor's setup three times, on a cluster after minutes of loading, with the reason
 buried in Ray's tracebacks.
@@ -9,10 +9,12 @@ buried in Ray's tracebacks.
   class must be one the family runs (a SkyReels-V2 diffusion-forcing checkpoint under `family: skyreels` is
   refused naming both). A built-in model is checked against its recipe without building it. A hub id that is
   not in the local cache, on a machine that cannot reach the hub, is a warning: the workers may have a cache.
+  A checkpoint in object storage (`s3://...`) must have objects under its prefix and a `model_index.json`,
+  which is read there for its pipeline class (nothing else is downloaded).
 - `model.loras[i].path`: a local file or folder must exist (with `weight_name` in it); an adapter that is
   here and a checkpoint whose transformer config is here are matched layer by layer (on the meta device: the
   transformer is never built): an adapter made for another architecture is refused with the layers that
-  do not fit.
+  do not fit. An adapter in object storage must exist there (its file, with `weight_name` under a folder URI).
 """
 from __future__ import annotations
 
@@ -24,8 +26,11 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from stages.common.storage import StorageError, filesystem, join, read_bytes
 from stages.models.builtin import BUILTIN_PIPELINES
 from stages.models.checkpoints import BUILTIN_PREFIX, checkpoint_on_disk
+from stages.models.lora import remote_file
+from stages.models.staging import is_remote, remote_listing
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -60,9 +65,38 @@ def pipeline_class_of(path: str) -> str | None:
         return None
 
 
-def check_model_path(path: str, family) -> tuple[list[str], list[str]]:
+def remote_problem(key: str, uri: str, storage_options: dict | None) -> tuple[str | None, dict]:
+    """(why the objects under `uri` cannot be used, or None; their listing)."""
+    try:
+        return None, remote_listing(uri, storage_options)
+    except FileNotFoundError:
+        return f"{key}: {uri!r} does not exist (no objects under it)", {}
+    except StorageError as e:
+        return f"{key}: {uri!r} cannot be listed: {e}", {}
+
+
+def remote_pipeline_class(path: str, storage_options: dict | None) -> tuple[str | None, str | None]:
+    """(the pipeline class a checkpoint in object storage declares, or None; why it is no checkpoint, or None)."""
+    problem, listing = remote_problem("model.path", path, storage_options)
+    if problem:
+        return None, problem
+    if "model_index.json" not in listing:
+        return None, f"model.path: {path!r} is no diffusers checkpoint (no model_index.json under it)"
+    fs, root = filesystem(path, storage_options)
+    try:
+        return json.loads(read_bytes(fs, join(root, "model_index.json"))).get("_class_name"), None
+    except (StorageError, ValueError) as e:
+        return None, f"model.path: cannot read {join(path, 'model_index.json')!r}: {e}"
+
+
+def check_model_path(path: str, family, storage_options: dict | None = None) -> tuple[list[str], list[str]]:
     problems, warnings = [], []
-    if path.startswith(BUILTIN_PREFIX) or "://" in path:  # builtins: checked by name; remote: by staging
+    declared = None
+    if is_remote(path):
+        declared, problem = remote_pipeline_class(path, storage_options)
+        if problem:
+            return [problem], []
+    elif path.startswith(BUILTIN_PREFIX):  # checked by name
         pass
     elif not is_hub_id(path):
         folder = Path(path).expanduser()
@@ -74,7 +108,7 @@ def check_model_path(path: str, family) -> tuple[list[str], list[str]]:
     elif checkpoint_on_disk(path) is None and not hub_reachable():
         warnings.append(f"model.path: {path!r} is not in this machine's Hugging Face cache and the hub cannot be "
                         "reached from here; the workers must have it in theirs (or stage it from object storage)")
-    declared = pipeline_class_of(path)
+    declared = declared or pipeline_class_of(path)
     if declared is not None and declared not in family.pipeline_classes:
         problems.append(f"model.path: {path!r} is a {declared} checkpoint, which family '{family.name}' does not run "
                         f"(it runs {', '.join(family.pipeline_classes)}); "
@@ -117,12 +151,16 @@ def transformer_layers(folder: Path, transformer_class: str) -> dict[str, tuple[
             if isinstance(m, torch.nn.Linear)}
 
 
-def check_loras(loras: list, model_path: str, family) -> list[str]:
+def check_loras(loras: list, model_path: str, family, storage_options: dict | None = None) -> list[str]:
     problems = []
     for i, lora in enumerate(loras):
         key, path = f"model.loras[{i}].path", Path(lora.path)
-        if "://" in lora.path or is_hub_id(lora.path):
-            continue  # staged, or loaded from the hub by the workers
+        if is_remote(lora.path):  # copied by the workers: it must be there
+            problem, _ = remote_problem(key, remote_file(lora), storage_options)
+            problems += [problem] if problem else []
+            continue
+        if is_hub_id(lora.path):
+            continue  # loaded from the hub by the workers
         if not path.exists():
             problems.append(f"{key}: {lora.path!r} does not exist")
             continue
@@ -147,9 +185,10 @@ def check_loras(loras: list, model_path: str, family) -> list[str]:
     return problems
 
 
-def check_references(model, family) -> tuple[list[str], list[str]]:
-    """(problems, warnings) of the job's model references."""
-    problems, warnings = check_model_path(model.path, family)
+def check_references(model, family, storage_options: dict | None = None) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of the job's model references (`storage_options`: the job's, for those in object
+    storage)."""
+    problems, warnings = check_model_path(model.path, family, storage_options)
     if not problems:
-        problems += check_loras(model.loras, model.path, family)
+        problems += check_loras(model.loras, model.path, family, storage_options)
     return problems, warnings

@@ -11,6 +11,8 @@ the original prompt. `stages/expand.py` drives these per batch; Ray never appear
   backoff for 429, 5xx and connection errors only.
 - `builtin:tiny-qwen`: a tiny random-weight Qwen2 built offline with a fixed seed. Its text is gibberish;
   it exists so that the real code path (save_pretrained, from_pretrained, chat template, generate) runs.
+- a model in object storage (`s3://bucket/Qwen2.5-7B-Instruct/`): the local backend copies it once per node
+  (stages/models/staging.py); its fingerprint comes from the store's metadata.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from pydantic import Field
 from stages.common.strict import Strict
 from stages.models.builtin import build_tokenizer
 from stages.models.checkpoints import fingerprint_of, resolve_builtin
+from stages.models.staging import is_remote, remote_fingerprint, stage
 
 LLM_BUILTINS = {"tiny-qwen": "tiny-qwen-v1"}  # bump the version when the recipe changes
 
@@ -186,28 +189,45 @@ def vllm_config(model: str, dtype: str, revision: str | None, batch_size: int, n
             "should_continue_on_error": True}
 
 
-def resolve_llm_path(path: str) -> str:
-    """A path that `from_pretrained` accepts; builds a builtin model into the cache on first use."""
+def resolve_llm_path(path: str, storage_options: dict | None = None) -> str:
+    """A path that `from_pretrained` accepts; builds a builtin model into the cache on first use, and copies a
+    model in object storage into this node's cache (once per node)."""
+    if is_remote(path):
+        return stage(path, storage_options)
     return resolve_builtin(path, LLM_BUILTINS, build_tiny_qwen, "expand.model", "language model")
 
 
-@functools.lru_cache(maxsize=8)  # asked for every variant while planning
-def llm_weights_hash(path: str, revision: str | None) -> str | None:
-    """A fingerprint of a local language model's weights, without loading it (None: a hub id not yet in
-    the local cache; its id and revision then stand for it)."""
+def vllm_model_source(path: str) -> str:
+    """What Ray Data's vLLM processor loads: a model in object storage as its URI (Ray downloads s3:// and gs://
+    to each node itself, with the environment's credentials and endpoint), anything else as a local path."""
+    return path if is_remote(path) else resolve_llm_path(path)
+
+
+def llm_weights_hash(path: str, revision: str | None, storage_options: dict | None = None) -> str | None:
+    """A fingerprint of a language model's weights, without loading it: of a local one, or of one in object
+    storage from the store's metadata (None: a hub id not yet in the local cache; its id and revision then
+    stand for it)."""
+    if is_remote(path):  # one listing, not remembered: a new upload must change it
+        return remote_fingerprint(path, storage_options)
+    return _local_weights_hash(path, revision)
+
+
+@functools.lru_cache(maxsize=8)  # hashing a local model's files is not free
+def _local_weights_hash(path: str, revision: str | None) -> str | None:
     return fingerprint_of(resolve_llm_path(path), revision)
 
 
 class LocalRewriter:
     """A causal LM with its chat template, generating a batch at once with one RNG per prompt."""
 
-    def __init__(self, path: str, dtype: str, device: str, revision: str | None = None):
+    def __init__(self, path: str, dtype: str, device: str, revision: str | None = None,
+                 storage_options: dict | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        local = resolve_llm_path(path)
+        local = resolve_llm_path(path, storage_options)
         self.tokenizer = AutoTokenizer.from_pretrained(local, revision=revision)
         self.tokenizer.padding_side = "left"  # the new tokens of every row start at the same column
         if self.tokenizer.pad_token_id is None:

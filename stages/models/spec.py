@@ -14,8 +14,9 @@ from stages.models.lora import LoraSpec
 class ModelSpec(Strict):
     family: str = Field("wan", description="built-in family (wan, ltx, cogvideox, hunyuan, skyreels, skyreels_df, "
                                            "null) or 'package.module:ClassName'")
-    path: str = Field("", description="builtin:tiny-<family>, a local folder, or a hub id; unset: the family's "
-                                      "builtin tiny model (builtin:tiny-wan, builtin:tiny-ltx, ...)")
+    path: str = Field("", description="builtin:tiny-<family>, a local folder, a hub id, or an fsspec URI "
+                                      "(s3://bucket/Wan2.1-T2V-14B-Diffusers/, copied once per node); unset: the "
+                                      "family's builtin tiny model (builtin:tiny-wan, builtin:tiny-ltx, ...)")
     revision: str | None = Field(None, description="the hub revision (branch, tag or commit) of a hub id")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="the weights' dtype; auto: bfloat16 for a real checkpoint when the model stages ask for "
