@@ -236,7 +236,7 @@ class JobBase(Strict):
         if problem:
             raise ValueError(f"sampling: {problem}")
         for name, options in self.stage_options().items():  # a stage option this model cannot run
-            problem = options.check_model(self.family, self.model.path)
+            problem = options.check_model(self.model, self.family)
             if problem:
                 raise ValueError(f"{name}: {problem}")
         return self

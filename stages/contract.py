@@ -123,8 +123,8 @@ class StageOptions(Strict):
         job file is loaded, so that `params_hash` is known before any model runs."""
         return self
 
-    def check_model(self, family, path: str) -> str | None:
-        """Why these options cannot run with this model family (checked when the job file is loaded), or None."""
+    def check_model(self, model: ModelSpec, family) -> str | None:
+        """Why these options cannot run with the job's model (checked when the job file is loaded), or None."""
         return None
 
     def check_row(self, row: dict) -> str | None:

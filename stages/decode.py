@@ -43,7 +43,7 @@ class DecodeOptions(StageOptions):
             return self
         return self.model_copy(update={"tiling": "on" if family.tiles_by_default(path) else "off"})
 
-    def check_model(self, family, path: str) -> str | None:
+    def check_model(self, model, family) -> str | None:
         if self.tiling == "on" and not family.can_tile:
             return f"tiling: family '{family.name}' has no VAE to tile"
         return None

@@ -24,7 +24,7 @@ from stages.models.checkpoints import resolve_model_path
 from stages.models.families import family_for
 from stages.models.lora import staged_loras
 from stages.models.protocol import VariantInput
-from stages.models.speed import SpeedOptions, cache_enabled, check_batching, check_family
+from stages.models.speed import SpeedOptions, cache_enabled, check_batching, check_family, takes_mask
 
 
 class SampleOptions(StageOptions, SpeedOptions):
@@ -44,11 +44,18 @@ class SampleOptions(StageOptions, SpeedOptions):
         check_batching(self, self.batch_size, self.batch_invariant)
         return self
 
-    def check_model(self, family, path: str) -> str | None:
+    def check_model(self, model, family) -> str | None:
         try:
-            check_family(self, family)
+            check_family(self, family, model.dtype)
         except ValueError as e:
             return str(e)
+        return None
+
+    def check_row(self, row: dict) -> str | None:
+        # SkyReels-V2 diffusion forcing masks attention block-causally with a causal block above 1 latent frame
+        if self.attention_backend and (row.get("causal_block_size") or 1) > 1 and not takes_mask(self.attention_backend):
+            return (f"causal_block_size: {row['causal_block_size']} makes the attention block-causal (a mask), which "
+                    f"sample.attention_backend '{self.attention_backend}' cannot take")
         return None
 
     def pixel_settings(self) -> dict:
@@ -74,7 +81,7 @@ class SampleStage(Stage):
 
     def setup(self) -> None:
         use_threads(self.options.resources.num_cpus)
-        check_family(self.options, self.family)
+        check_family(self.options, self.family, self.ctx.model.dtype_on(pick_device(self.options.resources.num_gpus)))
         m, where = self.ctx.model, self.ctx.storage_options  # weights in object storage: copied once per node
         m = m.model_copy(update={"loras": staged_loras(m.loras, where)})
         self.device = device = pick_device(self.options.resources.num_gpus)

@@ -38,6 +38,9 @@ class ModelFamily(Protocol):
     tensor_format: ClassVar[str]
     guidance_distilled: ClassVar[bool]
     max_sequence_length: ClassVar[int | None]  # text tokens the encoder reads; None: no text encoder
+    transformer_class: ClassVar[str | None]  # the denoiser's diffusers class; None: no model
+    masks_attention: ClassVar[bool]  # its denoiser passes an attention mask (some attention backends refuse one)
+    dispatches_attention: ClassVar[bool]  # its attention honours diffusers' set_attention_backend
 
     # rules, without loading anything
     def recommended(self, path: str | None) -> dict: ...

@@ -139,9 +139,32 @@ def check_batching(speed: SpeedOptions, batch_size: int, batch_invariant: bool) 
                          "variant's pixels then depend on its batch-mates")
 
 
-def check_family(speed: SpeedOptions, family) -> None:
-    """Raise when the cache hook cannot run with this family (checked when the sampler is set up)."""
+def takes_mask(backend: str) -> bool:
+    """Whether a diffusers attention backend takes an attention mask (diffusers 0.42.1's attention_dispatch.py: the
+    flash-attn 2/3/4, PyTorch-flash, XLA, aiter and sage kernels raise "`attn_mask` is not supported"; their
+    varlen forms take a padding mask)."""
+    return not (backend in ("flash", "_flash_3", "_native_flash", "_native_xla") or "flash_4" in backend
+                or backend.startswith(("aiter", "_sage")) or (backend.startswith("sage") and "varlen" not in backend))
+
+
+def half_precision_only(backend: str) -> bool:
+    """Flash, sage and cuDNN attention kernels run in float16/bfloat16 only."""
+    return "flash" in backend or "sage" in backend or backend == "_native_cudnn" or backend.startswith("aiter")
+
+
+def check_family(speed: SpeedOptions, family, dtype: str = "bfloat16") -> None:
+    """Raise when a speed option cannot run with this family in this dtype (checked when the job file is loaded,
+    and again when the sampler is set up)."""
     name = family.name
+    backend = speed.attention_backend
+    if backend and not family.dispatches_attention:
+        raise ValueError(f"attention_backend: family '{name}''s attention processor calls PyTorch's SDPA itself and "
+                         "ignores the backend; leave it unset")
+    if backend and half_precision_only(backend) and dtype == "float32":
+        raise ValueError(f"attention_backend: '{backend}' runs in float16/bfloat16 only, and model.dtype is float32")
+    if backend and family.masks_attention and not takes_mask(backend):
+        raise ValueError(f"attention_backend: family '{name}' passes an attention mask, which '{backend}' cannot "
+                         "take; use native, _native_cudnn, _native_efficient, flex or xformers")
     if speed.compile_repeated_blocks and family.transformer_class:
         import diffusers
 

@@ -261,3 +261,23 @@ def test_the_vllm_processor_is_configured_from_the_stages_resources():
         config(num_gpus=0)
     vllm = pytest.importorskip("ray.data.llm")
     vllm.vLLMEngineProcessorConfig(**two)  # ray's own validation of the arguments
+
+
+def test_attention_backends_that_cannot_work_are_refused_at_validate_with_the_reason():
+    def refused(family, backend, **model):
+        with pytest.raises(JobSpecError) as e:
+            job(model={"family": family, **model}, sample={"attention_backend": backend})
+        return str(e.value)
+
+    assert "passes an attention mask, which 'flash' cannot take" in refused("ltx", "flash", path="Lightricks/LTX-Video")
+    assert "cannot take" in refused("hunyuan", "sage", path="hunyuanvideo-community/HunyuanVideo")
+    assert "float16/bfloat16 only, and model.dtype is float32" in refused("wan", "flash")  # the tiny model: float32
+    assert "calls PyTorch's SDPA itself and ignores the backend" in refused("cogvideox", "native")
+    job(model={"family": "wan", "path": WAN14B}, sample={"attention_backend": "flash"})  # bfloat16, no mask: fine
+    job(model={"family": "ltx", "path": "Lightricks/LTX-Video"}, sample={"attention_backend": "_native_cudnn"})
+    # SkyReels-V2 diffusion forcing masks block-causally when a row asks for causal blocks above 1
+    from stages.sample import SampleOptions
+
+    options = SampleOptions(attention_backend="flash")
+    assert "block-causal" in options.check_row({"causal_block_size": 5})
+    assert options.check_row({"causal_block_size": None}) is None

@@ -127,6 +127,8 @@ class FamilyRules:
     RECOMMENDED: ClassVar[dict] = {}
     vae_dtype: ClassVar[str | None] = None  # in a half-precision run, the VAE's own dtype (None: the model's)
     can_tile: ClassVar[bool] = True  # its VAE decodes in tiles when asked (decode.tiling)
+    masks_attention: ClassVar[bool] = False  # its denoiser always passes an attention mask (some backends refuse)
+    dispatches_attention: ClassVar[bool] = True  # its attention honours diffusers' set_attention_backend
     tiled_by_default: ClassVar[bool] = False  # its real checkpoints need tiling at their recommended size
 
     @classmethod

@@ -21,6 +21,7 @@ class CogVideoXFamily(DiffusersFamily):
     max_sequence_length = 226
     tensor_format = "BFCHW"
     window = 49  # CogVideoX-5b: 49 frames (6 s at 8 fps)
+    dispatches_attention = False  # CogVideoXAttnProcessor2_0 calls F.scaled_dot_product_attention itself
     tiled_by_default = True  # its model card decodes tiled (vae.enable_tiling()) to fit a single GPU
     # CogVideoX-5b (THUDM/CogVideoX-5b model card): 480x720, 49 frames at 8 fps, guidance 6, DDIM/DPM (no shift).
     RECOMMENDED = dict(height=480, width=720, num_frames=49, fps=8, num_inference_steps=50, guidance_scale=6.0)

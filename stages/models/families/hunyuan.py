@@ -24,6 +24,7 @@ class HunyuanFamily(DiffusersFamily):
     shifted = True
     guidance_distilled = True
     window = 129  # HunyuanVideo: 129 frames (5 s at 24 fps)
+    masks_attention = True  # the joint attention over video and text tokens masks the text padding
     vae_dtype = "float16"  # diffusers' HunyuanVideo example: the VAE in float16, the transformer in bfloat16
     tiled_by_default = True  # 720x1280x129 in one piece: about 30 GB for one activation (diffusers' example tiles)
     # HunyuanVideo (tencent/HunyuanVideo, 720p): 129 frames at 24 fps, embedded guidance 6, flow shift 7.

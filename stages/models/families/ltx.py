@@ -22,6 +22,7 @@ class LTXFamily(DiffusersFamily):
     frame_examples = "9, 17, 97, 121, 161"
     decode_uses_seed = True
     window = 257  # LTX-Video: up to 257 frames
+    masks_attention = True  # the prompt's attention mask in cross-attention
     # LTX-Video 0.9.1's recommended decode settings (diffusers' LTX examples); pixels depend on them.
     decode_timestep = 0.05
     decode_noise_scale = 0.025
