@@ -38,7 +38,8 @@ simulation traffic pedestrian intersection warehouse forklift robot arm conveyor
 BUILTIN_PIPELINES = {"tiny-wan": "WanPipeline", "tiny-wan22": "WanPipeline", "tiny-wan22-ti2v": "WanPipeline",
                      "tiny-ltx": "LTXPipeline", "tiny-cogvideox": "CogVideoXPipeline",
                      "tiny-hunyuan": "HunyuanVideoPipeline", "tiny-skyreels": "SkyReelsV2Pipeline",
-                     "tiny-skyreels-df": "SkyReelsV2DiffusionForcingPipeline", "null": "none"}
+                     "tiny-skyreels-df": "SkyReelsV2DiffusionForcingPipeline", "toy-shapes": "WanPipeline",
+                     "null": "none"}
 
 
 def bpe_tokenizer(vocab_size: int, specials: list[str], template: str, lowercase: bool = False,

@@ -15,6 +15,7 @@ of the weights, so that new weights mean new videos.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -38,6 +39,28 @@ def builder_for(name: str):
     return getattr(builtin, "build_" + name.replace("-", "_"))
 
 
+# Builtins trained by the project and shipped in the package, not built: a folder in stages/models/weights/
+# (made by training/toy_world; its `rushes_recommended.json` holds the settings it was trained for).
+SHIPPED_BUILTINS = {"toy-shapes": Path(__file__).parent / "weights" / "toy-shapes"}
+RECOMMENDED_FILE = "rushes_recommended.json"
+
+
+def shipped(name: str) -> Path:
+    folder = SHIPPED_BUILTINS[name]
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"model.path: builtin:{name} is not in this installation ({folder} has no model_index.json)")
+    return folder
+
+
+def shipped_settings(path: str | None) -> dict:
+    """The sampling settings a shipped builtin was trained for ({} for any other path)."""
+    name = (path or "").removeprefix(BUILTIN_PREFIX)
+    if not (path or "").startswith(BUILTIN_PREFIX) or name not in SHIPPED_BUILTINS:
+        return {}
+    f = SHIPPED_BUILTINS[name] / RECOMMENDED_FILE
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
 def resolve_model_path(path: str, storage_options: dict | None = None) -> str:
     """A path that `from_pretrained` accepts; builds the builtin model into the cache on first use, and copies a
     checkpoint in object storage into this node's cache (once per node)."""
@@ -48,8 +71,10 @@ def resolve_model_path(path: str, storage_options: dict | None = None) -> str:
     name = path[len(BUILTIN_PREFIX):]
     if name in WEIGHTLESS_BUILTINS:
         return path
+    if name in SHIPPED_BUILTINS:
+        return str(shipped(name))
     if name not in BUILTIN_MODELS:
-        known = [*BUILTIN_MODELS, *WEIGHTLESS_BUILTINS]
+        known = [*BUILTIN_MODELS, *SHIPPED_BUILTINS, *WEIGHTLESS_BUILTINS]
         raise ValueError(f"model.path: unknown builtin model '{path}' "
                          f"(known: {', '.join(BUILTIN_PREFIX + k for k in known)})")
     return build_once(BUILTIN_MODELS[name], "model_index.json", builder_for(name))
@@ -63,7 +88,8 @@ def checkpoint_on_disk(path: str, revision: str | None = None) -> Path | None:
         return None
     if path.startswith(BUILTIN_PREFIX):
         name = path[len(BUILTIN_PREFIX):]
-        folder = cache_dir() / "builtin" / BUILTIN_MODELS[name] if name in BUILTIN_MODELS else None
+        folder = (cache_dir() / "builtin" / BUILTIN_MODELS[name] if name in BUILTIN_MODELS else
+                  SHIPPED_BUILTINS.get(name))
         return folder if folder and folder.is_dir() else None
     if Path(path).is_dir():
         return Path(path)

@@ -14,6 +14,7 @@ import numpy as np
 from stages.common.variant import SamplingParams
 from stages.long_video.windows import LONG_SETTINGS
 from stages.media.frames import video_to_frames
+from stages.models.checkpoints import shipped_settings
 from stages.models.devices import quiet_loading, torch_dtype
 from stages.models.lora import load_loras
 from stages.models.protocol import VariantInput
@@ -144,8 +145,8 @@ class FamilyRules:
     @classmethod
     def recommended(cls, path: str | None) -> dict:
         """Every sampling setting this model recommends, for those the job file leaves unset."""
-        if path and path.startswith("builtin:"):
-            return {**TINY, **cls.tiny_overrides(path)}
+        if path and path.startswith("builtin:"):  # a trained builtin ships the settings it was trained for
+            return {**TINY, **cls.tiny_overrides(path), **shipped_settings(path)}
         return {**TINY, **cls.RECOMMENDED}  # TINY's optional settings (guidance_scale_2, ...) are None
 
     @classmethod
