@@ -112,6 +112,31 @@ def evaluate(pipe, vae, s: dict, n: int, styles: bool = False, save: Path | None
     return res, rows
 
 
+def vae_check(path: str | None, n: int, work: Path | None = None) -> dict:
+    """Reconstruction of drawn held-out clips by the VAE: PSNR, and analyze/judge accuracy on the reconstructions."""
+    import torch
+
+    if path:
+        from diffusers import AutoencoderKLWan
+
+        vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae").eval()
+    else:
+        from training.toy_world import train
+
+        vae = train.load_vae()
+    ok, psnr = [], []
+    for i in range(n):
+        frames, prompt, _, _ = world.sample_clip(EVAL_SEED + 500_000 + i)
+        x = torch.from_numpy(frames.transpose(3, 0, 1, 2)[None].astype(np.float32) / 127.5 - 1)
+        with torch.no_grad():
+            y = vae.decode(vae.encode(x).latent_dist.mean).sample[0]
+        rec = ((y.permute(1, 2, 3, 0) / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        mse = ((rec.astype(np.float64) - frames) ** 2).mean()
+        psnr.append(10 * np.log10(255 ** 2 / max(mse, 1e-6)))
+        ok.append(world.judge(world.analyze(rec, prompt), prompt)["all"])
+    return {"n": n, "psnr": round(float(np.mean(psnr)), 2), "judge_all": round(100 * float(np.mean(ok)), 1)}
+
+
 def main() -> None:
     import torch
 
@@ -126,7 +151,12 @@ def main() -> None:
     ap.add_argument("--save", help="folder for PNG strips of the first 16 videos")
     ap.add_argument("--json", help="write the results and per-video analyses here")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--vae-check", action="store_true", help="only check the VAE's reconstructions of drawn clips "
+                    "(of --model, or of the training work folder's VAE with --model work)")
     args = ap.parse_args()
+    if args.vae_check:
+        print(json.dumps(vae_check(None if args.model == "work" else args.model, args.n)))
+        return
     s = json.loads((HERE / "recommended.json").read_text())
     if args.steps:
         s["num_inference_steps"] = args.steps

@@ -36,7 +36,7 @@ CLIP_OUT = ROOT / "stages" / "weights" / "toy-clip"
 # Seed ranges: training clips never overlap the evaluation seeds (evaluate.py uses 9_000_000+).
 VAE_SEED, LATENT_SEED, CLIP_SEED = 0, 1_000_000, 2_000_000
 
-FULL = dict(vae_steps=800, vae_batch=8, n_latent=10000, dit_steps=2400, dit_batch=16, clip_steps=1500,
+FULL = dict(vae_steps=800, vae_batch=8, n_latent=10000, dit_steps=2400, dit_batch=16, clip_steps=1000,
             n_clip=12000)
 QUICK = dict(vae_steps=30, vae_batch=4, n_latent=200, dit_steps=40, dit_batch=8, clip_steps=30, n_clip=400)
 
