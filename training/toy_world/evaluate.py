@@ -1,6 +1,6 @@
 """Prompt adherence of the toy WanPipeline, measured by plain image analysis of generated clips.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python -m training.toy_world.evaluate [--n 100] [--model stages/weights/toy-shapes]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python -m training.toy_world.evaluate [--n 100] [--model stages/models/weights/toy-shapes]
 
 Prompts are drawn from the grammar (half one-object, half two-object, canonical phrasing unless --styles)
 with seeds from 9_000_000 up, which no training clip used; each video is sampled through the project's path
@@ -142,7 +142,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=str(HERE.parents[1] / "stages" / "weights" / "toy-shapes"))
+    ap.add_argument("--model", default=str(HERE.parents[1] / "stages" / "models" / "weights" / "toy-shapes"))
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--styles", action="store_true", help="all training phrasings, not only the canonical one")
     ap.add_argument("--steps", type=int)

@@ -6,9 +6,9 @@ Stages, each resumable (a finished stage is skipped, an interrupted one resumes 
   vae      AutoencoderKLWan (4x spatial, 4x temporal, z=8) on freshly drawn clips: L1 + MSE + small KL
   latents  draws N_LATENT clips and encodes them (posterior mean); per-channel latent mean/std
   dit      WanTransformer3DModel + UMT5 text encoder, jointly, rectified flow in normalised latent space
-  build    WanPipeline(...).save_pretrained(stages/weights/toy-shapes), round-trip checked
+  build    WanPipeline(...).save_pretrained(stages/models/weights/toy-shapes), round-trip checked
   clip     a small CLIPModel on 2x2 grids of 4 frames, contrastive with colour/direction-swapped negatives,
-           saved to stages/weights/toy-clip
+           saved to stages/models/weights/toy-clip
 
 Work files (checkpoints, latents) go to training/toy_world/work/ (git-ignored) or $TOY_WORK.
 Every stage's wall time is written to work/timings.json and the total is printed at the end.
@@ -30,8 +30,8 @@ from training.toy_world import world
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK = Path(os.environ.get("TOY_WORK", Path(__file__).resolve().parent / "work"))
-PIPE_OUT = ROOT / "stages" / "weights" / "toy-shapes"
-CLIP_OUT = ROOT / "stages" / "weights" / "toy-clip"
+PIPE_OUT = ROOT / "stages" / "models" / "weights" / "toy-shapes"
+CLIP_OUT = ROOT / "stages" / "models" / "weights" / "toy-clip"
 
 # Seed ranges: training clips never overlap the evaluation seeds (evaluate.py uses 9_000_000+).
 VAE_SEED, LATENT_SEED, CLIP_SEED = 0, 1_000_000, 2_000_000
