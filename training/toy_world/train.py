@@ -95,7 +95,7 @@ def stage_vae(cfg: dict) -> None:
         return
     ck = WORK / "vae_ckpt.pt"
     vae = M.new_vae()
-    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     step, rng = 0, np.random.default_rng(VAE_SEED)
     if ck.exists():
         s = torch.load(ck, weights_only=False)
@@ -103,28 +103,33 @@ def stage_vae(cfg: dict) -> None:
         step, rng = s["step"], s["rng"]
         torch.set_rng_state(s["torch_rng"])
         log(f"vae: resumed at step {step}")
-    total = cfg["vae_steps"]
+    total, lr = cfg["vae_steps"], cfg.get("vae_lr", 1e-3)
     vae.train()
     t0 = time.time()
     while step < total:
-        x = torch.from_numpy(vae_batch(rng, cfg["vae_batch"]))
+        xn = vae_batch(rng, cfg["vae_batch"])
+        x = torch.from_numpy(xn)
+        # pixels away from the (flat) background weigh more: the objects are what the captions are about
+        bgc = np.median(xn[:, :, :, [0, -1]].reshape(*xn.shape[:2], -1), axis=-1)[:, :, None, None, None]
+        fg = torch.from_numpy((np.abs(xn - bgc).max(axis=1, keepdims=True) > 0.1).astype(np.float32))
+        w = 1.0 + cfg.get("vae_fg_weight", 4.0) * fg
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, total, 2e-3, 50)
+            g["lr"] = cosine_lr(step, total, lr, 50)
         post = vae.encode(x).latent_dist
         z = post.sample()
         y = vae.decode(z).sample
-        rec_l1 = (y - x).abs().mean()
-        rec_l2 = ((y - x) ** 2).mean()
+        rec_l1 = ((y - x).abs() * w).mean()
+        rec_l2 = (((y - x) ** 2) * w).mean()
         kl = 0.5 * (post.mean ** 2 + post.var - 1 - post.logvar).mean()
-        loss = rec_l1 + rec_l2 + 1e-3 * kl
+        loss = rec_l1 + rec_l2 + cfg.get("vae_kl", 1e-5) * kl
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         step += 1
         if step % 25 == 0 or step == total:
-            log(f"vae step {step}/{total} l1 {rec_l1.item():.4f} l2 {rec_l2.item():.5f} kl {kl.item():.3f} "
-                f"({(time.time() - t0) / 60:.1f} min)")
+            log(f"vae step {step}/{total} l1w {rec_l1.item():.4f} l2w {rec_l2.item():.5f} kl {kl.item():.3f} "
+                f"post_std {post.std.mean().item():.3f} ({(time.time() - t0) / 60:.1f} min)")
         if step % 100 == 0 and step < total:
             save_atomic(dict(model=vae.state_dict(), opt=opt.state_dict(), step=step, rng=rng,
                              torch_rng=torch.get_rng_state()), ck)
