@@ -5,6 +5,12 @@ torchmetrics: 100 x max(cosine, 0) between the prompt's text embedding and the m
 evenly spaced frames, of each frame's cosine; 0 (unrelated) .. 100 (identical direction).
 `cosines()` gives the raw per-frame cosines.
 
+A checkpoint may instead say, in a `rushes_clip.json` file in its folder, that it was trained on tiled
+images of several frames (e.g. `{"frames": 4, "layout": "grid"}`: 4 evenly spaced frames in a 2x2 grid,
+row-major, earliest top-left), because a single frame cannot show motion. Its score is then
+100 x max(cosine, 0) between the prompt's text embedding and the embedding of that one tiled image
+(`cosines()` returns that single cosine). `builtin:toy-clip` (trained on the toy world) is such a model.
+
 The model is any transformers CLIP checkpoint (`CLIPModel`, a tokenizer and an image processor) by local
 folder or hub id, or `builtin:tiny-clip`: a tiny CLIP built offline from a config with a fixed seed and a
 BPE tokenizer trained with `tokenizers`, saved once with `save_pretrained` under
@@ -59,6 +65,42 @@ def resolve_clip_path(path: str) -> str:
     return resolve_builtin(path, BUILTIN_CLIPS, build_tiny_clip, "filter.clip_model")
 
 
+LAYOUT_FILE = "rushes_clip.json"
+
+
+def read_layout(local: str) -> dict | None:
+    """The checkpoint's frame layout (`rushes_clip.json`), or None: it scores frames one by one. Read from a
+    local folder, or from a hub id's cached snapshot."""
+    folder = Path(local)
+    if folder.is_dir():
+        f = folder / LAYOUT_FILE
+        return json.loads(f.read_text()) if f.is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(local, LAYOUT_FILE, local_files_only=True)).read_text())
+    except Exception:  # not in the cache, or no such file: per-frame scoring
+        return None
+
+
+def tile_frames(frames: np.ndarray, layout: dict) -> np.ndarray:
+    """One image of `layout["frames"]` evenly spaced frames (fewer if the clip is shorter), in a grid of
+    `rows` x `cols` (default: as square as possible), row-major, the earliest frame top-left; empty cells
+    are black."""
+    if layout.get("layout", "grid") != "grid":
+        raise ValueError(f"{LAYOUT_FILE}: unknown layout {layout.get('layout')!r} (known: grid)")
+    k = int(layout.get("frames", 4))
+    cols = int(layout.get("cols") or int(np.ceil(np.sqrt(k))))
+    rows = int(layout.get("rows") or int(np.ceil(k / cols)))
+    idx = np.linspace(0, len(frames) - 1, num=k).round().astype(int)
+    _, h, w, c = frames.shape
+    out = np.zeros((rows * h, cols * w, c), frames.dtype)
+    for j, i in enumerate(idx[:rows * cols]):
+        r, q = divmod(j, cols)
+        out[r * h:(r + 1) * h, q * w:(q + 1) * w] = frames[i]
+    return out
+
+
 class ClipScorer:
     def __init__(self, path: str, device: str = "cpu"):
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
@@ -69,14 +111,20 @@ class ClipScorer:
         self.model = CLIPModel.from_pretrained(local).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(local)
         self.processor = AutoImageProcessor.from_pretrained(local)
+        self.layout = read_layout(local)
 
     def cosines(self, prompt: str, frames: np.ndarray) -> np.ndarray:
-        """Cosine similarity of the prompt with each of CLIP_FRAMES evenly spaced frames."""
+        """Cosine similarity of the prompt with each of CLIP_FRAMES evenly spaced frames; with a frame layout
+        (`rushes_clip.json`), the one cosine with the tiled image."""
         import torch
 
-        idx = np.linspace(0, len(frames) - 1, num=min(CLIP_FRAMES, len(frames))).round().astype(int)
         text = self.tokenizer([prompt], padding=True, truncation=True, return_tensors="pt")
-        pixels = self.processor(images=[frames[i] for i in idx], return_tensors="pt")["pixel_values"]
+        if self.layout is not None:
+            images = [tile_frames(frames, self.layout)]
+        else:
+            idx = np.linspace(0, len(frames) - 1, num=min(CLIP_FRAMES, len(frames))).round().astype(int)
+            images = [frames[i] for i in idx]
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
         with torch.inference_mode():
             # The joint forward returns normalised projections in every transformers version.
             out = self.model(input_ids=text["input_ids"].to(self.device),

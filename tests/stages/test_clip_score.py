@@ -63,3 +63,23 @@ def test_filter_records_the_score_and_a_threshold_rejects_with_its_reason():
     recorded = unscored([dict(row)])[0]
     assert recorded["metrics"]["clip_score"] == r["metrics"]["clip_score"]  # no threshold: score only
     assert "clip_score" not in FilterStage(FilterOptions())([dict(row)])[0]["metrics"]
+
+
+def test_a_frame_layout_file_scores_one_tiled_image(tmp_path):
+    import json
+
+    from stages.models.clip_score import tile_frames
+
+    build_tiny_clip(tmp_path)
+    (tmp_path / "rushes_clip.json").write_text(json.dumps({"frames": 4, "layout": "grid"}))
+    tiled = ClipScorer(str(tmp_path))
+    clip = frames()
+    grid = tile_frames(clip, tiled.layout)
+    assert grid.shape == (80, 112, 3)
+    assert np.array_equal(grid[:40, :56], clip[0]) and np.array_equal(grid[40:, 56:], clip[8])
+    assert np.array_equal(grid[:40, 56:], clip[3]) and np.array_equal(grid[40:, :56], clip[5])  # linspace(0, 8, 4)
+    cos = tiled.cosines("a red car", clip)
+    assert cos.shape == (1,)
+    per_frame = ClipScorer(resolve_clip_path("builtin:tiny-clip"))  # same weights, no layout file
+    assert per_frame.cosines("a red car", clip).shape == (8,)
+    assert tiled.score("a red car", clip) == pytest.approx(100 * max(float(cos[0]), 0))

@@ -1,0 +1,234 @@
+"""builtin:toy-clip: a small transformers CLIPModel trained contrastively on the toy world.
+
+A clip is shown to the vision tower as one image: FRAMES evenly spaced frames tiled in a 2x2 grid (row-major,
+the earliest frame top-left), 128x128 for 64x64 frames, which is the vision tower's image_size, so the image
+processor's resize is a no-op. The layout is written to rushes_clip.json in the checkpoint folder.
+
+Each batch's texts are the clips' own captions plus, per clip, one caption with an object's colour swapped and
+one with an object's motion swapped: the model must read colour and direction, not only the scene's gist.
+
+Score = 100 * max(cos(text_embeds, image_embeds), 0), with the normalised projections of CLIPModel's output.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from training.toy_world import models as M
+from training.toy_world import world
+
+LAYOUT = {"frames": 4, "layout": "grid", "rows": 2, "cols": 2, "order": "row-major",
+          "frame_indices": "np.linspace(0, T - 1, 4).round()", "tile": "each frame at its own size; the grid is then "
+          "resized to the vision tower's image_size by the image processor (a no-op for 64x64 frames)"}
+IMAGE_SIZE = 128
+MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+def frame_indices(t: int, k: int = 4) -> np.ndarray:
+    return np.linspace(0, t - 1, k).round().astype(int)
+
+
+def tile(frames: np.ndarray, k: int = 4) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (2H, 2W, 3): frames at frame_indices(T) in a 2x2 grid, row-major."""
+    f = frames[frame_indices(len(frames), k)]
+    return np.concatenate([np.concatenate([f[0], f[1]], axis=1), np.concatenate([f[2], f[3]], axis=1)], axis=0)
+
+
+def to_pixels(grids: np.ndarray):
+    """(N, S, S, 3) uint8 grids at IMAGE_SIZE -> CLIP pixel_values, as CLIPImageProcessor makes them."""
+    import torch
+
+    x = grids.astype(np.float32) / 255.0
+    x = (x - MEAN) / STD
+    return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+
+def swap_colour(objs: list, bg: str, rng) -> str:
+    i = int(rng.integers(len(objs)))
+    used = {o.colour for o in objs}
+    new = str(rng.choice([c for c in world.COLOURS if c not in used]))
+    o = objs[i]
+    objs = list(objs)
+    objs[i] = world.Obj(new, o.shape, o.motion)
+    return objs, bg
+
+
+def swap_motion(objs: list, bg: str, rng, opposite: bool = False):
+    i = int(rng.integers(len(objs)))
+    o = objs[i]
+    if opposite and o.motion in OPPOSITE:
+        new = OPPOSITE[o.motion]
+    elif opposite:  # a still object: any direction
+        new = str(rng.choice(["left", "right", "up", "down"]))
+    else:
+        new = str(rng.choice([m for m in world.MOTIONS if m != o.motion]))
+    objs = list(objs)
+    objs[i] = world.Obj(o.colour, o.shape, new)
+    return objs, bg
+
+
+def draw_grids(n: int, seed0: int, blur: bool = True):
+    """n drawn clips as 2x2 grids, with their scenes. Some grids are blurred/noised a little, like generated ones."""
+    grids = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    scenes = []
+    for i in range(n):
+        rng = np.random.default_rng(seed0 + i)
+        objs, bg = world.random_scene(rng)
+        g = tile(world.render(objs, bg, rng))
+        if blur and rng.random() < 0.5:
+            g = cv2.GaussianBlur(g, (0, 0), float(rng.uniform(0.4, 1.2)))
+            g = np.clip(g + rng.normal(0, rng.uniform(0, 6), g.shape), 0, 255).astype(np.uint8)
+        grids[i] = g
+        scenes.append((objs, bg))
+    return grids, scenes
+
+
+def new_clip(tokenizer):
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 128, "intermediate_size": 256,
+                     "num_hidden_layers": 3, "num_attention_heads": 4, "max_position_embeddings": 77,
+                     "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
+        vision_config={"image_size": IMAGE_SIZE, "patch_size": 16, "hidden_size": 128, "intermediate_size": 256,
+                       "num_hidden_layers": 4, "num_attention_heads": 4},
+        projection_dim=64)
+    return CLIPModel(config)
+
+
+def save_clip(model, tokenizer, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    (target / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor", "do_convert_rgb": True, "do_resize": True,
+        "size": {"shortest_edge": IMAGE_SIZE}, "resample": 3, "do_center_crop": True,
+        "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE}, "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": MEAN.tolist(), "image_std": STD.tolist()}, indent=2))
+    (target / "rushes_clip.json").write_text(json.dumps(LAYOUT, indent=2))
+
+
+def scores(model, tokenizer, pixels, prompts: list[str]) -> np.ndarray:
+    """score[i] = 100 * max(cos(prompt i, image i), 0), through CLIPModel's joint forward like the scorer."""
+    import torch
+
+    t = tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
+    with torch.inference_mode():
+        out = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"], pixel_values=pixels)
+    cos = (out.image_embeds * out.text_embeds).sum(-1).float().numpy()
+    return 100.0 * np.maximum(cos, 0.0)
+
+
+def discrimination(model, tokenizer, grids: np.ndarray, scenes: list, seed: int = 0) -> dict:
+    """match vs colour-swap vs direction-swap scores on these clips, and the threshold that separates them."""
+    rng = np.random.default_rng(seed)
+    pos, col, dirn, anym = [], [], [], []
+    for s in range(0, len(grids), 64):
+        px = to_pixels(grids[s:s + 64])
+        sc = scenes[s:s + 64]
+        pos.append(scores(model, tokenizer, px, [world.canonical_prompt(o, b) for o, b in sc]))
+        col.append(scores(model, tokenizer, px, [world.canonical_prompt(*swap_colour(o, b, rng)) for o, b in sc]))
+        dirn.append(scores(model, tokenizer, px, [world.canonical_prompt(*swap_motion(o, b, rng, True))
+                                                  for o, b in sc]))
+        anym.append(scores(model, tokenizer, px, [world.canonical_prompt(*swap_motion(o, b, rng)) for o, b in sc]))
+    pos, col, dirn, anym = (np.concatenate(v) for v in (pos, col, dirn, anym))
+    neg = np.concatenate([col, dirn])
+    # threshold: the one that best separates matches from swaps (balanced accuracy)
+    cands = np.unique(np.concatenate([pos, neg]))
+    acc = [(0.5 * (pos >= c).mean() + 0.5 * (neg < c).mean(), c) for c in cands]
+    best_acc, best_c = max(acc)
+
+    def dist(v):
+        return {"mean": round(float(v.mean()), 1), "p5": round(float(np.percentile(v, 5)), 1),
+                "p50": round(float(np.median(v)), 1), "p95": round(float(np.percentile(v, 95)), 1)}
+
+    return {"n": len(pos), "match_gt_colour_swap": round(100 * float((pos > col).mean()), 1),
+            "match_gt_direction_swap": round(100 * float((pos > dirn).mean()), 1),
+            "match_gt_any_motion_swap": round(100 * float((pos > anym).mean()), 1),
+            "match": dist(pos), "colour_swap": dist(col), "direction_swap": dist(dirn),
+            "threshold": round(float(best_c), 1), "threshold_balanced_accuracy": round(100 * best_acc, 1)}
+
+
+def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    def log(msg):
+        print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+    done = work / "clip_final"
+    tok = M.build_clip_tokenizer()
+    if not (done / "config.json").exists():
+        data = work / "clip_grids.npz"
+        if not data.exists():
+            grids, scenes = draw_grids(cfg["n_clip"], seed0)
+            np.savez(work / "clip_grids.tmp.npz", grids=grids,
+                     scenes=np.array([json.dumps(dict(objs=[o.__dict__ for o in s[0]], bg=s[1])) for s in scenes]))
+            (work / "clip_grids.tmp.npz").rename(data)
+            log(f"clip: drew {len(grids)} clips")
+        d = np.load(data)
+        grids = d["grids"]
+        scenes = [(lambda j: ([world.Obj(**o) for o in j["objs"]], j["bg"]))(json.loads(s)) for s in d["scenes"]]
+        torch.manual_seed(5)
+        model = new_clip(tok)
+        opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
+        gen = torch.Generator().manual_seed(6)
+        rng = np.random.default_rng(7)
+        step = 0
+        ck = work / "clip_ckpt.pt"
+        if ck.exists():
+            s = torch.load(ck, weights_only=False)
+            model.load_state_dict(s["model"]), opt.load_state_dict(s["opt"])
+            gen.set_state(s["gen"])
+            step, rng = s["step"], s["rng"]
+            log(f"clip: resumed at step {step}")
+        from training.toy_world.train import cosine_lr, save_atomic
+
+        total, bs = cfg["clip_steps"], 48
+        model.train()
+        t0, run = time.time(), []
+        while step < total:
+            idx = torch.randint(len(grids), (bs,), generator=gen).numpy()
+            px = to_pixels(grids[idx])
+            sc = [scenes[i] for i in idx]
+            texts = [world.phrase_prompt(*(lambda o, b: (o[::-1] if len(o) == 2 and rng.random() < 0.5 else o, b))(
+                *s), int(rng.integers(world.N_STYLES))) for s in sc]
+            style = [int(rng.integers(world.N_STYLES)) for _ in sc]
+            texts += [world.phrase_prompt(*swap_colour(o, b, rng), st) for (o, b), st in zip(sc, style)]
+            texts += [world.phrase_prompt(*swap_motion(o, b, rng), st) for (o, b), st in zip(sc, style)]
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(step, total, 5e-4, 50)
+            t = tok(texts, padding=True, return_tensors="pt")
+            out = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"], pixel_values=px)
+            # logits_per_image: (bs, 3 bs); image i's caption is text i. Same-scene duplicates are rare (ignored).
+            li = out.logits_per_image
+            labels = torch.arange(bs)
+            loss = F.cross_entropy(li, labels) + F.cross_entropy(li[:, :bs].t(), labels)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            run.append(loss.item())
+            if step % 50 == 0 or step == total:
+                log(f"clip step {step}/{total} loss {np.mean(run):.3f} scale "
+                    f"{model.logit_scale.exp().item():.1f} ({(time.time() - t0) / 60:.1f} min)")
+                run = []
+            if step % 250 == 0 and step < total:
+                save_atomic(dict(model=model.state_dict(), opt=opt.state_dict(), gen=gen.get_state(), step=step,
+                                 rng=rng), ck)
+        save_clip(model.eval(), tok, done)
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(done).eval()
+    save_clip(model, tok, target)
+    grids, scenes = draw_grids(300, 9_500_000, blur=False)  # held-out drawn clips
+    res = discrimination(model, tok, grids, scenes)
+    (work / "clip_eval_drawn.json").write_text(json.dumps(res, indent=1))
+    log(f"clip: held-out drawn clips: {json.dumps(res)}")
