@@ -54,6 +54,7 @@ def run(texts: list[str], seed: int, out: Path, args) -> list[dict]:
     import pyarrow.parquet as pq
     import yaml
 
+    from pipeline.graph import show_ray_data_progress
     from pipeline.job import run_job
     from pipeline.library import read_records
     from pipeline.spec import load_job
@@ -68,6 +69,7 @@ def run(texts: list[str], seed: int, out: Path, args) -> list[dict]:
         key, _, value = item.partition("=")
         section, _, name = key.partition(".")
         job.setdefault(section, {})[name] = yaml.safe_load(value)
+    show_ray_data_progress(False)  # the figures, not Ray Data's progress lines
     run_job(load_job(job), echo=lambda *_: None)
     return read_records(str(out / "library")).to_pylist()
 
