@@ -41,14 +41,14 @@ def builder_for(name: str):
 
 # Builtins trained by the project and shipped in the package, not built: a folder in stages/models/weights/
 # (made by training/toy_world; its `rushes_recommended.json` holds the settings it was trained for).
-SHIPPED_BUILTINS = {"toy-shapes": Path(__file__).parent / "weights" / "toy-shapes"}
+SHIPPED_BUILTINS = {name: Path(__file__).parent / "weights" / name for name in ("toy-shapes", "toy-clip")}
 RECOMMENDED_FILE = "rushes_recommended.json"
 
 
 def shipped(name: str) -> Path:
     folder = SHIPPED_BUILTINS[name]
-    if not (folder / "model_index.json").is_file():
-        raise ValueError(f"model.path: builtin:{name} is not in this installation ({folder} has no model_index.json)")
+    if not any((folder / marker).is_file() for marker in ("model_index.json", "config.json")):
+        raise ValueError(f"builtin:{name} is not in this installation ({folder} holds no model)")
     return folder
 
 
@@ -107,6 +107,8 @@ def resolve_builtin(path: str, known: dict[str, str], build, key: str, kind: str
     if not path.startswith(BUILTIN_PREFIX):
         return path
     name = path[len(BUILTIN_PREFIX):]
+    if name in known and known[name] in SHIPPED_BUILTINS:  # trained and shipped, not built
+        return str(shipped(known[name]))
     if name not in known:
         raise ValueError(f"{key}: unknown builtin {kind} '{path}' "
                          f"(known: {', '.join(BUILTIN_PREFIX + k for k in known)})")

@@ -30,7 +30,7 @@ from stages.models.devices import quiet_loading
 
 CLIP_FRAMES = 8
 # Bump when the recipe changes, so a stale cached copy is never used.
-BUILTIN_CLIPS = {"tiny-clip": "tiny-clip-v1"}
+BUILTIN_CLIPS = {"tiny-clip": "tiny-clip-v1", "toy-clip": "toy-clip"}  # toy-clip: trained, shipped (stages/models/weights)
 
 
 def build_tiny_clip(target: Path) -> None:
