@@ -204,7 +204,7 @@ def prompt_for(scene: dict, rng: np.random.Generator) -> str:
     objs = [world.Obj(**o) for o in scene["objs"]]
     if len(objs) == 2 and rng.random() < 0.5:
         objs = objs[::-1]  # either object may be named first
-    return world.phrase_prompt(objs, scene["bg"], int(rng.integers(world.N_STYLES)))
+    return world.noisy_prompt(world.phrase_prompt(objs, scene["bg"], int(rng.integers(world.N_STYLES))), rng)
 
 
 def stage_dit(cfg: dict) -> None:
@@ -223,7 +223,9 @@ def stage_dit(cfg: dict) -> None:
     torch.manual_seed(2)
     tr = M.new_transformer()
     params = list(tr.parameters()) + list(te.parameters())
-    opt = torch.optim.AdamW(params, lr=6e-4, weight_decay=0.01, betas=(0.9, 0.99))
+    lr = cfg.get("dit_lr", 6e-4)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+    holder = M.enable_compact_text(tr)
     ema_tr, ema_te = copy.deepcopy(tr).eval(), copy.deepcopy(te).eval()
     gen = torch.Generator().manual_seed(3)
     rng = np.random.default_rng(4)
@@ -252,8 +254,8 @@ def stage_dit(cfg: dict) -> None:
         s5 = sigma.view(-1, 1, 1, 1, 1)
         xt = (1 - s5) * x0 + s5 * noise
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, total, 6e-4, 100)
-        emb = M.encode_prompts(tok, te, prompts)
+            g["lr"] = cosine_lr(step, total, lr, 100)
+        emb, holder["bias"] = M.encode_compact(tok, te, prompts)  # == the pipeline's 512-token encoding
         v = tr(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
         loss = ((v - (noise - x0)) ** 2).mean()
         opt.zero_grad()
