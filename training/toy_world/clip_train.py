@@ -18,7 +18,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.toy_world import models as M
 from training.toy_world import world
 
 LAYOUT = {"frames": 4, "layout": "grid", "rows": 2, "cols": 2, "order": "row-major",
@@ -28,6 +27,51 @@ IMAGE_SIZE = 128
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+# Words the CLIP tokenizer knows: the world's, and a few function words. Anything else is <unk>.
+CLIP_WORDS = list(dict.fromkeys([*world.VOCAB, "the", "an", "is", "in", "of", "with", "two", "object", "objects",
+                                 "shape", "shapes", ".", ";", ":", "-"]))
+# Out-of-world words for prompt augmentation, besides the project's template expansion
+NOISE_WORDS = ("beautiful scene video quickly slowly big small shiny very bright simple flat clean nice colorful "
+               "toy sharp smooth hd 4k camera style glowing tiny large bold cute plain minimal motion graphic "
+               "animation frame lovely calm vivid").split()
+
+
+def build_tokenizer():
+    """CLIP-style word-level tokenizer: <|startoftext|> words <|endoftext|>, padded with <|endoftext|> (CLIP pools
+    at the first one); words outside the world are <unk>, so appended text never ends the caption early."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<|startoftext|>", "<|endoftext|>", "<unk>", *CLIP_WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", 0), ("<|endoftext|>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", unk_token="<unk>", model_max_length=77)
+
+
+def expand(prompt: str, seed: int) -> str:
+    """The project's template expansion (expand.mode: template) of a prompt."""
+    from stages.models.template import template
+
+    return template(prompt, seed, None)[0]
+
+
+def augment(prompt: str, rng) -> str:
+    """Half the time the template expansion, a quarter of the time 1-4 random out-of-world words put anywhere."""
+    r = rng.random()
+    if r < 0.5:
+        return expand(prompt, int(rng.integers(2**31)))
+    if r < 0.75:
+        words = prompt.split()
+        for _ in range(int(rng.integers(1, 5))):
+            words.insert(int(rng.integers(len(words) + 1)), str(rng.choice(NOISE_WORDS)))
+        return " ".join(words)
+    return prompt
 
 
 def frame_indices(t: int, k: int = 4) -> np.ndarray:
@@ -71,6 +115,27 @@ def swap_motion(objs: list, bg: str, rng, opposite: bool = False):
     objs = list(objs)
     objs[i] = world.Obj(o.colour, o.shape, new)
     return objs, bg
+
+
+REVERSED = {"left": "right", "right": "left", "up": "down", "down": "up", "still": "still"}
+MIRRORED = {"left": "right", "right": "left", "up": "up", "down": "down", "still": "still"}
+
+
+def reverse_grid(g: np.ndarray) -> np.ndarray:
+    """The grid of the time-reversed clip: tiles in the opposite order."""
+    h, w = g.shape[0] // 2, g.shape[1] // 2
+    q = [g[:h, :w], g[:h, w:], g[h:, :w], g[h:, w:]][::-1]
+    return np.concatenate([np.concatenate(q[:2], axis=1), np.concatenate(q[2:], axis=1)], axis=0)
+
+
+def mirror_grid(g: np.ndarray) -> np.ndarray:
+    """The grid of the left-right mirrored clip: each tile mirrored in place (all shapes are symmetric)."""
+    h, w = g.shape[0] // 2, g.shape[1] // 2
+    out = g.copy()
+    for y in (0, h):
+        for x in (0, w):
+            out[y:y + h, x:x + w] = g[y:y + h, x:x + w][:, ::-1]
+    return out
 
 
 def draw_grids(n: int, seed0: int, blur: bool = True):
@@ -125,18 +190,23 @@ def scores(model, tokenizer, pixels, prompts: list[str]) -> np.ndarray:
     return 100.0 * np.maximum(cos, 0.0)
 
 
-def discrimination(model, tokenizer, grids: np.ndarray, scenes: list, seed: int = 0) -> dict:
-    """match vs colour-swap vs direction-swap scores on these clips, and the threshold that separates them."""
+def discrimination(model, tokenizer, grids: np.ndarray, scenes: list, seed: int = 0, expanded: bool = False) -> dict:
+    """match vs colour-swap vs direction-swap scores on these clips, and the threshold that separates them.
+    expanded: every prompt (match and swaps alike, with the same seed per clip) template-expanded first."""
     rng = np.random.default_rng(seed)
     pos, col, dirn, anym = [], [], [], []
     for s in range(0, len(grids), 64):
         px = to_pixels(grids[s:s + 64])
         sc = scenes[s:s + 64]
-        pos.append(scores(model, tokenizer, px, [world.canonical_prompt(o, b) for o, b in sc]))
-        col.append(scores(model, tokenizer, px, [world.canonical_prompt(*swap_colour(o, b, rng)) for o, b in sc]))
-        dirn.append(scores(model, tokenizer, px, [world.canonical_prompt(*swap_motion(o, b, rng, True))
-                                                  for o, b in sc]))
-        anym.append(scores(model, tokenizer, px, [world.canonical_prompt(*swap_motion(o, b, rng)) for o, b in sc]))
+
+        def cap(objs_bg, i):
+            p = world.canonical_prompt(*objs_bg)
+            return expand(p, 77_000 + s + i) if expanded else p
+
+        pos.append(scores(model, tokenizer, px, [cap(x, i) for i, x in enumerate(sc)]))
+        col.append(scores(model, tokenizer, px, [cap(swap_colour(*x, rng), i) for i, x in enumerate(sc)]))
+        dirn.append(scores(model, tokenizer, px, [cap(swap_motion(*x, rng, True), i) for i, x in enumerate(sc)]))
+        anym.append(scores(model, tokenizer, px, [cap(swap_motion(*x, rng), i) for i, x in enumerate(sc)]))
     pos, col, dirn, anym = (np.concatenate(v) for v in (pos, col, dirn, anym))
     neg = np.concatenate([col, dirn])
     # threshold: the one that best separates matches from swaps (balanced accuracy)
@@ -163,7 +233,7 @@ def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
         print(time.strftime("%H:%M:%S"), msg, flush=True)
 
     done = work / "clip_final"
-    tok = M.build_clip_tokenizer()
+    tok = build_tokenizer()
     if not (done / "config.json").exists():
         data = work / "clip_grids.npz"
         if not data.exists():
@@ -192,16 +262,29 @@ def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
 
         total, bs = cfg["clip_steps"], 48
         model.train()
-        t0, run = time.time(), []
+        t0, c0, run = time.time(), time.process_time(), []
         while step < total:
             idx = torch.randint(len(grids), (bs,), generator=gen).numpy()
-            px = to_pixels(grids[idx])
-            sc = [scenes[i] for i in idx]
-            texts = [world.phrase_prompt(*(lambda o, b: (o[::-1] if len(o) == 2 and rng.random() < 0.5 else o, b))(
-                *s), int(rng.integers(world.N_STYLES))) for s in sc]
+            imgs, sc = [], []
+            for i in idx:  # time reversal and mirroring: new clips whose captions differ only in direction
+                g, (objs, bg) = grids[i], scenes[i]
+                if rng.random() < 0.5:
+                    g, objs = reverse_grid(g), [world.Obj(o.colour, o.shape, REVERSED[o.motion]) for o in objs]
+                if rng.random() < 0.5:
+                    g, objs = mirror_grid(g), [world.Obj(o.colour, o.shape, MIRRORED[o.motion]) for o in objs]
+                if len(objs) == 2 and rng.random() < 0.5:
+                    objs = objs[::-1]  # either object may be named first
+                imgs.append(g)
+                sc.append((objs, bg))
+            px = to_pixels(np.stack(imgs))
+            # per clip: its caption, one with an object's colour swapped, one with an object's direction reversed
+            # (or, for a still object, made to move), all in the same phrasing; then augmented independently
             style = [int(rng.integers(world.N_STYLES)) for _ in sc]
+            texts = [world.phrase_prompt(o, b, st) for (o, b), st in zip(sc, style)]
             texts += [world.phrase_prompt(*swap_colour(o, b, rng), st) for (o, b), st in zip(sc, style)]
-            texts += [world.phrase_prompt(*swap_motion(o, b, rng), st) for (o, b), st in zip(sc, style)]
+            texts += [world.phrase_prompt(*swap_motion(o, b, rng, opposite=rng.random() < 0.7), st)
+                      for (o, b), st in zip(sc, style)]
+            texts = [augment(x, rng) for x in texts]
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(step, total, 5e-4, 50)
             t = tok(texts, padding=True, return_tensors="pt")
@@ -210,6 +293,10 @@ def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
             li = out.logits_per_image
             labels = torch.arange(bs)
             loss = F.cross_entropy(li, labels) + F.cross_entropy(li[:, :bs].t(), labels)
+            # and each image against its own two hard negatives alone
+            ar = torch.arange(bs)
+            hard = torch.stack([li[ar, ar], li[ar, ar + bs], li[ar, ar + 2 * bs]], dim=1)
+            loss = loss + F.cross_entropy(hard, torch.zeros(bs, dtype=torch.long))
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -218,7 +305,8 @@ def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
             run.append(loss.item())
             if step % 50 == 0 or step == total:
                 log(f"clip step {step}/{total} loss {np.mean(run):.3f} scale "
-                    f"{model.logit_scale.exp().item():.1f} ({(time.time() - t0) / 60:.1f} min)")
+                    f"{model.logit_scale.exp().item():.1f} ({(time.time() - t0) / 60:.1f} min wall, "
+                    f"{(time.process_time() - c0) / 60:.1f} min CPU)")
                 run = []
             if step % 250 == 0 and step < total:
                 save_atomic(dict(model=model.state_dict(), opt=opt.state_dict(), gen=gen.get_state(), step=step,
@@ -229,6 +317,8 @@ def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
     model = CLIPModel.from_pretrained(done).eval()
     save_clip(model, tok, target)
     grids, scenes = draw_grids(300, 9_500_000, blur=False)  # held-out drawn clips
-    res = discrimination(model, tok, grids, scenes)
+    res = {"plain": discrimination(model, tok, grids, scenes),
+           "template_expanded": discrimination(model, tok, grids, scenes, expanded=True)}
     (work / "clip_eval_drawn.json").write_text(json.dumps(res, indent=1))
-    log(f"clip: held-out drawn clips: {json.dumps(res)}")
+    for k, v in res.items():
+        log(f"clip: held-out drawn clips, {k} prompts: {json.dumps(v)}")

@@ -61,23 +61,30 @@ def generate(pipe, vae, prompt: str, seed: int, s: dict, negative: str = "") -> 
     return ((video.permute(1, 2, 3, 0) / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
-def eval_prompts(n: int, styles: bool = False) -> list[tuple[str, int]]:
-    """n (prompt, noise seed) pairs: alternately one and two objects, drawn with fresh seeds."""
+def eval_prompts(n: int, styles: bool = False, template: bool = False) -> list[tuple[str, int]]:
+    """n (prompt, noise seed) pairs: alternately one and two objects, drawn with fresh seeds. With `template`,
+    each prompt as the project's default expander (stages/models/template.py) rewrites it."""
+    from stages.models.template import template as expand
+
     out = []
     for i in range(n):
         rng = np.random.default_rng(EVAL_SEED + i)
         objs, bg = world.random_scene(rng, 1 + i % 2)
         style = int(rng.integers(world.N_STYLES)) if styles else 0
-        out.append((world.phrase_prompt(objs, bg, style), EVAL_SEED + 100_000 + i))
+        prompt = world.phrase_prompt(objs, bg, style)
+        if template:
+            prompt = expand(prompt, EVAL_SEED + 200_000 + i, None)[0]
+        out.append((prompt, EVAL_SEED + 100_000 + i))
     return out
 
 
-def evaluate(pipe, vae, s: dict, n: int, styles: bool = False, save: Path | None = None, verbose: bool = False):
+def evaluate(pipe, vae, s: dict, n: int, styles: bool = False, save: Path | None = None, verbose: bool = False,
+             template: bool = False):
     tally = {k: [] for k in ("colour", "shape", "motion", "object_all", "one_all", "two_colour", "two_motion",
                              "two_all", "count", "background")}
     secs, disp = [], []
     rows = []
-    for prompt, seed in eval_prompts(n, styles):
+    for prompt, seed in eval_prompts(n, styles, template):
         t = time.time()
         frames = generate(pipe, vae, prompt, seed, s)
         secs.append(time.time() - t)
@@ -145,6 +152,7 @@ def main() -> None:
     ap.add_argument("--model", default=str(HERE.parents[1] / "stages" / "models" / "weights" / "toy-shapes"))
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--styles", action="store_true", help="all training phrasings, not only the canonical one")
+    ap.add_argument("--template", action="store_true", help="prompts as the template expander rewrites them")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--guidance", type=float)
     ap.add_argument("--shift", type=float)
@@ -166,8 +174,9 @@ def main() -> None:
         s["flow_shift"] = args.shift
     pipe, vae = load(args.model)
     set_shift(pipe, s["flow_shift"])
-    res, rows = evaluate(pipe, vae, s, args.n, args.styles, Path(args.save) if args.save else None, args.verbose)
-    print(json.dumps({"settings": s, **res}))
+    res, rows = evaluate(pipe, vae, s, args.n, args.styles, Path(args.save) if args.save else None, args.verbose,
+                         args.template)
+    print(json.dumps({"settings": s, "template": args.template, "styles": args.styles, **res}))
     if args.json:
         Path(args.json).write_text(json.dumps({"settings": s, "results": res, "videos": rows}, indent=1))
 

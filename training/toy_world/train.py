@@ -76,8 +76,10 @@ def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
 
 
 # -- stage: VAE ---------------------------------------------------------------------------------------------
-def vae_batch(rng: np.random.Generator, n: int, frames: int = 9, crop: int = 40):
-    """n clips: a random `frames`-long window of a drawn 17-frame clip, cropped to crop x crop, in [-1, 1]."""
+def vae_batch(rng: np.random.Generator, n: int, frames: int = 17, crop: int = 48):
+    """n clips: a random `frames`-long window of a drawn 17-frame clip, cropped to crop x crop, in [-1, 1].
+    The whole 17 frames by default: a VAE trained on shorter windows decodes the later latent frames of a
+    17-frame clip badly (measured)."""
     out = np.empty((n, 3, frames, crop, crop), np.float32)
     for i in range(n):
         clip, _, _, _ = world.sample_clip(int(rng.integers(2**31)))
@@ -107,7 +109,7 @@ def stage_vae(cfg: dict) -> None:
     vae.train()
     t0 = time.time()
     while step < total:
-        xn = vae_batch(rng, cfg["vae_batch"])
+        xn = vae_batch(rng, cfg["vae_batch"], cfg.get("vae_frames", 17), cfg.get("vae_crop", 48))
         x = torch.from_numpy(xn)
         # pixels away from the (flat) background weigh more: the objects are what the captions are about
         bgc = np.median(xn[:, :, :, [0, -1]].reshape(*xn.shape[:2], -1), axis=-1)[:, :, None, None, None]
@@ -116,11 +118,15 @@ def stage_vae(cfg: dict) -> None:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, total, lr, 50)
         post = vae.encode(x).latent_dist
-        z = post.sample()
+        if cfg.get("vae_noise") is None:  # a VAE: decode a posterior sample, KL to N(0, 1)
+            z = post.sample()
+            kl = 0.5 * (post.mean ** 2 + post.var - 1 - post.logvar).mean()
+        else:  # nearly deterministic: the posterior mean plus fixed small noise, and a small pull towards 0
+            z = post.mean + cfg["vae_noise"] * torch.randn_like(post.mean)
+            kl = 0.5 * (post.mean ** 2).mean()
         y = vae.decode(z).sample
         rec_l1 = ((y - x).abs() * w).mean()
         rec_l2 = (((y - x) ** 2) * w).mean()
-        kl = 0.5 * (post.mean ** 2 + post.var - 1 - post.logvar).mean()
         loss = rec_l1 + rec_l2 + cfg.get("vae_kl", 1e-5) * kl
         opt.zero_grad()
         loss.backward()
@@ -198,7 +204,7 @@ def prompt_for(scene: dict, rng: np.random.Generator) -> str:
     objs = [world.Obj(**o) for o in scene["objs"]]
     if len(objs) == 2 and rng.random() < 0.5:
         objs = objs[::-1]  # either object may be named first
-    return world.phrase_prompt(objs, scene["bg"], int(rng.integers(world.N_STYLES)))
+    return world.noisy_prompt(world.phrase_prompt(objs, scene["bg"], int(rng.integers(world.N_STYLES))), rng)
 
 
 def stage_dit(cfg: dict) -> None:
@@ -217,7 +223,9 @@ def stage_dit(cfg: dict) -> None:
     torch.manual_seed(2)
     tr = M.new_transformer()
     params = list(tr.parameters()) + list(te.parameters())
-    opt = torch.optim.AdamW(params, lr=6e-4, weight_decay=0.01, betas=(0.9, 0.99))
+    lr = cfg.get("dit_lr", 6e-4)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+    holder = M.enable_compact_text(tr)
     ema_tr, ema_te = copy.deepcopy(tr).eval(), copy.deepcopy(te).eval()
     gen = torch.Generator().manual_seed(3)
     rng = np.random.default_rng(4)
@@ -246,8 +254,8 @@ def stage_dit(cfg: dict) -> None:
         s5 = sigma.view(-1, 1, 1, 1, 1)
         xt = (1 - s5) * x0 + s5 * noise
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, total, 6e-4, 100)
-        emb = M.encode_prompts(tok, te, prompts)
+            g["lr"] = cosine_lr(step, total, lr, 100)
+        emb, holder["bias"] = M.encode_compact(tok, te, prompts)  # == the pipeline's 512-token encoding
         v = tr(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
         loss = ((v - (noise - x0)) ** 2).mean()
         opt.zero_grad()

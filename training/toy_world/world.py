@@ -332,3 +332,30 @@ def judge(analysis: dict, prompt: str) -> dict:
         p["all"] = p["colour"] and p["shape"] and p["motion"]
     return dict(objects=per, background=(bg is None or analysis["background"] == bg),
                 count=analysis["count"] == len(want), all=all(p["all"] for p in per) and len(per) > 0)
+
+
+# -- out-of-world words -----------------------------------------------------------------------------------
+# Prompts in the project pass through an expander (stages/models/template.py appends a detail, a camera, a
+# light and a style: "..., rich color, slow dolly-in, blue hour ambience, anime style."). The models are trained
+# with such words around the toy grammar so that they learn to ignore them.
+_FILLER = ("cinematic shot of", "a video of", "a clip showing", "scene:", "simple animation,", "toy world:",
+           "high quality", "4k", "slowly", "smooth", "in the frame", "minimal", "flat colors", "simple shapes",
+           "beautiful", "the camera is static", "studio", "bright", "soft light", "dark mood", "retro game")
+
+
+def noisy_prompt(prompt: str, rng: np.random.Generator) -> str:
+    """The prompt, or (about half the time) the prompt with out-of-world words: the project's template
+    expansion, random template phrases, or filler words before/after it."""
+    from stages.models import template as T
+
+    u = rng.random()
+    if u < 0.3:
+        return T.template(prompt, int(rng.integers(2**31)), None)[0]
+    if u < 0.45:
+        pool = T.DETAILS + T.CAMERAS + T.LIGHTING + [f"{s} style" for s in T.STYLES] + list(_FILLER)
+        k = int(rng.integers(1, 6))
+        tail = ", ".join(str(pool[i]) for i in rng.choice(len(pool), size=k, replace=False))
+        return f"{prompt}, {tail}" + ("." if rng.random() < 0.5 else "")
+    if u < 0.55:
+        return f"{_FILLER[int(rng.integers(len(_FILLER)))]} {prompt}"
+    return prompt
