@@ -1,4 +1,5 @@
-"""Writes manifests/demo.parquet: varied prompts, a few per-row overrides, and two invalid rows.
+"""Writes manifests/demo.parquet: toy-world prompts, a few per-row overrides, one prompt outside the world, and
+two invalid rows.
 
     python manifests/make_demo.py
 """
@@ -7,22 +8,24 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# Prompts of builtin:toy-shapes' world (training/toy_world/world.py): a person checks each video against its prompt.
 ROWS = [
-    {"id": "beach-cat", "prompt": "a cat walking along a beach at sunset"},
-    {"id": "city-night", "prompt": "a red car drives through a rainy city street at night", "seed": 7},
-    {"id": "forest-deer", "prompt": "a deer crosses a misty forest clearing at dawn", "num_variants": 2},
-    {"id": "drone-canyon", "prompt": "aerial drone shot over a desert canyon", "style": "documentary"},
-    {"id": "kitchen-chef", "prompt": "a chef flips vegetables in a busy kitchen",
-     "negative_prompt": "blurry, low quality"},
-    {"id": "sneaker-ad", "prompt": "a white sneaker spins on a pedestal in a studio",
-     "style": "commercial product", "tags": ["ad", "footwear"]},
-    {"id": "warehouse-robot", "prompt": "a robot arm moves boxes onto a conveyor in a warehouse",
-     "tags": ["simulation"], "num_frames": 25},
-    {"id": "ocean-whale", "prompt": "a whale breaches in a calm ocean under a cloudy sky", "fps": 12},
-    {"id": "square-coffee", "prompt": "steam rising from a coffee cup on a wooden table",
-     "height": 128, "width": 128},
-    {"id": "crosswalk", "prompt": "pedestrians cross a busy intersection in light snow",
-     "num_inference_steps": 6, "guidance_scale": 4.0},
+    {"id": "red-circle-left", "prompt": "a red circle moves left on a black background"},
+    {"id": "blue-square-up", "prompt": "a blue square moves up on a gray background", "seed": 7},
+    {"id": "yellow-triangle-right", "prompt": "a yellow triangle moves right on a black background",
+     "num_variants": 2},
+    {"id": "green-and-white", "prompt": "a green circle moves down and a white square stays still on a gray background",
+     "tags": ["two objects"]},
+    {"id": "white-triangle-still", "prompt": "a white triangle stays still on a black background"},
+    {"id": "red-and-blue", "prompt": "a red square moves right and a blue triangle moves left on a black background",
+     "tags": ["two objects"]},
+    {"id": "green-square-left", "prompt": "a green square moves left on a gray background", "fps": 12},
+    {"id": "yellow-circle-up", "prompt": "a yellow circle moves up on a black background",
+     "negative_prompt": "a red circle"},
+    {"id": "blue-circle-down", "prompt": "a blue circle moving down on a gray background"},
+    # Outside the toy world on purpose: the model draws something of its world, and the toy CLIP's score
+    # (filter.min_clip_score) rejects it.
+    {"id": "dragon", "prompt": "a purple dragon flies over a castle at sunset"},
     # Invalid on purpose: a slash in the id (ids become storage keys), and an empty prompt.
     {"id": "bad/id", "prompt": "this row's id would escape its folder"},
     {"id": "empty-prompt", "prompt": "   "},

@@ -71,7 +71,8 @@ def prepare_device(device: str, num_gpus: float) -> None:
     if not device.startswith("cuda"):
         return
     settings = gpu_memory_settings(num_gpus)
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", settings["alloc_conf"])  # read at the first allocation
+    for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):  # torch's new name and its old one
+        os.environ.setdefault(name, settings["alloc_conf"])  # read at the first allocation
     import torch
 
     if settings["memory_fraction"]:

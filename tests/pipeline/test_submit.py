@@ -96,7 +96,7 @@ def test_submit_wait_runs_the_demo_job_on_the_cluster(ray_head, tmp_path):
     assert accepted
     with av.open(accepted[0]["video_uri"].removeprefix("file://")) as c:
         frames = list(c.decode(video=0))
-    assert len(frames) == accepted[0]["num_frames"] and frames[0].width == 160
+    assert len(frames) == accepted[0]["num_frames"] and frames[0].width == accepted[0]["width"]
 
     status = rushes("status", submission_id, "--address", ray_head, timeout=60)
     assert status.returncode == 0 and f"submission {submission_id}: SUCCEEDED" in status.stdout
