@@ -69,7 +69,8 @@ class FilterOptions(StageOptions):
     max_clipped_high: float | None = Field(0.25, ge=0, le=1, description="share of pixels at luma >= 250")
     min_contrast: float | None = Field(4.0, ge=0, description="mean per-frame luma standard deviation")
     clip_model: str | None = Field(
-        None, description="CLIP for prompt alignment: builtin:tiny-clip, a local folder or a hub id; null = off")
+        None, description="CLIP for prompt alignment: builtin:tiny-clip, a local folder, a hub id or an fsspec "
+                          "URI (s3://..., copied once per node); null = off")
     min_clip_score: float | None = Field(None, ge=0, le=100, description="100 x cosine(text, frame), mean")
     max_duplicate_distance: int | None = Field(
         24, ge=0, le=256, description="pHash Hamming bits within which two videos are duplicates; null = off")
@@ -117,7 +118,8 @@ class FilterStage(Stage):
         """Loads the CLIP model, on the GPU the stage asked for, when one is configured."""
         if self.options.clip_model:
             use_threads(self.options.resources.num_cpus)
-            self.clip = ClipScorer(self.options.clip_model, pick_device(self.options.resources.num_gpus))
+            self.clip = ClipScorer(self.options.clip_model, pick_device(self.options.resources.num_gpus),
+                                   self.ctx.storage_options)
 
     def verdict(self, m: dict[str, float], num_frames: int, cuts: list[int] = ()) -> list[str]:
         s, reasons = self.options, []

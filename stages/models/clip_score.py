@@ -12,7 +12,8 @@ row-major, earliest top-left), because a single frame cannot show motion. Its sc
 (`cosines()` returns that single cosine). `builtin:toy-clip` (trained on the toy world) is such a model.
 
 The model is any transformers CLIP checkpoint (`CLIPModel`, a tokenizer and an image processor) by local
-folder or hub id, or `builtin:tiny-clip`: a tiny CLIP built offline from a config with a fixed seed and a
+folder, hub id or fsspec URI (`s3://...`, copied once per node by stages/models/staging.py), or
+`builtin:tiny-clip`: a tiny CLIP built offline from a config with a fixed seed and a
 BPE tokenizer trained with `tokenizers`, saved once with `save_pretrained` under
 `$RUSHES_CACHE/builtin/` and loaded back with `from_pretrained`, like the tiny video model. Its weights
 are random: its scores are deterministic but say nothing about alignment.
@@ -27,6 +28,7 @@ import numpy as np
 from stages.models.builtin import build_clip_tokenizer
 from stages.models.checkpoints import resolve_builtin
 from stages.models.devices import quiet_loading
+from stages.models.staging import is_remote, stage
 
 CLIP_FRAMES = 8
 # Bump when the recipe changes, so a stale cached copy is never used.
@@ -60,8 +62,11 @@ def build_tiny_clip(target: Path) -> None:
         indent=2))
 
 
-def resolve_clip_path(path: str) -> str:
-    """A path that `from_pretrained` accepts; builds the builtin CLIP into the cache on first use."""
+def resolve_clip_path(path: str, storage_options: dict | None = None) -> str:
+    """A path that `from_pretrained` accepts; builds the builtin CLIP into the cache on first use, and copies one
+    in object storage into this node's cache (once per node)."""
+    if is_remote(path):
+        return stage(path, storage_options)
     return resolve_builtin(path, BUILTIN_CLIPS, build_tiny_clip, "filter.clip_model")
 
 
@@ -102,11 +107,11 @@ def tile_frames(frames: np.ndarray, layout: dict) -> np.ndarray:
 
 
 class ClipScorer:
-    def __init__(self, path: str, device: str = "cpu"):
+    def __init__(self, path: str, device: str = "cpu", storage_options: dict | None = None):
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
         quiet_loading()
-        local = resolve_clip_path(path)
+        local = resolve_clip_path(path, storage_options)
         self.device = device
         self.model = CLIPModel.from_pretrained(local).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(local)

@@ -213,3 +213,26 @@ def test_a_language_model_in_s3_is_fingerprinted_by_the_job_and_loaded_by_the_re
     rewriter = LocalRewriter(uri, "float32", "cpu", storage_options=options)
     (rewrite,) = rewriter.rewrite([[{"role": "user", "content": "a cat"}]], [1], 0.7, 0.9, 16)
     assert rewrite.output_tokens and (staging.staged_folder(uri) / staging.COMPLETE).exists()
+
+
+def test_a_clip_model_in_s3_is_staged_by_the_filter_and_scores_as_the_local_one(s3, tmp_path, monkeypatch):
+    from stages.filter import FilterOptions, FilterStage
+    from stages.media.frames import FrameArray
+    from stages.models.clip_score import resolve_clip_path
+
+    fs, endpoint = s3
+    uri = "s3://rushes-test/models/tiny-clip/"
+    fs.put(resolve_clip_path("builtin:tiny-clip").rstrip("/") + "/", uri, recursive=True)
+    monkeypatch.setenv("RUSHES_CACHE", str(tmp_path / "node-cache"))
+    moving = np.random.default_rng(0).integers(0, 256, size=(9, 40, 56, 3), dtype=np.uint8)
+    row = {"id": "c", "variant": 0, "status": "pending", "frames": FrameArray(moving), "prompt": "a cat",
+           "stage_seconds": {}}
+
+    def clip_score(model: str, storage_options: dict) -> float:
+        stage = FilterStage(FilterOptions(clip_model=model), RunContext(storage_options=storage_options))
+        stage.setup()
+        return stage([dict(row)])[0]["metrics"]["clip_score"]
+
+    from_s3 = clip_score(uri, {"endpoint_url": endpoint})
+    assert (staging.staged_folder(uri) / staging.COMPLETE).exists()
+    assert from_s3 == clip_score("builtin:tiny-clip", {})
