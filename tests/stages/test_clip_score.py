@@ -44,7 +44,7 @@ def test_tiny_clip_is_built_the_same_every_time(tmp_path):
 def test_unknown_builtin_names_the_known_ones():
     with pytest.raises(ValueError, match="known: builtin:tiny-clip"):
         resolve_clip_path("builtin:huge-clip")
-    with pytest.raises(ValueError, match=r"clip_model\n.*unknown builtin model \(known: builtin:tiny-clip\)"):
+    with pytest.raises(ValueError, match=r"clip_model\n.*unknown builtin model \(known: builtin:tiny-clip, builtin:toy-clip\)"):
         FilterOptions(clip_model="builtin:huge-clip")
 
 
