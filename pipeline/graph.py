@@ -30,15 +30,10 @@ from pipeline.ledger import AttemptLedger, GuardedStage
 from pipeline.plan import read_plan_object
 from pipeline.rows import rows_of, table_of
 from pipeline.spec import JobSpec
-from stages.common.variant import RECORD_SCHEMA
+from stages.common.variant import PLANNED_KEYS
 from stages.contract import Resources, RunContext, Stage, check_chain, payload_keys
 
 log = logging.getLogger("rushes")
-
-# What a planned variant carries before any stage has run: its record's fields, the manifest's own
-# columns, and the seconds each stage takes.
-PLANNED_KEYS = (*RECORD_SCHEMA.names, "extra", "stage_seconds")
-
 
 def task_function(name: str):
     """Task operators: a stage without a model, on one batch; named after the stage, so that Ray Data's

@@ -137,6 +137,9 @@ HASH_IF_SET = frozenset(f.name for f in FIELDS if f.hash_if_set)
 BUCKET_FIELDS = tuple(f.name for f in FIELDS if f.bucket)
 PLANNED_FIELDS = tuple(f.name for f in FIELDS if f.planned) + ("extra",)  # extra: the manifest's own columns
 STATE_COLUMNS = tuple(f.name for f in FIELDS if f.state)
+# What a planned variant carries before any stage has run (the stages' row contract starts from it): its record's
+# fields, the manifest's own columns, and the seconds each stage takes.
+PLANNED_KEYS = (*RECORD_SCHEMA.names, "extra", "stage_seconds")
 REPORT_COLUMNS = tuple(f.name for f in FIELDS if f.report)
 STATUSES = ("accepted", "rejected", "invalid", "failed")  # every record ends in one of these
 DONE = ("accepted", "rejected")  # a video was made and judged: a re-run with the same params_hash skips it

@@ -84,7 +84,7 @@ def test_one_entry_in_the_list_gives_it_a_strict_job_file_section(watermark):
 
 
 def test_the_row_contract_holds_in_place_and_a_misplaced_stage_is_refused(watermark):
-    from pipeline.graph import PLANNED_KEYS
+    from stages.common.variant import PLANNED_KEYS
 
     module, stages = watermark
     spec = job_spec_for(stages).model_validate({"manifest": "m", "output": "o"})
