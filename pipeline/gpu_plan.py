@@ -150,8 +150,8 @@ def plan_job(spec: JobSpec, gpu: str | None, gpus: int = 1, mfu: float = DEFAULT
         return plan
     folder = config_folder(m.path, m.revision)
     if folder is None:
-        plan.notes.append(f"{m.path}: its config files are not here and the hub cannot be reached; no memory or "
-                          "FLOPs plan (download the configs, or give a local folder)")
+        plan.notes.append(f"{m.path}: its config files are not on this machine (a local folder, a builtin, a hub "
+                          "snapshot in the cache, or a hub id while the hub can be reached): no memory or FLOPs plan")
         return plan
     planner = Planner(spec, state)
     for batch in planner.batches():
@@ -170,7 +170,7 @@ def plan_job(spec: JobSpec, gpu: str | None, gpus: int = 1, mfu: float = DEFAULT
     verdict = fits(folder, gpu, plan.largest, dtype=m.dtype, vae_dtype=family.vae_dtype_for(m.dtype),
                    share_gpu=share)
     applied = {"fp8": spec.sample.fp8_storage, "tiling": spec.decode.tiling == "on",
-               "offload_text_encoder": getattr(spec.sample, "offload_text_encoder", False), "one_expert": False}
+               "offload_text_encoder": spec.sample.offload_text_encoder, "one_expert": False}
     for stage, v in (("sample", verdict["sampler"]), ("decode", verdict["decoder"])):
         plan.stages.append(stage_verdict(stage, v, applied, verdict["budget_gib"]))
     return plan
