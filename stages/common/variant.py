@@ -103,6 +103,18 @@ FIELDS = [
     # a storyboard (stages/long_video/): its shots in order, each {prompt, duration_s} in the manifest; planning
     # adds each one's expanded prompt and frame range [first_frame, end_frame)
     V("shots", pa.list_(SHOT), override="shots", pixels=True, planned=True, hash_if_set=True, report=True),
+    # conditioning inputs (stages/media/conditioning.py): each a URI in the manifest (the record keeps it as read),
+    # the sha256 of its bytes (params_hash: a changed image regenerates its row, a moved one does not), and how it
+    # meets the video's size and how strongly it holds; all unset for a text-only row
+    V("image", pa.string(), override="uri", planned=True, report=True),
+    V("image_sha256", pa.string(), pixels=True, planned=True, hash_if_set=True),
+    V("last_image", pa.string(), override="uri", planned=True, report=True),
+    V("last_image_sha256", pa.string(), pixels=True, planned=True, hash_if_set=True),
+    V("video", pa.string(), override="uri", planned=True, report=True),
+    V("video_sha256", pa.string(), pixels=True, planned=True, hash_if_set=True),
+    V("video_frames", pa.int32(), planned=True),  # the clip's frames, counted while planning
+    V("conditioning_resize", pa.string(), pixels=True, planned=True, hash_if_set=True),
+    V("conditioning_strength", pa.float64(), pixels=True, planned=True, hash_if_set=True),
     V("num_variants", None, override="int", bounds=(1, 64),
       job=(1, 'variants of each row (each its own seed)')),  # a row's setting: no variant has it
     V("style", pa.string(), override="string", planned=True, report=True),
