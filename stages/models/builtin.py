@@ -41,7 +41,8 @@ BUILTIN_PIPELINES = {"tiny-wan": "WanPipeline", "tiny-wan22": "WanPipeline", "ti
                      "tiny-skyreels-df": "SkyReelsV2DiffusionForcingPipeline", "null": "none",
                      # conditioned by an image (and a last image): their own pipeline classes
                      "tiny-wan-i2v": "WanImageToVideoPipeline", "tiny-wan-flf2v": "WanImageToVideoPipeline",
-                     "tiny-wan22-i2v": "WanImageToVideoPipeline"}
+                     "tiny-wan22-i2v": "WanImageToVideoPipeline", "tiny-skyreels-i2v": "SkyReelsV2ImageToVideoPipeline",
+                     "tiny-cogvideox-i2v": "CogVideoXImageToVideoPipeline"}
 
 
 def bpe_tokenizer(vocab_size: int, specials: list[str], template: str, lowercase: bool = False,
@@ -346,4 +347,44 @@ def build_tiny_wan22_i2v(target: Path) -> None:
         transformer=_wan_transformer(in_channels=I2V_CHANNELS, seed=0),
         transformer_2=_wan_transformer(in_channels=I2V_CHANNELS, seed=1),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), boundary_ratio=0.9)
+    pipe.save_pretrained(target)
+
+
+def build_tiny_skyreels_i2v(target: Path) -> None:
+    """SkyReels-V2 I2V-style (`SkyReelsV2ImageToVideoPipeline`): tiny-skyreels with a CLIP image encoder (with its
+    projection, as the pipeline declares) and 36 input channels, as Wan2.1 I2V."""
+    from diffusers import SkyReelsV2ImageToVideoPipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
+
+    tokenizer = build_tokenizer()
+    encoder, processor = _clip_vision(with_projection=True)
+    pipe = SkyReelsV2ImageToVideoPipeline(
+        tokenizer=tokenizer, text_encoder=_umt5(len(tokenizer)), vae=_wan_vae(), image_encoder=encoder,
+        image_processor=processor,
+        transformer=_wan_transformer(SkyReelsV2Transformer3DModel, in_channels=I2V_CHANNELS, image_dim=32,
+                                     added_kv_proj_dim=32),
+        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0))
+    pipe.save_pretrained(target)
+
+
+def build_tiny_cogvideox_i2v(target: Path) -> None:
+    """CogVideoX-5b-I2V-style (`CogVideoXImageToVideoPipeline`): tiny-cogvideox whose transformer also takes the
+    image's latents, concatenated on the channels (8 in, 4 out)."""
+    import torch
+    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline,
+                           CogVideoXTransformer3DModel)
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    vae = AutoencoderKLCogVideoX(
+        block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=2,
+        temporal_compression_ratio=4, sample_height=64, sample_width=64)
+    torch.manual_seed(0)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=8,
+        text_embed_dim=32, num_layers=2, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=32, use_rotary_positional_embeddings=True)
+    scheduler = CogVideoXDDIMScheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                                       timestep_spacing="trailing", snr_shift_scale=1.0)
+    pipe = CogVideoXImageToVideoPipeline(tokenizer=tokenizer, text_encoder=_t5(len(tokenizer)), vae=vae,
+                                         transformer=transformer, scheduler=scheduler)
     pipe.save_pretrained(target)

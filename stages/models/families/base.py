@@ -358,9 +358,12 @@ class DiffusersFamily(FamilyRules):
                 if not v.conditioned:
                     out.append(next(latents))
                     continue
-                cls.ensure_vae(pipe)
                 conditioned = cls.conditioned_pipeline(pipe, v)
-                out.append(cls.call(conditioned, [v], params, cls.condition_kwargs(conditioned, v, params))[0])
+                pipe._rushes_active = conditioned  # whose timestep a cache hook follows (stages/models/speed.py)
+                try:
+                    out.append(cls.call(conditioned, [v], params, cls.condition_kwargs(conditioned, v, params))[0])
+                finally:
+                    pipe._rushes_active = pipe
             return np.stack(out)
 
     @classmethod
@@ -397,11 +400,12 @@ class DiffusersFamily(FamilyRules):
 
     @classmethod
     def conditioned_pipeline(cls, pipe, v: VariantInput):
-        """The pipeline that takes this variant's conditioning: `pipe` itself, or a pipeline of another class
-        built once over `pipe`'s own components (Wan2.2 TI2V-5B's image-to-video, LTX's), sharing its weights."""
+        """The pipeline that takes this variant's conditioning, built once over `pipe`'s own components (sharing
+        its weights, its batch-invariant forwards and speed options) once the VAE is loaded: a pipeline derives its
+        VAE factors when it is made, which a pipeline loaded without its VAE got from defaults. Its class is the
+        checkpoint's own, or another that the same components run (Wan2.2 TI2V-5B's image-to-video, LTX's)."""
+        cls.ensure_vae(pipe)
         name = cls.conditioned_class(pipe, v)
-        if type(pipe).__name__ == name:
-            return pipe
         built = pipe.__dict__.setdefault("_rushes_conditioned", {})
         if name not in built:
             import diffusers
@@ -412,9 +416,7 @@ class DiffusersFamily(FamilyRules):
             parts.update({k: pipe.config[k] for k in accepted if k in pipe.config and k not in parts})
             built[name] = target(**parts)
             built[name].set_progress_bar_config(disable=True)
-            for attr in ("vae_scale_factor_spatial", "vae_scale_factor_temporal", "_rushes_source"):
-                if hasattr(pipe, attr):
-                    setattr(built[name], attr, getattr(pipe, attr))
+            built[name]._rushes_source = pipe._rushes_source
         return built[name]
 
     @classmethod
