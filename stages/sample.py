@@ -134,9 +134,9 @@ class SampleStage(Stage):
         """A conditioned row's image, last image or clip, read again by URI, checked against the hash planned for
         it and fitted to the variant's size (stages/media/conditioning.py). A file that changed since planning
         fails the variant, and the next run plans it with the new file."""
-        target = Target(r["width"], r["height"], r.get("conditioning_resize") or "crop")
         for column in COLUMNS:
             if r.get(column):
+                target = Target(r["width"], r["height"], r.get("conditioning_resize") or "crop")
                 tail = self.family.video_tail(r, self.ctx.model.path) if column == "video" else None
                 setattr(v, column, load(column, r[column], r[f"{column}_sha256"], target, self.ctx.storage_options,
                                         last_frames=tail))
