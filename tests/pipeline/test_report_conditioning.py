@@ -5,11 +5,17 @@ from __future__ import annotations
 import io
 import json
 
+import av
 import pyarrow as pa
+import pytest
 from PIL import Image
 
 from pipeline.commit import MetadataWriter, record_schema
+from pipeline.job import run_job
+from pipeline.library import read_records
 from pipeline.report import write_report
+from pipeline.spec import load_job
+from tests.conftest import job_dict, write_manifest
 from stages.common.storage import filesystem, join, put_atomic
 from tests.pipeline.test_report import RUN, browser, webp_preview  # noqa: F401 - browser is a fixture
 
@@ -87,3 +93,35 @@ def test_the_inputs_show_beside_the_preview_in_chromium(browser, tmp_path):  # n
                             " return [c.querySelector('img.preview').getBoundingClientRect().right,"
                             " c.querySelector('figure.input').getBoundingClientRect().left]; })()")
     assert left[0] <= left[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_run_rewrites_with_the_image_and_its_report_shows_the_inputs(ray_local, tmp_path):
+    """On Ray: builtin:tiny-llava rewrites each image row shown its picture (the text row without), the video starts
+    from the picture, the write stage puts the picture as the video saw it under inputs/, and the report shows it."""
+    Image.new("RGB", (120, 60), (200, 40, 40)).save(tmp_path / "wide.png")
+    Image.new("RGBA", (40, 90), (40, 40, 200, 128)).save(tmp_path / "tall.png")
+    rows = [{"id": "wide", "prompt": "a bottle turns", "seed": 1, "image": "wide.png"},
+            {"id": "tall", "prompt": "a can spins", "seed": 2, "image": "tall.png", "last_image": "wide.png"},
+            {"id": "text", "prompt": "a red car at night", "seed": 3}]
+    manifest = write_manifest(tmp_path / "m.parquet", rows)
+    spec = load_job(job_dict(manifest, str(tmp_path / "out"), model={"family": "ltx", "path": "builtin:tiny-ltx"},
+                             sampling={"height": 64, "width": 96, "num_frames": 9},
+                             expand={"mode": "llm", "backend": "local", "model": "builtin:tiny-llava",
+                                     "max_new_tokens": 24, "resources": {"num_gpus": 0}},
+                             encode={"keep_rejected": True}, conditioning={"resize": "pad"}))
+    run_job(spec, echo=lambda *_: None)
+    recs = {r["id"]: r for r in read_records(spec.output).to_pylist()}
+    assert all(r["status"] in ("accepted", "rejected") for r in recs.values()), [r["error"] for r in recs.values()]
+    assert recs["wide"]["expand_image"] == recs["tall"]["expand_image"] == "shown"
+    assert recs["text"]["expand_image"] is None and recs["text"]["image_preview_uri"] is None
+    for rid, columns in (("wide", ["image"]), ("tall", ["image", "last_image"])):
+        for column in columns:
+            with Image.open(recs[rid][f"{column}_preview_uri"]) as shown:  # padded to the video's 96x64
+                assert abs(shown.width / shown.height - 1.5) < 0.05
+        with av.open(recs[rid]["video_uri"]) as c:
+            assert sum(1 for _ in c.decode(c.streams.video[0])) == 9
+    cards = cards_of(spec.output)
+    assert [i["what"] for i in cards["tall"]["inputs"]] == ["first frame", "last frame"]
+    assert "the image and the rewriter: shown" in cards["wide"]["notes"]
