@@ -118,3 +118,28 @@ def test_each_matrix_cell_fits_the_image_to_its_own_shape(tmp_path):
     shapes = [load("image", v["image"], v["image_sha256"], Target(v["width"], v["height"])).size for v in todo]
     assert shapes == [(80, 48), (48, 80)]
     assert np.asarray(Image.open(tmp_path / "a.png")).shape == (64, 96, 3)
+
+
+def test_inputs_in_object_storage_are_read_with_the_jobs_storage_options(s3, tmp_path):
+    """A manifest in a bucket names its pictures relative to itself; planning and the worker read them with the
+    job's storage_options (a moto S3 endpoint here); a missing one is an invalid row naming its s3:// URI."""
+    import io
+
+    from stages.media.conditioning import Target, load
+
+    fs, endpoint = s3
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buf, "PNG")
+    fs.pipe_file("rushes-test/jobs/shots/a.png", buf.getvalue())
+    local = write_manifest(tmp_path / "m.parquet", [{"id": "a", "prompt": "a red box", "image": "shots/a.png"},
+                                                    {"id": "gone", "prompt": "a box", "image": "shots/gone.png"}])
+    fs.put_file(local, "rushes-test/jobs/m.parquet")
+    options = {"endpoint_url": endpoint}
+    spec = load_job(job_dict("s3://rushes-test/jobs/m.parquet", str(tmp_path / "out"), model=I2V,
+                             storage_options=options))
+    batches = list(Planner(spec).batches())
+    v = batches[0].todo[0]
+    assert v["image"] == "s3://rushes-test/jobs/shots/a.png"
+    assert batches[0].invalid[0]["error"] == "image: s3://rushes-test/jobs/shots/gone.png: no such file"
+    img = load("image", v["image"], v["image_sha256"], Target(64, 64), storage_options=options)
+    assert img.size == (64, 64) and img.getpixel((32, 32)) == (200, 10, 10)
