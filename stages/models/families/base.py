@@ -249,7 +249,7 @@ class FamilyRules:
         frames, tail = row.get("video_frames"), cls.video_tail(row, path)
         if row.get("video") and frames is not None and tail is not None and frames < tail:
             return (f"video: {row['video']}: the clip has {frames} frames; family '{cls.name}' continues from its "
-                    f"last {tail} (overlap_history) and needs at least that many")
+                    f"last {tail} with these settings and needs at least that many")
         return None
 
     @classmethod
