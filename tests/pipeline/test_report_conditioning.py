@@ -6,6 +6,7 @@ import io
 import json
 
 import av
+import fsspec
 import pyarrow as pa
 import pytest
 from PIL import Image
@@ -118,7 +119,7 @@ def test_a_run_rewrites_with_the_image_and_its_report_shows_the_inputs(ray_local
     assert recs["text"]["expand_image"] is None and recs["text"]["image_preview_uri"] is None
     for rid, columns in (("wide", ["image"]), ("tall", ["image", "last_image"])):
         for column in columns:
-            with Image.open(recs[rid][f"{column}_preview_uri"]) as shown:  # padded to the video's 96x64
+            with fsspec.open(recs[rid][f"{column}_preview_uri"], "rb") as f, Image.open(f) as shown:  # padded to the video's 96x64
                 assert abs(shown.width / shown.height - 1.5) < 0.05
         with av.open(recs[rid]["video_uri"]) as c:
             assert sum(1 for _ in c.decode(c.streams.video[0])) == 9

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import av
+import fsspec
 import pytest
 from PIL import Image
 
@@ -65,7 +66,7 @@ def check_i2v_campaign(recs: list[dict], out: Path) -> None:
         with av.open(r["video_uri"]) as c:
             frames = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
         assert (len(frames), *frames[0].shape) == (17, r["height"], r["width"], 3)
-        with Image.open(r["image_preview_uri"]) as shown:  # the picture cropped to this cell's aspect ratio
+        with fsspec.open(r["image_preview_uri"], "rb") as f, Image.open(f) as shown:  # the picture cropped to this cell's aspect ratio
             assert abs(shown.width / shown.height - r["width"] / r["height"]) < 0.05
     chunk = (out / "report" / "cards" / "000000.js").read_text()
     cards = json.loads(chunk[chunk.index(",") + 1:chunk.rindex(")")])
