@@ -20,10 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pyarrow.types as pat
 
+from pipeline.inputs import InputCheck
 from pipeline.library import digest16
 from pipeline.settings import resolve_settings
 from pipeline.spec import JobSpec
-from stages.common.storage import StorageError, filesystem, is_transient, with_retries
+from stages.common.storage import StorageError, filesystem, is_local, is_transient, with_retries
 from stages.common.variant import BOUNDS, OVERRIDES
 
 
@@ -38,7 +39,7 @@ REQUIRED = {"id": "string", "prompt": "string"}
 def _type_ok(t: pa.DataType, kind: str) -> bool:
     if pat.is_null(t):
         return True
-    if kind == "string":
+    if kind in ("string", "uri"):  # uri: a conditioning input's path or fsspec URI
         return pat.is_string(t) or pat.is_large_string(t)
     if kind == "int":  # float columns come from pandas ints with missing values; values are checked per row
         return pat.is_integer(t) or pat.is_floating(t)
@@ -72,6 +73,19 @@ def manifest_files(uri: str, storage_options: dict | None = None) -> tuple:
     return fs, files
 
 
+def manifest_folder(fs, uri: str, files: list[str]) -> str:
+    """The folder a manifest's relative paths start from: a file's own folder, a folder itself, or the folder
+    before a glob's first wildcard; as a plain path locally, else as a URI."""
+    path = fs._strip_protocol(uri)
+    if any(c in path for c in "*?["):
+        folder = path[:min(path.index(c) for c in "*?[" if c in path)].rpartition("/")[0]
+    elif len(files) == 1 and files[0] == path:
+        folder = path.rpartition("/")[0]
+    else:
+        folder = path
+    return folder if is_local(fs) else fs.unstrip_protocol(folder)
+
+
 class Manifest:
     """A manifest's files, read as a stream of small tables: nobody holds the whole manifest.
 
@@ -83,6 +97,7 @@ class Manifest:
     def __init__(self, uri: str, storage_options: dict | None = None):
         self.uri = uri
         self.fs, self.files = manifest_files(uri, storage_options)
+        self.base = manifest_folder(self.fs, uri, self.files)
         schemas, self.file_rows = [], []
         for f in self.files:
             meta = self._footer(f)
@@ -194,6 +209,8 @@ def _check_value(name: str, value, kind: str) -> tuple[object, str | None]:
         lo, hi = BOUNDS[name]
         if not lo <= value <= hi:
             return None, f"{name}: must be between {lo} and {hi}, got {value!r}"
+    if kind == "uri" and not value.strip():
+        return None, f"{name}: an empty path; leave the column null for a row without one"
     if kind == "list<string>" and any(not isinstance(t, str) for t in value):
         return None, f"{name}: must be a list of strings, got {value!r}"
     return value, None
@@ -224,10 +241,12 @@ def duplicate_ids(ids: Iterator[list]) -> dict[int, int]:
 class RowValidator:
     """Checks manifest rows one at a time and resolves their parameters against the job's defaults.
 
-    `duplicate_of`: {row: first row with that id}, from `duplicate_ids` over the whole manifest."""
+    `duplicate_of`: {row: first row with that id}, from `duplicate_ids` over the whole manifest; `base`: the
+    manifest's folder, which a conditioning input's relative path starts from (pipeline/inputs.py)."""
 
-    def __init__(self, spec: JobSpec, columns: list[str], duplicate_of: dict[int, int]):
+    def __init__(self, spec: JobSpec, columns: list[str], duplicate_of: dict[int, int], base: str = ""):
         self.family = spec.family
+        self.inputs = InputCheck(spec, base)  # conditioning images and clips, read from `base` when relative
         self.model_path = spec.model.path
         self.defaults = spec.sampling_defaults()  # the family's recommendations where the job file is silent
         self.stage_options = list(spec.stage_options().values())  # what a stage cannot make is invalid too
@@ -289,7 +308,7 @@ class RowValidator:
             row.setdefault("style", None)
             row.setdefault("tags", [])
             row["seed"] = given.get("seed", _derived_seed(row_id, self.defaults["seed"]))
-            problem = self.family.check_row(row, self.model_path) or next(
+            problem = self.inputs.check(row) or self.family.check_row(row, self.model_path) or next(
                 filter(None, (o.check_row(row) for o in self.stage_options)), None)
             if problem:
                 errors.append(problem)

@@ -76,7 +76,7 @@ class Planner:
         """Reads the manifest twice: once only its `id` column (duplicate ids), then whole, in batches."""
         duplicates = duplicate_ids(t.column("id").to_pylist()
                                    for t in self.manifest.batches(["id"], batch_size=8 * self.batch_rows))
-        validator = RowValidator(self.spec, self.manifest.columns, duplicates)
+        validator = RowValidator(self.spec, self.manifest.columns, duplicates, self.manifest.base)
         start = 0
         for table in self.manifest.batches(batch_size=self.batch_rows):
             rows = validator.validate(table, start)

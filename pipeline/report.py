@@ -36,7 +36,8 @@ from stages.common.variant import STATUSES, WORK
 CHUNK = 200  # cards per script file: a page of PAGE_SIZE cards loads a few hundred KB at most
 PAGE_SIZE = 48
 WRITERS = 16  # chunk files written at once: on S3 each is a round trip
-MEDIA_FOLDERS = ("videos", "posters", "previews")
+MEDIA_FOLDERS = ("videos", "posters", "previews", "inputs")
+INPUTS = (("image", "first frame"), ("last_image", "last frame"), ("video", "clip continued (its last frame)"))
 MIME = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8"}
 
 
@@ -93,6 +94,7 @@ def card(rec: dict, campaign: str | None, root_uri: str) -> dict:
              f"rewriter: {rec['expand_model']}" if (rec.get("expand_model") or "").split(":")[0]
              not in ("", "template", "none") else None,
              f"expansion: {rec['expand_error']}" if rec.get("expand_error") else None,
+             f"the image and the rewriter: {rec['expand_image']}" if rec.get("expand_image") else None,
              f"prompt cut to the text encoder's budget ({rec['prompt_tokens']} tokens given)"
              if rec.get("truncated") else None) if n],
          "reasons": rec["reasons"], "error": rec["error"], "seed": rec["seed"],
@@ -100,7 +102,11 @@ def card(rec: dict, campaign: str | None, root_uri: str) -> dict:
          # the cell of the job's variant matrix (libraries older than the matrix have no such columns)
          "ratio": rec.get("aspect_ratio"), "seedIndex": rec.get("seed_index"),
          "video": relative_link(rec["video_uri"], root_uri),
-         "preview": relative_link(rec["preview_uri"], root_uri) or relative_link(rec["poster_uri"], root_uri)}
+         "preview": relative_link(rec["preview_uri"], root_uri) or relative_link(rec["poster_uri"], root_uri),
+         # the conditioning inputs, each as the video saw it, beside the video (older libraries lack the columns)
+         "inputs": [{k: v for k, v in (("what", what), ("uri", rec[column]),
+                                       ("src", relative_link(rec.get(f"{column}_preview_uri"), root_uri))) if v}
+                    for column, what in INPUTS if rec.get(column)]}
     return {k: v for k, v in c.items() if v not in (None, [], {}, "")}
 
 

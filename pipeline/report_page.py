@@ -49,6 +49,10 @@ section.panel { background: #fff; border-radius: 8px; padding: 8px 16px 12px; ma
 .card .media img { width: 100%; height: auto; aspect-ratio: auto 16 / 9; max-height: 420px; object-fit: contain;
   display: block; border-radius: 4px; background: #222; }
 .card .cell { font-size: 12px; }
+.media.with-inputs { display: grid; grid-template-columns: 3fr 1fr; gap: 6px; align-items: start; }
+.media.with-inputs > a, .media.with-inputs > img, .media.with-inputs > div.none { grid-row: span 3; }
+.media figure.input { margin: 0; font-size: 11px; color: #6e6e73; overflow-wrap: anywhere; }
+.media figure.input img { width: 100%; height: auto; display: block; border-radius: 4px; background: #222; }
 .cell-group h3 { font-size: 14px; margin: 16px 0 8px; }
 table.cells { border-collapse: collapse; font-size: 13px; }
 table.cells th, table.cells td { padding: 2px 10px; border-bottom: 1px solid #f0f0f2; text-align: right; }
@@ -229,7 +233,10 @@ function cardElement(c) {
     .filter(Boolean).join(" · ");
   return el("article", {class: "card", "data-id": c.id ?? "", "data-variant": String(c.variant),
                         "data-status": c.status, "data-seed-index": inCell(c) ? String(c.seedIndex) : ""},
-    el("div", {class: "media"}, c.video ? el("a", {href: c.video}, media) : media),
+    el("div", {class: c.inputs ? "media with-inputs" : "media"}, c.video ? el("a", {href: c.video}, media) : media,
+      ...(c.inputs || []).map(i => el("figure", {class: "input", title: i.uri},
+        i.src ? el("img", {src: i.src, alt: i.what + " of " + c.id + "/" + c.variant}) : el("div", {class: "none"}, "—"),
+        el("figcaption", {}, i.what)))),
     el("div", {class: "head"}, el("span", {}, (c.id ?? "(no id)") + (c.variant >= 0 ? "/" + c.variant : "")),
       el("span", {class: "badge"}, c.status)),
     cell ? el("div", {class: "cell"}, cell) : null,

@@ -25,6 +25,7 @@ from stages.common.storage import SECRET_OPTIONS
 from stages.common.strict import Strict
 from stages.common.variant import FIELDS
 from stages.contract import StageOptions
+from stages.media.conditioning import ConditioningSpec
 from stages.models.devices import auto_dtype
 from stages.models.families import family_for
 from stages.models.gpus import GPU_TABLE
@@ -190,6 +191,9 @@ class JobBase(Strict):
     sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="every row's sampling settings, unless its manifest columns say otherwise")
     variants: VariantMatrix | None = Field(None, description="a variant matrix: styles x aspect ratios x seeds")
     budget: BudgetSpec = Field(default_factory=BudgetSpec, description="a bound on the GPU-hours a job may spend")
+    conditioning: ConditioningSpec = Field(default_factory=ConditioningSpec, description=(
+        "rows with an image, last_image or video column: how the input meets each variant's size, and how "
+        "strongly it holds"))
     commit: CommitSpec = Field(default_factory=CommitSpec, description="how finished variants' records are committed")
     ray: RaySpec = Field(default_factory=RaySpec, description="where the job runs on Ray, and the bounds on failures and waits")
 
@@ -235,6 +239,9 @@ class JobBase(Strict):
         problem = self.family.check_row(self.sampling_defaults(), self.model.path)
         if problem:
             raise ValueError(f"sampling: {problem}")
+        if self.conditioning.strength is not None and not self.family.conditioning_strength:
+            raise ValueError(f"conditioning.strength: family '{self.family.name}' has no conditioning strength "
+                             "(ltx has: LTXConditionPipeline's strength)")
         for name, options in self.stage_options().items():  # a stage option this model cannot run
             problem = options.check_model(self.model, self.family)
             if problem:

@@ -2,7 +2,9 @@
 
 In: filtered rows carrying `frames` (uint8 (T, H, W, 3)). Out: the same rows, frames dropped, with
 `video_bytes`, `video_ext`, `poster_bytes`, `preview_bytes`, `codec`, `resolution` (the size in the
-file) and `duration_s`; or `status="failed"` and an `error` starting with "encode:". Accepted rows are
+file) and `duration_s`, and for a conditioned row `input_preview_bytes`: a small JPEG of each conditioning input as
+the video saw it (fitted to its size; a clip's last frame), which the report shows beside the video; or
+`status="failed"` and an `error` starting with "encode:". Accepted rows are
 always encoded; rejected ones only with `keep_rejected`, so that reviewers can look at what the filter
 threw away. Codecs, containers and provenance tags: stages/media/codecs.py.
 
@@ -11,14 +13,17 @@ must match, else the row is `failed` with the reason.
 """
 from __future__ import annotations
 
+import io
 import time
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
 from pydantic import Field, model_validator
 
 from stages.contract import Stage, StageOptions
 from stages.long_video.stream import encode_stream
+from stages.media.conditioning import COLUMNS, InputError, Target, load
 from stages.media.codecs import (CODECS, VerifyError, coded_size, encode_poster, encode_preview, encode_video,
                                  missing_encoder, provenance, verify_video)
 
@@ -64,7 +69,8 @@ class EncodeStage(Stage):
     name = "encode"
     Options = EncodeOptions
     reads = ("frames",)
-    writes = ("video_bytes", "video_ext", "poster_bytes", "preview_bytes", "codec", "resolution", "duration_s")
+    writes = ("video_bytes", "video_ext", "poster_bytes", "preview_bytes", "codec", "resolution", "duration_s",
+              "input_preview_bytes")
     consumes = ("frames",)
 
     def encode(self, r: dict, frames: np.ndarray) -> None:
@@ -80,6 +86,24 @@ class EncodeStage(Stage):
                  duration_s=t / r["fps"], poster_bytes=encode_poster(frames, s.poster_quality),
                  preview_bytes=encode_preview(frames, r["fps"], s.preview_width, s.preview_frames))
 
+    def input_previews(self, r: dict) -> dict[str, bytes]:
+        """{column: JPEG} of the row's conditioning inputs, read again by URI and fitted as sampling fitted them, at
+        the preview's width. One that cannot be read now (changed since sampling) is left out: the video is fine."""
+        out = {}
+        for column in (c for c in COLUMNS if r.get(c)):
+            target = Target(r["width"], r["height"], r.get("conditioning_resize") or "crop")
+            try:
+                img = load(column, r[column], r[f"{column}_sha256"], target, self.ctx.storage_options, last_frames=1)
+            except InputError:
+                continue
+            img = img[-1] if isinstance(img, list) else img
+            width = min(self.options.preview_width, img.width)
+            img = img.resize((width, max(1, round(img.height * width / img.width))), Image.Resampling.BILINEAR)
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=self.options.poster_quality)
+            out[column] = buf.getvalue()
+        return out
+
     def __call__(self, rows: list[dict]) -> list[dict]:
         for r in rows:
             frames = r.pop("frames", None)
@@ -93,6 +117,7 @@ class EncodeStage(Stage):
                                            provenance(r, self.ctx.run_id, self.ctx.identity)))
                 else:
                     self.encode(r, frames.array)
+                r["input_preview_bytes"] = self.input_previews(r)
             except VerifyError as e:
                 r.update(status="failed", error=f"encode: verify: {e}")
             except Exception as e:  # noqa: BLE001 - recorded on the row

@@ -8,6 +8,9 @@
   `expanded_prompt` yet, through the backend (`local`, `openai`; `vllm` runs in Ray Data's own LLM processor,
   `llm_processor()`), and records `expanded_prompt`, `expand_model`, `expand_seconds`, token counts and, when
   the original had to be kept, `expand_error`.
+- A row with an image: a model that takes images is shown it, fitted as the video will see it, and told to
+  describe motion and camera, not what the image fixes; a text-only model is told so without it. `expand_image`
+  (planned) records which (stages/models/vision_language.py).
 """
 from __future__ import annotations
 
@@ -18,11 +21,14 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from stages.contract import ContractError, LanguageModelProcessor, Resources, Stage, StageOptions
+from stages.media.conditioning import IMAGE_COLUMNS, InputError, Target, load
 from stages.models.devices import auto_dtype, pick_device, use_threads
 from stages.models.template import storyboard, template
 from stages.models.rewriters import (SYSTEM_PROMPTS, EndpointRewriter, ExpandExample, LocalRewriter, PromptFile,
-                                     Rewrite, check_rewrite, llm_weights_hash, messages_for, vllm_model_source,
-                                     storyboard_request, vllm_config, word_count)
+                                     Rewrite, check_rewrite, image_status, llm_weights_hash, messages_for,
+                                     rewrite_groups, rewrite_storyboards, row_instructions, vllm_config,
+                                     vllm_model_source, word_count)
+from stages.models.vision_language import as_parts
 
 class ExpandOptions(StageOptions):
     """`mode: llm` runs as an actor pool before sampling, with its own batch size and resources."""
@@ -54,6 +60,10 @@ class ExpandOptions(StageOptions):
     max_retries: int = Field(4, ge=0, le=20, description="openai: retries of a 429, 5xx or connection error")
     concurrency: int = Field(8, ge=1, le=256, description="openai: requests in flight per replica")
     batch_size: int = Field(8, ge=1, description="prompts per call of the rewriter")
+    sees_images: bool | None = Field(None, description="openai: the endpoint serves a vision-language model, so a "
+                                     "row's image goes with its prompt; null: text only. local: read from the model's config")
+    image_prompt: str | None = Field(None, description="what the instructions add for a row with an image; unset = the "
+                                     "built-in ones for `language` (describe motion and camera, not what the image fixes)")
 
     @classmethod
     def resource_defaults(cls, data: dict) -> dict:
@@ -71,8 +81,8 @@ class ExpandOptions(StageOptions):
                              "endpoint's model name)")
         if self.backend == "openai" and not self.url:
             raise ValueError("backend openai needs expand.url (e.g. http://127.0.0.1:8000/v1)")
-        if self.backend != "openai" and (self.url or self.api_key_env):
-            raise ValueError(f"expand.url and expand.api_key_env are for backend openai, not {self.backend}")
+        if self.backend != "openai" and (self.url or self.api_key_env or self.sees_images is not None):
+            raise ValueError(f"expand.url, api_key_env and sees_images are for backend openai, not {self.backend}")
         return self
 
     def resolved(self, path: str, family) -> "ExpandOptions":
@@ -103,6 +113,8 @@ class ExpandOptions(StageOptions):
                     "temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens,
                     "max_words": self.max_words, "keep_over_words": self.keep_over_words,
                     "per_variant": self.per_variant}
+        identity.update({k: v for k, v in (("sees_images", self.sees_images), ("image_prompt", self.image_prompt))
+                         if v is not None})  # set only: older libraries keep their params_hash
         if self.backend != "openai":  # an endpoint's weights are not ours to see: its model name stands for them
             identity.update(dtype=self.dtype,
                             weights_hash=llm_weights_hash(self.model, self.revision, self._storage_options))
@@ -147,7 +159,7 @@ class ExpandStage(Stage):
         llm = self.options.mode == "llm"
         for v in variants:
             start = time.perf_counter()
-            v.update(expand_model=self.options.rewriter_name(),
+            v.update(expand_model=self.options.rewriter_name(), expand_image=image_status(self.options, v),
                      expand_seed=(v["seed"] if self.options.per_variant else row["seed"]) if llm else None)
             if llm:
                 v.update(expanded_prompt=None, expand_error=None)
@@ -175,7 +187,7 @@ class ExpandStage(Stage):
         def request(r: dict) -> dict | None:
             if not self.to_rewrite(r) or self.keep_as_is(r):
                 return None
-            return {"messages": self.chat(r["prompt"], r.get("style")),
+            return {"messages": self.chat(r["prompt"], r.get("style"), row_instructions(self.options, r)),
                     "sampling_params": {"temperature": o.temperature, "top_p": o.top_p, "seed": r.get("expand_seed"),
                                         "max_tokens": o.max_new_tokens}}
 
@@ -202,9 +214,15 @@ class ExpandStage(Stage):
         else:
             raise RuntimeError("backend vllm runs as Ray Data's LLM processor (llm_processor), not as this stage")
 
-    def chat(self, prompt: str, style: str | None = None) -> list[dict]:
+    def chat(self, prompt: str, style: str | None = None, instructions: str | None = None) -> list[dict]:
         asked = f"{prompt}\nStyle: {style}" if style else prompt
-        return messages_for(asked, self.options.instructions(), [(e.prompt, e.rewrite) for e in self.options.examples])
+        return messages_for(asked, instructions or self.options.instructions(),
+                            [(e.prompt, e.rewrite) for e in self.options.examples])
+
+    def pictures(self, r: dict) -> list:
+        """The row's images, read again by URI (checked against their planned hash) and fitted to its size."""
+        fit = Target(r["width"], r["height"], r.get("conditioning_resize") or "crop")
+        return [load(c, r[c], r[f"{c}_sha256"], fit, self.ctx.storage_options) for c in IMAGE_COLUMNS if r.get(c)]
 
     def to_rewrite(self, r: dict) -> bool:
         return r["status"] == "pending" and r.get("expanded_prompt") is None
@@ -222,9 +240,8 @@ class ExpandStage(Stage):
     def finish(self, r: dict, rewrite, seconds: float) -> None:
         """Accept a rewrite, or record why the original prompt is kept (or the variant failed)."""
         o = self.options
-        text, why = check_rewrite(rewrite, o.instructions(), o.max_words, o.max_new_tokens)
-        r.update(expand_input_tokens=rewrite.input_tokens, expand_output_tokens=rewrite.output_tokens,
-                 expand_seconds=seconds)
+        text, why = check_rewrite(rewrite, row_instructions(self.options, r), o.max_words, o.max_new_tokens)
+        r.update(expand_input_tokens=rewrite.input_tokens, expand_output_tokens=rewrite.output_tokens, expand_seconds=seconds)
         r["stage_seconds"]["expand"] = seconds
         if why is None:
             r.update(expanded_prompt=text, expand_error=None)
@@ -234,46 +251,30 @@ class ExpandStage(Stage):
         else:
             r.update(expanded_prompt=r["prompt"], expand_error=f"{why}; the original prompt is used")
 
-    def storyboard_chat(self, r: dict, k: int) -> list[dict]:
-        return self.chat(storyboard_request(r["prompt"], r["shots"], k), r.get("style"))
-
-    def rewrite_shots(self, rows: list[dict]) -> None:
-        """Every shot of the storyboards in `rows` rewritten by the model (one call for them all); a rewrite that
-        fails the guard rails leaves the shot its cast and own words, and the variant's expand_error says so."""
-        jobs = [(r, k) for r in rows if r["status"] == "pending" and r.get("shots")
-                and any(s.get("expanded_prompt") is None for s in r["shots"]) for k in range(len(r["shots"]))]
-        if not jobs:
-            return
-        o = self.options
-        results = self.rewriter.rewrite([self.storyboard_chat(r, k) for r, k in jobs],
-                                        [r["expand_seed"] for r, _ in jobs], o.temperature, o.top_p, o.max_new_tokens)
-        for r in {id(r): r for r, _ in jobs}.values():
-            r["shots"] = [dict(s) for s in r["shots"]]  # variants of one row may share the manifest's list
-        for (r, k), rewrite in zip(jobs, results):
-            text, why = check_rewrite(rewrite, o.instructions(), o.max_words, o.max_new_tokens)
-            shot = r["shots"][k]
-            shot["expanded_prompt"] = text or f"{r['prompt'].strip().rstrip('.')}. {shot['prompt'].strip()}"
-            if why is not None:
-                note = f"shot {k + 1}: {why}; its cast and own words are used"
-                r["expand_error"] = f"{r['expand_error']}; {note}" if r.get("expand_error") else note
-
     def __call__(self, rows: list[dict]) -> list[dict]:
-        self.rewrite_shots(rows)
-        todo = [r for r in rows if self.to_rewrite(r) and not self.keep_as_is(r)]
-        if not todo:
-            return rows
         o = self.options
-        # per_variant false: variants of one row share the row's rewrite (same seed, one call)
-        unique: dict[tuple, list[dict]] = {}
-        for r in todo:
-            unique.setdefault((r["prompt"], r.get("style"), r["expand_seed"]), []).append(r)
-        keys = list(unique)
+        rewrite_storyboards(self.rewriter, rows, self.chat, o)
+        todo = [r for r in rows if self.to_rewrite(r) and not self.keep_as_is(r)]
+        unique = rewrite_groups(todo)  # per_variant false: variants of one row share a rewrite (one call)
+        chats, images = {}, {}
+        for key, group in unique.items():
+            try:
+                images[key] = self.pictures(group[0]) if group[0].get("expand_image") == "shown" else []
+            except InputError as e:  # the file changed since planning: the next run plans it anew
+                for r in group:
+                    r.update(status="failed", error=f"expand: {e}")
+                continue
+            chat = self.chat(key[0], key[1], row_instructions(o, group[0]))
+            parts = images[key] if o.backend == "openai" else getattr(self.rewriter, "sees_images", False)
+            chats[key] = as_parts(chat, images[key], o.backend) if parts else chat  # a VLM's template reads parts
+        if not chats:
+            return rows
         start = time.perf_counter()
         self.calls += 1
-        results = self.rewriter.rewrite([self.chat(p, style) for p, style, _ in keys], [s for _, _, s in keys],
-                                        o.temperature, o.top_p, o.max_new_tokens)
-        seconds = (time.perf_counter() - start) / len(keys)
-        for key, rewrite in zip(keys, results):
+        results = self.rewriter.rewrite(list(chats.values()), [k[2] for k in chats], o.temperature, o.top_p,
+                                        o.max_new_tokens, images=[images[k] for k in chats])
+        seconds = (time.perf_counter() - start) / len(chats)
+        for key, rewrite in zip(chats, results):
             for r in unique[key]:
                 self.finish(r, rewrite, seconds)
         return rows

@@ -1,8 +1,9 @@
 """Diffusion sampling: expanded prompts to latents.
 
-In: variant rows with `status == "pending"`. Out: the same rows with `latents` (float32 array
-(C, T', H', W')), or `status="failed"` and an `error` when sampling broke or produced NaN/Inf.
-Rows in any other state pass through untouched.
+In: variant rows with `status == "pending"`; a conditioned row's image, last image or clip is read by its URI
+here. Out: the same rows with `latents` (float32 array (C, T', H', W')), or `status="failed"` and an `error`
+when sampling broke or produced NaN/Inf (or a conditioning file changed since planning). Rows in any other state
+pass through untouched.
 
 Variants that share a shape bucket (`stages.common.variant.BUCKET_FIELDS`) go through one pipeline call, each
 with its own `torch.Generator`, so that its noise, and with the family's batch-invariant forward its
@@ -20,6 +21,7 @@ from stages.contract import Stage, StageOptions
 from stages.models.devices import gpu_peak_gib, pick_device, prepare_device, use_threads
 from stages.common.variant import BUCKET_FIELDS, sampling_params
 from stages.long_video.segments import store_for
+from stages.media.conditioning import COLUMNS, Target, load
 from stages.models.checkpoints import resolve_model_path
 from stages.models.families import family_for
 from stages.models.lora import staged_loras
@@ -135,7 +137,20 @@ class SampleStage(Stage):
         v = VariantInput(self.read_by_encoder(r), r["negative_prompt"], r["seed"])
         if self.family.extends:  # after read_by_encoder: a storyboard's shots set its prompt_tokens
             v.segments, v.shots = store_for(self.ctx, r), self.shots_as_read(r)
+        self.add_conditioning(v, r)
         return v
+
+    def add_conditioning(self, v: VariantInput, r: dict) -> None:
+        """A conditioned row's image, last image or clip, read again by URI, checked against the hash planned for
+        it and fitted to the variant's size (stages/media/conditioning.py). A file that changed since planning
+        fails the variant, and the next run plans it with the new file."""
+        for column in COLUMNS:
+            if r.get(column):
+                target = Target(r["width"], r["height"], r.get("conditioning_resize") or "crop")
+                tail = self.family.video_tail(r, self.ctx.model.path) if column == "video" else None
+                setattr(v, column, load(column, r[column], r[f"{column}_sha256"], target, self.ctx.storage_options,
+                                        last_frames=tail))
+        v.strength = r.get("conditioning_strength")
 
     def _sample(self, rows: list[dict]) -> np.ndarray:
         self.calls += 1

@@ -8,6 +8,7 @@ one.
 Layout under the output URI:
     videos/<id>/<variant>.<ext>    (mp4, or webm for vp9: the row's `video_ext`)
     posters/<id>/<variant>.jpg     previews/<id>/<variant>.webp   (animated)
+    inputs/<id>/<variant>-<column>.jpg   a conditioning input (image, last_image, video) as the video saw it
 
 The video goes last, so a video object implies its companions; and a record is returned only after its
 objects are written, so a reader that follows committed records never meets a missing or half-written
@@ -24,8 +25,8 @@ from stages.common.variant import RECORD_SCHEMA
 
 class WriteStage(Stage):
     name = "write"
-    reads = ("video_bytes", "poster_bytes", "preview_bytes")
-    consumes = ("video_bytes", "poster_bytes", "preview_bytes")
+    reads = ("video_bytes", "poster_bytes", "preview_bytes", "input_preview_bytes")
+    consumes = ("video_bytes", "poster_bytes", "preview_bytes", "input_preview_bytes")
 
     def setup(self) -> None:
         self.fs, self.root = filesystem(self.ctx.output, self.ctx.storage_options)
@@ -34,18 +35,21 @@ class WriteStage(Stage):
         records = []
         for r in rows:
             video, poster = r.pop("video_bytes", None), r.pop("poster_bytes", None)
-            preview = r.pop("preview_bytes", None)
+            preview, inputs = r.pop("preview_bytes", None), r.pop("input_preview_bytes", None) or {}
             if video is not None:
-                self.write(r, video, poster, preview)
+                self.write(r, video, poster, preview, inputs)
             records.append(self.record(r))
         return records
 
-    def write(self, r: dict, video: bytes, poster: bytes, preview: bytes | None) -> None:
+    def write(self, r: dict, video: bytes, poster: bytes, preview: bytes | None, inputs: dict[str, bytes]) -> None:
         key = f"{r['id']}/{r['variant']}"
+        ipaths = {column: join(self.root, "inputs", f"{key}-{column}.jpg") for column in inputs}
         vpath = join(self.root, "videos", f"{key}.{r.get('video_ext') or 'mp4'}")
         ppath = join(self.root, "posters", f"{key}.jpg")
         wpath = join(self.root, "previews", f"{key}.webp") if preview is not None else None
         try:
+            for column, data in inputs.items():
+                put_atomic(self.fs, ipaths[column], data)
             if wpath:
                 put_atomic(self.fs, wpath, preview)
             put_atomic(self.fs, ppath, poster)
@@ -55,7 +59,8 @@ class WriteStage(Stage):
             return
         uri = self.fs.unstrip_protocol
         r.update(video_uri=uri(vpath), poster_uri=uri(ppath), preview_uri=uri(wpath) if wpath else None,
-                 bytes=len(video), sha256=hashlib.sha256(video).hexdigest())
+                 bytes=len(video), sha256=hashlib.sha256(video).hexdigest(),
+                 **{f"{column}_preview_uri": uri(path) for column, path in ipaths.items()})
 
     def record(self, r: dict) -> dict:
         model = self.ctx.identity or {}

@@ -51,6 +51,9 @@ FIELDS = [
     V("expand_model", pa.string(), planned=True, report=True), V("expand_seed", pa.int64(), planned=True),
     V("expand_error", pa.string(), planned=True, report=True), V("expand_seconds", pa.float64(), planned=True),
     V("expand_input_tokens", pa.int32(), planned=True), V("expand_output_tokens", pa.int32(), planned=True),
+    # a row with an image rewritten by a language model: "shown" (a vision-language model saw it) or why it was not
+    # (a text-only model); None for other rows
+    V("expand_image", pa.string(), pixels=True, planned=True, hash_if_set=True, report=True),
     # what the text encoder read of expanded_prompt (stages/sample.py): its length in tokens, and whether it was cut
     V("prompt_tokens", pa.int32(), report=True), V("truncated", pa.bool_(), report=True),
     V("negative_prompt", pa.string(), override="string", pixels=True, planned=True,
@@ -103,6 +106,18 @@ FIELDS = [
     # a storyboard (stages/long_video/): its shots in order, each {prompt, duration_s} in the manifest; planning
     # adds each one's expanded prompt and frame range [first_frame, end_frame)
     V("shots", pa.list_(SHOT), override="shots", pixels=True, planned=True, hash_if_set=True, report=True),
+    # conditioning inputs (stages/media/conditioning.py): each a URI in the manifest (the record keeps it as read),
+    # the sha256 of its bytes (params_hash: a changed image regenerates its row, a moved one does not), and how it
+    # meets the video's size and how strongly it holds; all unset for a text-only row
+    V("image", pa.string(), override="uri", planned=True, report=True),
+    V("image_sha256", pa.string(), pixels=True, planned=True, hash_if_set=True),
+    V("last_image", pa.string(), override="uri", planned=True, report=True),
+    V("last_image_sha256", pa.string(), pixels=True, planned=True, hash_if_set=True),
+    V("video", pa.string(), override="uri", planned=True, report=True),
+    V("video_sha256", pa.string(), pixels=True, planned=True, hash_if_set=True),
+    V("video_frames", pa.int32(), planned=True),  # the clip's frames, counted while planning
+    V("conditioning_resize", pa.string(), pixels=True, planned=True, hash_if_set=True),
+    V("conditioning_strength", pa.float64(), pixels=True, planned=True, hash_if_set=True),
     V("num_variants", None, override="int", bounds=(1, 64),
       job=(1, 'variants of each row (each its own seed)')),  # a row's setting: no variant has it
     V("style", pa.string(), override="string", planned=True, report=True),
@@ -117,6 +132,9 @@ FIELDS = [
     V("params_hash", pa.string(), planned=True, state=True),
     V("video_uri", pa.string(), report=True), V("poster_uri", pa.string(), report=True),
     V("preview_uri", pa.string(), report=True),
+    # each conditioning input as the video saw it (fitted to its size), a small JPEG beside the video for the report
+    V("image_preview_uri", pa.string(), report=True), V("last_image_preview_uri", pa.string(), report=True),
+    V("video_preview_uri", pa.string(), report=True),  # the last frame of the clip it continues
     V("bytes", pa.int64()), V("sha256", pa.string()),
     # as a manifest column: the length asked for, turned into num_frames when planning; in a record: the video's
     V("duration_s", pa.float64(), override="float", bounds=(0.001, 3600.0), report=True,

@@ -39,7 +39,11 @@ BUILTIN_PIPELINES = {"tiny-wan": "WanPipeline", "tiny-wan22": "WanPipeline", "ti
                      "tiny-ltx": "LTXPipeline", "tiny-cogvideox": "CogVideoXPipeline",
                      "tiny-hunyuan": "HunyuanVideoPipeline", "tiny-skyreels": "SkyReelsV2Pipeline",
                      "tiny-skyreels-df": "SkyReelsV2DiffusionForcingPipeline", "toy-shapes": "WanPipeline",
-                     "null": "none"}
+                     "null": "none",
+                     # conditioned by an image (and a last image): their own pipeline classes
+                     "tiny-wan-i2v": "WanImageToVideoPipeline", "tiny-wan-flf2v": "WanImageToVideoPipeline",
+                     "tiny-wan22-i2v": "WanImageToVideoPipeline", "tiny-skyreels-i2v": "SkyReelsV2ImageToVideoPipeline",
+                     "tiny-cogvideox-i2v": "CogVideoXImageToVideoPipeline"}
 
 
 def bpe_tokenizer(vocab_size: int, specials: list[str], template: str, lowercase: bool = False,
@@ -123,13 +127,15 @@ def _t5(vocab: int, d_model: int = 32):
         relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
 
 
-def _wan_transformer(cls=None, channels: int = 16, **kw):
+def _wan_transformer(cls=None, channels: int = 16, in_channels: int | None = None, **kw):
+    """A tiny Wan-stack transformer; `in_channels` more than `channels` for an image-to-video model, which takes
+    the noisy latents with the image's mask and latents concatenated."""
     import torch
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(kw.pop("seed", 0))
     return (cls or WanTransformer3DModel)(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=channels,
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=in_channels or channels,
         out_channels=channels, text_dim=32, freq_dim=64, ffn_dim=64, num_layers=2, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", rope_max_seq_len=64, **kw)
 
@@ -281,4 +287,105 @@ def build_tiny_skyreels_df(target: Path) -> None:
         tokenizer=tokenizer, text_encoder=_umt5(len(tokenizer)), vae=_wan_vae(),
         transformer=_wan_transformer(SkyReelsV2Transformer3DModel, inject_sample_info=True),
         scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0))
+    pipe.save_pretrained(target)
+
+
+# Image-to-video: the latents (16) with the image's mask (4: one per frame of a latent frame) and latents (16)
+I2V_CHANNELS = 36
+CLIP_TOKENS = 65  # the tiny CLIP's image tokens: (32 / 4)^2 patches + its class token
+
+
+def _clip_vision(with_projection: bool = False):
+    """A tiny CLIP image encoder and its processor (32x32 crops, CLIP's mean and std), as Wan2.1 I2V and
+    SkyReels-V2 I2V embed their image with; the pipeline reads its penultimate hidden states (32 wide)."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, projection_dim=32, num_hidden_layers=2,
+                              num_attention_heads=4, image_size=32, patch_size=4)
+    encoder = (CLIPVisionModelWithProjection if with_projection else CLIPVisionModel)(config)
+    return encoder, CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+def build_tiny_wan_i2v(target: Path) -> None:
+    """Wan2.1 I2V-style (`WanImageToVideoPipeline`): a CLIP image encoder whose embedding the transformer attends
+    to (image_dim, added K/V projections), and 36 input channels (latents, the image's mask and latents)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+
+    tokenizer = build_tokenizer()
+    encoder, processor = _clip_vision()
+    pipe = WanImageToVideoPipeline(
+        tokenizer=tokenizer, text_encoder=_umt5(len(tokenizer)), vae=_wan_vae(), image_encoder=encoder,
+        image_processor=processor, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        transformer=_wan_transformer(in_channels=I2V_CHANNELS, image_dim=32, added_kv_proj_dim=32))
+    pipe.save_pretrained(target)
+
+
+def build_tiny_wan_flf2v(target: Path) -> None:
+    """Wan2.1 FLF2V-style (first and last frame): as tiny-wan-i2v, with positions for the CLIP tokens of both
+    frames (`pos_embed_seq_len`), which is what lets it join two frames."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+
+    tokenizer = build_tokenizer()
+    encoder, processor = _clip_vision()
+    pipe = WanImageToVideoPipeline(
+        tokenizer=tokenizer, text_encoder=_umt5(len(tokenizer)), vae=_wan_vae(), image_encoder=encoder,
+        image_processor=processor, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        transformer=_wan_transformer(in_channels=I2V_CHANNELS, image_dim=32, added_kv_proj_dim=32,
+                                     pos_embed_seq_len=2 * CLIP_TOKENS))
+    pipe.save_pretrained(target)
+
+
+def build_tiny_wan22_i2v(target: Path) -> None:
+    """Wan2.2 I2V-A14B-style: two image-to-video experts (36 input channels, no CLIP) that hand over at
+    `boundary_ratio` 0.9, as in the real image-to-video model."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+
+    tokenizer = build_tokenizer()
+    pipe = WanImageToVideoPipeline(
+        tokenizer=tokenizer, text_encoder=_umt5(len(tokenizer)), vae=_wan_vae(),
+        transformer=_wan_transformer(in_channels=I2V_CHANNELS, seed=0),
+        transformer_2=_wan_transformer(in_channels=I2V_CHANNELS, seed=1),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), boundary_ratio=0.9)
+    pipe.save_pretrained(target)
+
+
+def build_tiny_skyreels_i2v(target: Path) -> None:
+    """SkyReels-V2 I2V-style (`SkyReelsV2ImageToVideoPipeline`): tiny-skyreels with a CLIP image encoder (with its
+    projection, as the pipeline declares) and 36 input channels, as Wan2.1 I2V."""
+    from diffusers import SkyReelsV2ImageToVideoPipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
+
+    tokenizer = build_tokenizer()
+    encoder, processor = _clip_vision(with_projection=True)
+    pipe = SkyReelsV2ImageToVideoPipeline(
+        tokenizer=tokenizer, text_encoder=_umt5(len(tokenizer)), vae=_wan_vae(), image_encoder=encoder,
+        image_processor=processor,
+        transformer=_wan_transformer(SkyReelsV2Transformer3DModel, in_channels=I2V_CHANNELS, image_dim=32,
+                                     added_kv_proj_dim=32),
+        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0))
+    pipe.save_pretrained(target)
+
+
+def build_tiny_cogvideox_i2v(target: Path) -> None:
+    """CogVideoX-5b-I2V-style (`CogVideoXImageToVideoPipeline`): tiny-cogvideox whose transformer also takes the
+    image's latents, concatenated on the channels (8 in, 4 out)."""
+    import torch
+    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline,
+                           CogVideoXTransformer3DModel)
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    vae = AutoencoderKLCogVideoX(
+        block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=2,
+        temporal_compression_ratio=4, sample_height=64, sample_width=64)
+    torch.manual_seed(0)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=8,
+        text_embed_dim=32, num_layers=2, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=32, use_rotary_positional_embeddings=True)
+    scheduler = CogVideoXDDIMScheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                                       timestep_spacing="trailing", snr_shift_scale=1.0)
+    pipe = CogVideoXImageToVideoPipeline(tokenizer=tokenizer, text_encoder=_t5(len(tokenizer)), vae=vae,
+                                         transformer=transformer, scheduler=scheduler)
     pipe.save_pretrained(target)

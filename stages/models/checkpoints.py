@@ -30,7 +30,9 @@ BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = {"tiny-wan": "tiny-wan-v1", "tiny-wan22": "tiny-wan22-v1", "tiny-wan22-ti2v": "tiny-wan22-ti2v-v1",
                   "tiny-ltx": "tiny-ltx-v1", "tiny-cogvideox": "tiny-cogvideox-v1",
                   "tiny-hunyuan": "tiny-hunyuan-v1", "tiny-skyreels": "tiny-skyreels-v1",
-                  "tiny-skyreels-df": "tiny-skyreels-df-v1"}
+                  "tiny-skyreels-df": "tiny-skyreels-df-v1", "tiny-wan-i2v": "tiny-wan-i2v-v1",
+                  "tiny-wan-flf2v": "tiny-wan-flf2v-v1", "tiny-wan22-i2v": "tiny-wan22-i2v-v1",
+                  "tiny-skyreels-i2v": "tiny-skyreels-i2v-v1", "tiny-cogvideox-i2v": "tiny-cogvideox-i2v-v1"}
 # Builtins without weights (the `null` family's): nothing to build; the version is their fingerprint.
 WEIGHTLESS_BUILTINS = {"null": "null-v1"}
 

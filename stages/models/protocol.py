@@ -19,13 +19,23 @@ from stages.long_video.segments import SegmentStore
 @dataclass
 class VariantInput:
     """One variant's own inputs to a pipeline call: its prompt as the encoder reads it, its negative prompt and
-    seed; for a family that extends videos, its segment store (resume) and a storyboard's shots."""
+    seed; for a family that extends videos, its segment store (resume) and a storyboard's shots; for a conditioned
+    row, its first and last image (RGB PIL images at the variant's size), the frames of the clip it continues
+    and the conditioning strength (stages/media/conditioning.py)."""
 
     prompt: str
     negative_prompt: str
     seed: int
     segments: SegmentStore | None = None
     shots: list[dict] | None = None
+    image: Any = None
+    last_image: Any = None
+    video: list | None = None
+    strength: float | None = None
+
+    @property
+    def conditioned(self) -> bool:
+        return self.image is not None or self.last_image is not None or self.video is not None
 
 
 @runtime_checkable
@@ -41,6 +51,7 @@ class ModelFamily(Protocol):
     transformer_class: ClassVar[str | None]  # the denoiser's diffusers class; None: no model
     masks_attention: ClassVar[bool]  # its denoiser passes an attention mask (some attention backends refuse one)
     dispatches_attention: ClassVar[bool]  # its attention honours diffusers' set_attention_backend
+    conditioning_strength: ClassVar[bool]  # takes the job's conditioning.strength
 
     # rules, without loading anything
     def recommended(self, path: str | None) -> dict: ...
@@ -48,6 +59,9 @@ class ModelFamily(Protocol):
     def window_frames(self, path: str | None) -> int | None: ...
     def check_row(self, row: dict, path: str | None) -> str | None: ...
     def negative_pass(self, params: SamplingParams) -> bool: ...
+    def conditionings(self, path: str | None) -> frozenset[str]: ...  # the manifest columns image, last_image,
+    def required_conditionings(self, path: str | None) -> frozenset[str]: ...  # video it takes; those it needs
+    def video_tail(self, row: dict, path: str | None) -> int | None: ...  # the clip's last frames it continues from
 
     # sampling, in the sample stage's worker
     def load_pipeline(self, path: str, device: str, model: Any, speed: Any = None,

@@ -11,12 +11,15 @@ the original prompt. `stages/expand.py` drives these per batch; Ray never appear
   backoff for 429, 5xx and connection errors only.
 - `builtin:tiny-qwen`: a tiny random-weight Qwen2 built offline with a fixed seed. Its text is gibberish;
   it exists so that the real code path (save_pretrained, from_pretrained, chat template, generate) runs.
+  `builtin:tiny-llava` is its vision-language twin (stages/models/vision_language.py): `LocalRewriter` shows a
+  model that takes images (its config has a vision tower) the rows' images through its processor.
 - a model in object storage (`s3://bucket/Qwen2.5-7B-Instruct/`): the local backend copies it once per node
   (stages/models/staging.py); its fingerprint comes from the store's metadata.
 """
 from __future__ import annotations
 
 import functools
+import json
 import random
 import re
 import threading
@@ -30,9 +33,12 @@ from pydantic import Field
 from stages.common.strict import Strict
 from stages.models.builtin import build_tokenizer
 from stages.models.checkpoints import fingerprint_of, resolve_builtin
+from stages.common.storage import filesystem
 from stages.models.staging import is_remote, remote_fingerprint, stage
+from stages.media.conditioning import IMAGE_COLUMNS
+from stages.models.vision_language import as_parts, build_tiny_llava, config_takes_images, image_note, takes_images
 
-LLM_BUILTINS = {"tiny-qwen": "tiny-qwen-v1"}  # bump the version when the recipe changes
+LLM_BUILTINS = {"tiny-qwen": "tiny-qwen-v1", "tiny-llava": "tiny-llava-v1"}  # bump a version when its recipe changes
 
 SYSTEM_PROMPTS = {
     "en": """You write prompts for a text-to-video model. Rewrite the user's short video idea as one detailed \
@@ -83,6 +89,77 @@ def storyboard_request(cast: str, shots: list[dict], k: int) -> str:
     board = "\n".join(f"Shot {i + 1}: {s['prompt']}" for i, s in enumerate(shots))
     return (f"A storyboard. Cast and setting: {cast}\n{board}\nWrite the video prompt of shot {k + 1} only, "
             "describing each character in it exactly as the cast and setting do.")
+
+
+def rewrite_storyboards(rewriter, rows: list[dict], chat, o) -> None:
+    """Every shot of the storyboards in `rows` rewritten by `rewriter` (one call for them all), each asked with
+    `chat(text, style)` and the expand options `o`; a rewrite that fails the guard rails leaves the shot its cast
+    and own words, and the variant's expand_error says so. Shots are rewritten from their text only."""
+    jobs = [(r, k) for r in rows if r["status"] == "pending" and r.get("shots")
+            and any(s.get("expanded_prompt") is None for s in r["shots"]) for k in range(len(r["shots"]))]
+    if not jobs:
+        return
+    chats = [chat(storyboard_request(r["prompt"], r["shots"], k), r.get("style")) for r, k in jobs]
+    if getattr(rewriter, "sees_images", False):  # a vision-language model's template reads parts
+        chats = [as_parts(c, [], "local") for c in chats]
+    results = rewriter.rewrite(chats, [r["expand_seed"] for r, _ in jobs], o.temperature, o.top_p, o.max_new_tokens,
+                               images=[[] for _ in jobs])
+    for r in {id(r): r for r, _ in jobs}.values():
+        r["shots"] = [dict(s) for s in r["shots"]]  # variants of one row may share the manifest's list
+    for (r, k), rewrite in zip(jobs, results):
+        text, why = check_rewrite(rewrite, o.instructions(), o.max_words, o.max_new_tokens)
+        shot = r["shots"][k]
+        shot["expanded_prompt"] = text or f"{r['prompt'].strip().rstrip('.')}. {shot['prompt'].strip()}"
+        if why is not None:
+            note = f"shot {k + 1}: {why}; its cast and own words are used"
+            r["expand_error"] = f"{r['expand_error']}; {note}" if r.get("expand_error") else note
+
+
+def rewrite_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Rows that get one rewrite together: the same prompt, style and seed (variants of a row with `per_variant`
+    false), and, where the model is shown the image, the same picture fitted to the same size."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        shown = r.get("expand_image") == "shown"
+        picture = (r.get("image_sha256"), r.get("last_image_sha256"), r["width"], r["height"]) if shown else None
+        groups.setdefault((r["prompt"], r.get("style"), r["expand_seed"], r.get("expand_image"), picture), []).append(r)
+    return groups
+
+
+def image_status(o, r: dict) -> str | None:
+    """Planning, for a row with an image that a language model rewrites (expand options `o`): "shown", or why its
+    model is not shown it (it then rewrites the prompt alone); None for any other row."""
+    if o.mode != "llm" or not any(r.get(c) for c in IMAGE_COLUMNS):
+        return None
+    if r.get("shots"):
+        return "not shown: a storyboard's shots are rewritten from their text"
+    if o.backend == "local":
+        seen = model_takes_images(o.model, o.revision, o._storage_options)
+    else:  # an endpoint's model cannot be inspected: the job file says; vllm's processor is sent text
+        seen = o.backend == "openai" and bool(o.sees_images)
+    return "shown" if seen else f"not shown: {o.rewriter_name()} takes text only" + (
+        " (expand.sees_images is not set)" if o.backend == "openai" else "")
+
+
+def model_takes_images(path: str, revision: str | None, storage_options: dict | None = None) -> bool:
+    """Whether the language model at `path` takes images; one in object storage by its config.json alone, read
+    from the store (planning never copies the weights)."""
+    if not is_remote(path):
+        return takes_images(resolve_llm_path(path), revision)
+    fs, root = filesystem(path, storage_options)
+    try:
+        return config_takes_images(json.loads(fs.cat_file(root.rstrip("/") + "/config.json")))
+    except (OSError, ValueError):
+        return False
+
+
+def row_instructions(o, r: dict) -> str:
+    """The instructions for row `r`: with an image, what it adds (describe motion and camera, not the picture)."""
+    status = r.get("expand_image")
+    if not status:
+        return o.instructions()
+    images = sum(bool(r.get(c)) for c in IMAGE_COLUMNS)
+    return o.instructions() + "\n" + (o.image_prompt or image_note(o.language, status == "shown", images))
 
 
 @dataclass
@@ -194,7 +271,8 @@ def resolve_llm_path(path: str, storage_options: dict | None = None) -> str:
     model in object storage into this node's cache (once per node)."""
     if is_remote(path):
         return stage(path, storage_options)
-    return resolve_builtin(path, LLM_BUILTINS, build_tiny_qwen, "expand.model", "language model")
+    build = build_tiny_llava if path == "builtin:tiny-llava" else build_tiny_qwen
+    return resolve_builtin(path, LLM_BUILTINS, build, "expand.model", "language model")
 
 
 def vllm_model_source(path: str) -> str:
@@ -218,22 +296,27 @@ def _local_weights_hash(path: str, revision: str | None) -> str | None:
 
 
 class LocalRewriter:
-    """A causal LM with its chat template, generating a batch at once with one RNG per prompt."""
+    """A causal LM with its chat template, generating a batch at once with one RNG per prompt; a vision-language
+    model (`sees_images`) is loaded with its processor, and a chat's images go through it."""
 
     def __init__(self, path: str, dtype: str, device: str, revision: str | None = None,
                  storage_options: dict | None = None):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         local = resolve_llm_path(path, storage_options)
-        self.tokenizer = AutoTokenizer.from_pretrained(local, revision=revision)
+        self.sees_images = takes_images(local, revision)
+        self.processor = AutoProcessor.from_pretrained(local, revision=revision) if self.sees_images else None
+        self.tokenizer = self.processor.tokenizer if self.processor else AutoTokenizer.from_pretrained(
+            local, revision=revision)
         self.tokenizer.padding_side = "left"  # the new tokens of every row start at the same column
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-        self.model = AutoModelForCausalLM.from_pretrained(local, revision=revision, dtype=dtypes[dtype]).to(device)
+        auto = AutoModelForImageTextToText if self.sees_images else AutoModelForCausalLM
+        self.model = auto.from_pretrained(local, revision=revision, dtype=dtypes[dtype]).to(device)
         self.model.eval()
         self.device = device
         eos = self.model.generation_config.eos_token_id
@@ -245,12 +328,21 @@ class LocalRewriter:
         self.cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def rewrite(self, chats: list[list[dict]], seeds: list[int], temperature: float, top_p: float,
-                max_new_tokens: int) -> list[Rewrite]:
+                max_new_tokens: int, images: list[list] | None = None) -> list[Rewrite]:
+        """`images`: each chat's images (RGB PIL images, in the order of its image parts), for a model that
+        `sees_images`; its chats are in parts form (vision_language.as_parts)."""
         import torch
 
-        texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        if self.processor is not None:
+            texts = [self.processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
+            shown = [img for imgs in images or [] for img in imgs]
+            enc = self.processor(text=texts, images=shown or None, return_tensors="pt", padding=True,
+                                 add_special_tokens=False).to(self.device)
+        else:
+            texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
+            enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         ids, mask = enc["input_ids"], enc["attention_mask"]
+        first = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}  # pixel_values...
         n = len(texts)
         # Positions count real tokens only, so that left padding leaves a prompt's positions as if alone.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -262,7 +354,7 @@ class LocalRewriter:
         with torch.inference_mode():
             for _ in range(max_new_tokens):
                 out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                                 **{self.cache_arg: past})
+                                 **{self.cache_arg: past}, **(first if past is None else {}))
                 past = getattr(out, self.cache_arg)
                 logits = out.logits[:, -1].float().cpu()
                 nxt = []
@@ -336,7 +428,8 @@ class EndpointRewriter:
         self.requests = 0  # HTTP requests sent, for tests and benchmarks
 
     def rewrite(self, chats: list[list[dict]], seeds: list[int], temperature: float, top_p: float,
-                max_new_tokens: int) -> list[Rewrite]:
+                max_new_tokens: int, images: list[list] | None = None) -> list[Rewrite]:
+        """`images` is not used: an endpoint's images travel in its chats, as image_url parts."""
         bodies = [{"model": self.model, "messages": c, "temperature": temperature, "top_p": top_p,
                    "max_tokens": max_new_tokens, "seed": int(s), "stream": False} for c, s in zip(chats, seeds)]
         return list(self.pool.map(self._one, bodies))

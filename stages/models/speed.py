@@ -273,7 +273,8 @@ def _cache_config(pipe, cache: CacheOptions, num_inference_steps: int, family):
     import diffusers
 
     s = cache.settings()
-    timestep = {"current_timestep_callback": lambda: pipe.current_timestep}
+    # a conditioned row runs another pipeline over the same transformer (families/base.py conditioned_pipeline)
+    timestep = {"current_timestep_callback": lambda: getattr(pipe, "_rushes_active", pipe).current_timestep}
     if cache.kind == "first_block":
         return diffusers.FirstBlockCacheConfig(**s)
     if cache.kind == "taylorseer":

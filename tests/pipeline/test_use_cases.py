@@ -1,8 +1,13 @@
 """The ready-made jobs for the four uses (manifests/*.yaml) validate and run with the built-in model; the ad
-campaign's variant matrix gives each record its cell, with sizes from the aspect ratio."""
+campaign's variant matrix gives each record its cell, with sizes from the aspect ratio; the image-to-video ad
+campaign animates each product picture in every cell, fitted to the cell's shape."""
+import json
 from pathlib import Path
 
+import av
+import fsspec
 import pytest
+from PIL import Image
 
 from pipeline.job import run_job
 from pipeline.library import read_records
@@ -47,6 +52,26 @@ def test_use_case_job_runs(ray_local, tmp_path, monkeypatch, name):
         assert len(cells) == len(recs) == 2 * 2 * 3
         sizes = {r["aspect_ratio"]: (r["height"], r["width"]) for r in recs}
         assert sizes == {"16:9": (96, 160), "9:16": (160, 96), "1:1": (128, 128)}
+    if name == "ad_campaign_i2v.yaml":
+        check_i2v_campaign(recs, tmp_path / "out")
+
+
+def check_i2v_campaign(recs: list[dict], out: Path) -> None:
+    """Each product picture is the first frame of every cell, fitted to the cell's shape; each MP4 decodes with its
+    cell's size; the report shows each video beside its picture as that video saw it."""
+    assert len(recs) == 3 * 2 * 3 and {r["id"] for r in recs} == {"perfume", "cold-brew", "trail-sneaker"}
+    for r in recs:
+        assert r["image"] == str(ROOT / "manifests" / "ad_campaign_i2v" / Path(r["image"]).name)
+        assert len(r["image_sha256"]) == 64 and r["conditioning_resize"] == "crop"
+        with av.open(r["video_uri"]) as c:
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+        assert (len(frames), *frames[0].shape) == (17, r["height"], r["width"], 3)
+        with fsspec.open(r["image_preview_uri"], "rb") as f, Image.open(f) as shown:  # the picture cropped to this cell's aspect ratio
+            assert abs(shown.width / shown.height - r["width"] / r["height"]) < 0.05
+    chunk = (out / "report" / "cards" / "000000.js").read_text()
+    cards = json.loads(chunk[chunk.index(",") + 1:chunk.rindex(")")])
+    assert all(c["inputs"][0]["what"] == "first frame" and c["inputs"][0]["src"].startswith("../inputs/")
+               for c in cards)
 
 
 MATRIX = {"styles": ["anime", "noir"], "aspect_ratios": ["16:9", "9:16", "1:1"], "seeds": 2}

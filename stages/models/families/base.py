@@ -7,6 +7,7 @@ its recommended settings, how it encodes one prompt, and how its latents are lai
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, ClassVar
 
 import numpy as np
@@ -18,6 +19,7 @@ from stages.models.checkpoints import shipped_settings
 from stages.models.devices import quiet_loading, torch_dtype
 from stages.models.lora import load_loras
 from stages.models.protocol import VariantInput
+from stages.models.references import pipeline_class_of
 from stages.models.speed import (SpeedOptions, apply_at_load, compile_blocks, from_pretrained_kwargs,
                                  offload_text_encoders)
 
@@ -104,6 +106,9 @@ TINY = dict(height=96, width=160, num_frames=17, fps=8, num_inference_steps=4, g
             guidance_scale_2=None, flow_shift=None, true_cfg_scale=None)
 
 
+_CLASS: dict = {}  # (family, path) -> its checkpoint's pipeline class, read once per path
+
+
 class FamilyRules:
     """What a family knows without loading anything: the shapes and lengths its model can make, the settings
     it can use, and the ones it recommends. Every check returns None or a message naming the setting."""
@@ -131,6 +136,8 @@ class FamilyRules:
     masks_attention: ClassVar[bool] = False  # its denoiser always passes an attention mask (some backends refuse)
     dispatches_attention: ClassVar[bool] = True  # its attention honours diffusers' set_attention_backend
     tiled_by_default: ClassVar[bool] = False  # its real checkpoints need tiling at their recommended size
+    conditioning_strength: ClassVar[bool] = False  # takes the job's conditioning.strength (LTX's conditions)
+    pipeline_class: ClassVar[str] = ""  # the text-to-video class (the first of pipeline_classes)
 
     @classmethod
     def vae_dtype_for(cls, dtype: str) -> str:
@@ -215,17 +222,59 @@ class FamilyRules:
         return params.guidance_scale > 1.0
 
     @classmethod
+    def checkpoint_class(cls, path: str | None) -> str:
+        """The pipeline class of the checkpoint at `path`: the one its model_index.json (or a builtin's recipe)
+        declares, when it is here and this family runs it; else the one its name suggests (`class_by_name`)."""
+        key = (cls.__name__, path)
+        if key not in _CLASS:
+            declared = pipeline_class_of(path) if path else None
+            _CLASS[key] = declared if declared in cls.pipeline_classes else cls.class_by_name(path or "")
+        return _CLASS[key]
+
+    @classmethod
+    def class_by_name(cls, path: str) -> str:
+        """The pipeline class a checkpoint that is not here to read is taken to be, from its name."""
+        return cls.pipeline_class
+
+    @classmethod
+    def conditionings(cls, path: str | None) -> frozenset[str]:
+        """The conditioning inputs (the manifest columns image, last_image, video) the checkpoint at `path`
+        takes; none for a text-to-video family."""
+        return frozenset()
+
+    @classmethod
+    def required_conditionings(cls, path: str | None) -> frozenset[str]:
+        """The inputs every row of this checkpoint must give (an image-to-video checkpoint needs its image)."""
+        return frozenset()
+
+    @classmethod
+    def video_tail(cls, row: dict, path: str | None) -> int | None:
+        """How many of a clip's last frames (`video`) this row continues from; None: all of them."""
+        return None
+
+    @classmethod
+    def check_conditioning(cls, row: dict, path: str | None) -> str | None:
+        """None when the row's clip is long enough (`video_frames`, counted while planning), else the message."""
+        frames, tail = row.get("video_frames"), cls.video_tail(row, path)
+        if row.get("video") and frames is not None and tail is not None and frames < tail:
+            return (f"video: {row['video']}: the clip has {frames} frames; family '{cls.name}' continues from its "
+                    f"last {tail} with these settings and needs at least that many")
+        return None
+
+    @classmethod
     def check_row(cls, row: dict, path: str | None) -> str | None:
         """Every rule above on a row (or the job's defaults) with its settings resolved."""
         return (cls.check_shape(row["height"], row["width"], row["num_frames"], path=path)
-                or cls.check_settings(row, path=path) or cls.check_length(row, path))
+                or cls.check_settings(row, path=path) or cls.check_length(row, path)
+                or cls.check_conditioning(row, path))
 
 
 class DiffusersFamily(FamilyRules):
-    """A text-to-video family over one diffusers pipeline class. Subclasses set the class attributes and
-    override `encode_one`, `latents_out` and `decode_video` where their layout differs."""
+    """A family over diffusers pipeline classes: the text-to-video one, and the conditioned ones (an image or a
+    clip) that its checkpoints declare or that its components also run. Subclasses set the class attributes and
+    override `encode_one`, `latents_out` and `decode_video` where their layout differs, and `conditioned_class`
+    and `condition_kwargs` for what their conditioned pipelines take."""
 
-    pipeline_class: ClassVar[str]  # a diffusers class name, imported when a model is loaded
     vae_class: ClassVar[str]
 
     # -- sampling ---------------------------------------------------------------------------------------
@@ -237,10 +286,11 @@ class DiffusersFamily(FamilyRules):
         import diffusers
 
         quiet_loading()
-        # The VAE is loaded by the decode stage alone; the sampler never holds it.
-        pipe = getattr(diffusers, cls.pipeline_class).from_pretrained(
+        # The VAE is loaded by the decode stage; the sampler loads it only for a conditioned row (`ensure_vae`).
+        pipe = getattr(diffusers, cls.checkpoint_class(path)).from_pretrained(
             path, vae=None, torch_dtype=torch_dtype(model.dtype_on(device)), revision=model.revision,
             **from_pretrained_kwargs(speed, cls.transformers, path, model.revision, device))
+        pipe._rushes_source = (path, model.revision, model.dtype_on(device), device)
         cls.after_load(pipe, path, model.revision)
         if model.loras:
             load_loras(pipe, model.loras, cls.transformers)
@@ -297,24 +347,90 @@ class DiffusersFamily(FamilyRules):
 
     @classmethod
     def sample(cls, pipe, inputs: list[VariantInput], params: SamplingParams) -> np.ndarray:
-        """Latents for a batch of same-shape variants, float32, one per input (layout: the family's own)."""
+        """Latents for a batch of same-shape variants, float32, one per input (layout: the family's own). Text-only
+        variants share one pipeline call; a conditioned one gets its own call of the pipeline that takes its
+        image or clip (the pipelines encode a batch's images together, which would tie its pixels to its
+        batch-mates)."""
         import torch
 
-        device = pipe._execution_device
         # diffusers runs only the pipeline's __call__ without autograd: encode_prompt called on its own would keep
         # the text encoder's whole activation graph alive through denoising (GBs for umT5 at 512 tokens).
         with torch.no_grad():  # as the pipeline's own __call__ (inference_mode picks other kernels)
-            # Prompts are encoded one at a time for the same reason the denoiser runs per item.
-            cfg = cls.negative_pass(params)
-            encoded = [cls.encode_one(pipe, v.prompt, v.negative_prompt, cfg, device) for v in inputs]
-            embeds = {k: _cat([e[k] for e in encoded]) for k in encoded[0]}
-            generators = [torch.Generator(device="cpu").manual_seed(v.seed) for v in inputs]
-            cls.set_flow_shift(pipe, params.flow_shift)
-            out = pipe(**embeds, height=params.height, width=params.width, num_frames=params.num_frames,
-                       num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
-                       generator=generators, output_type="latent", **cls.call_kwargs(pipe, params))
-            z = cls.latents_out(pipe, out.frames, params)
-            return z.float().cpu().numpy()
+            plain = [v for v in inputs if not v.conditioned]
+            latents = iter(cls.call(pipe, plain, params, {}) if plain else [])
+            out = []
+            for v in inputs:
+                if not v.conditioned:
+                    out.append(next(latents))
+                    continue
+                conditioned = cls.conditioned_pipeline(pipe, v)
+                pipe._rushes_active = conditioned  # whose timestep a cache hook follows (stages/models/speed.py)
+                try:
+                    out.append(cls.call(conditioned, [v], params, cls.condition_kwargs(conditioned, v, params))[0])
+                finally:
+                    pipe._rushes_active = pipe
+            return np.stack(out)
+
+    @classmethod
+    def call(cls, pipe, inputs: list[VariantInput], params: SamplingParams, extra: dict) -> np.ndarray:
+        """One pipeline call to latents for these variants, with `extra` arguments (a conditioned call's image)."""
+        import torch
+
+        device = pipe._execution_device
+        # Prompts are encoded one at a time for the same reason the denoiser runs per item.
+        cfg = cls.negative_pass(params)
+        encoded = [cls.encode_one(pipe, v.prompt, v.negative_prompt, cfg, device) for v in inputs]
+        embeds = {k: _cat([e[k] for e in encoded]) for k in encoded[0]}
+        generators = [torch.Generator(device="cpu").manual_seed(v.seed) for v in inputs]
+        cls.set_flow_shift(pipe, params.flow_shift)
+        out = pipe(**embeds, height=params.height, width=params.width, num_frames=params.num_frames,
+                   num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
+                   generator=generators, output_type="latent", **cls.call_kwargs(pipe, params), **extra)
+        z = cls.latents_out(pipe, out.frames, params)
+        return z.float().cpu().numpy()
+
+    # -- conditioned rows --------------------------------------------------------------------------------
+    @classmethod
+    def conditioned_class(cls, pipe, v: VariantInput) -> str:
+        """The diffusers pipeline class that takes this variant's image or clip: the loaded one by default."""
+        return type(pipe).__name__
+
+    @classmethod
+    def condition_kwargs(cls, pipe, v: VariantInput, params: SamplingParams) -> dict:
+        """The conditioning arguments of that pipeline's call (`pipe` is the conditioned pipeline)."""
+        kwargs = {"image": v.image}
+        if v.last_image is not None:
+            kwargs["last_image"] = v.last_image
+        return kwargs
+
+    @classmethod
+    def conditioned_pipeline(cls, pipe, v: VariantInput):
+        """The pipeline that takes this variant's conditioning, built once over `pipe`'s own components (sharing
+        its weights, its batch-invariant forwards and speed options) once the VAE is loaded: a pipeline derives its
+        VAE factors when it is made, which a pipeline loaded without its VAE got from defaults. Its class is the
+        checkpoint's own, or another that the same components run (Wan2.2 TI2V-5B's image-to-video, LTX's)."""
+        cls.ensure_vae(pipe)
+        name = cls.conditioned_class(pipe, v)
+        built = pipe.__dict__.setdefault("_rushes_conditioned", {})
+        if name not in built:
+            import diffusers
+
+            target = getattr(diffusers, name)
+            accepted = inspect.signature(target.__init__).parameters
+            parts = {k: m for k, m in pipe.components.items() if k in accepted}
+            parts.update({k: pipe.config[k] for k in accepted if k in pipe.config and k not in parts})
+            built[name] = target(**parts)
+            built[name].set_progress_bar_config(disable=True)
+            built[name]._rushes_source = pipe._rushes_source
+        return built[name]
+
+    @classmethod
+    def ensure_vae(cls, pipe):
+        """The sampler's VAE, loaded on the first conditioned row: the pipeline encodes the image or clip with it."""
+        if getattr(pipe, "vae", None) is None:
+            path, revision, dtype, device = pipe._rushes_source
+            pipe.register_modules(vae=cls.load_vae(path, dtype, device, revision))
+        return pipe.vae
 
     # -- decoding ---------------------------------------------------------------------------------------
     @classmethod

@@ -2,7 +2,8 @@
 
 Latents stay in the pipeline's layout, (F', C, H', W') per variant, scaled by the VAE's `scaling_factor`;
 decoding permutes them to (C, F', H', W') and divides by it, as `pipe.decode_latents` does. The text
-sequence length is the transformer's `max_text_seq_length` (226 for the released models).
+sequence length is the transformer's `max_text_seq_length` (226 for the released models). The image-to-video
+checkpoints (`CogVideoXImageToVideoPipeline`) give latents in the same layout.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from stages.models.families.base import DiffusersFamily
 class CogVideoXFamily(DiffusersFamily):
     name = "cogvideox"
     pipeline_class = "CogVideoXPipeline"
-    pipeline_classes = ("CogVideoXPipeline",)
+    pipeline_classes = ("CogVideoXPipeline", "CogVideoXImageToVideoPipeline")
     transformer_class = "CogVideoXTransformer3DModel"
     vae_class = "AutoencoderKLCogVideoX"
     spatial_multiple = 16  # VAE 8x, transformer patch 2
@@ -25,6 +26,21 @@ class CogVideoXFamily(DiffusersFamily):
     tiled_by_default = True  # its model card decodes tiled (vae.enable_tiling()) to fit a single GPU
     # CogVideoX-5b (THUDM/CogVideoX-5b model card): 480x720, 49 frames at 8 fps, guidance 6, DDIM/DPM (no shift).
     RECOMMENDED = dict(height=480, width=720, num_frames=49, fps=8, num_inference_steps=50, guidance_scale=6.0)
+
+    @classmethod
+    def class_by_name(cls, path: str) -> str:
+        return "CogVideoXImageToVideoPipeline" if "i2v" in path.lower() else cls.pipeline_class
+
+    @classmethod
+    def conditionings(cls, path: str | None) -> frozenset[str]:
+        """CogVideoX-5b-I2V and CogVideoX1.5-5B-I2V (`CogVideoXImageToVideoPipeline`) take a first image, and need
+        one; the text-to-video checkpoints none."""
+        i2v = cls.checkpoint_class(path) == "CogVideoXImageToVideoPipeline"
+        return frozenset({"image"}) if i2v else frozenset()
+
+    @classmethod
+    def required_conditionings(cls, path: str | None) -> frozenset[str]:
+        return cls.conditionings(path)
 
     @classmethod
     def window_frames(cls, path: str | None) -> int | None:

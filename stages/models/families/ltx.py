@@ -5,6 +5,11 @@ transformer's patch sizes, so that what travels between stages is a plain video 
 denormalizes them with the VAE's `latents_mean` / `latents_std` / `scaling_factor`, and when the VAE is
 timestep-conditioned (LTX 0.9.1 and later) it mixes in seeded noise at `decode_noise_scale` and passes
 `decode_timestep`, as the pipeline's own decode does. Sizes are multiples of 32, frames 8k+1.
+
+Conditioned rows run over the same checkpoint's components: an image alone through `LTXImageToVideoPipeline`
+(its latents packed, as the text-to-video ones); a last image, a clip to continue, or any row when the job sets
+`conditioning.strength`, through `LTXConditionPipeline`: the image at frame 0, the last image at the last
+frame, the clip's last frames at frame 0, each with that strength (1.0 unset). Its latents come out unpacked.
 """
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ from stages.models.families.base import DiffusersFamily
 class LTXFamily(DiffusersFamily):
     name = "ltx"
     pipeline_class = "LTXPipeline"
-    pipeline_classes = ("LTXPipeline",)
+    pipeline_classes = ("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline")
+    conditioning_strength = True
     transformer_class = "LTXVideoTransformer3DModel"
     vae_class = "AutoencoderKLLTXVideo"
     spatial_multiple = 32  # the VAE compresses 32x (patch 4 x three 2x stages); the transformer's patch is 1
@@ -36,6 +42,39 @@ class LTXFamily(DiffusersFamily):
         return {"frame_rate": params.fps} if params.fps else {}
 
     @classmethod
+    def conditionings(cls, path: str | None) -> frozenset[str]:
+        return frozenset({"image", "last_image", "video"})
+
+    @classmethod
+    def video_tail(cls, row: dict, path: str | None) -> int | None:
+        """A clip is continued from its last frames, which fill (at most) the first half of the new video, on the
+        8k+1 rule: 1 frame of a 9-frame video, 9 of 17, 81 of 161."""
+        return 8 * ((row["num_frames"] - 1) // 16) + 1
+
+    @classmethod
+    def conditioned_class(cls, pipe, v) -> str:
+        if v.last_image is None and v.video is None and v.strength is None:
+            return "LTXImageToVideoPipeline"
+        return "LTXConditionPipeline"
+
+    @classmethod
+    def condition_kwargs(cls, pipe, v, params) -> dict:
+        if type(pipe).__name__ == "LTXImageToVideoPipeline":
+            return {"image": v.image}
+        from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+
+        strength = 1.0 if v.strength is None else v.strength
+        conditions = []
+        if v.video is not None:
+            conditions.append(LTXVideoCondition(video=v.video, frame_index=0, strength=strength))
+        if v.image is not None:
+            conditions.append(LTXVideoCondition(image=v.image, frame_index=0, strength=strength))
+        if v.last_image is not None:
+            conditions.append(LTXVideoCondition(image=v.last_image, frame_index=params.num_frames - 1,
+                                                strength=strength))
+        return {"conditions": conditions}
+
+    @classmethod
     def encode_one(cls, pipe, prompt: str, negative: str, cfg: bool, device) -> dict:
         pos, pos_mask, neg, neg_mask = pipe.encode_prompt(
             prompt=[prompt], negative_prompt=[negative], do_classifier_free_guidance=cfg,
@@ -45,6 +84,8 @@ class LTXFamily(DiffusersFamily):
 
     @classmethod
     def latents_out(cls, pipe, latents, params):
+        if type(pipe).__name__ == "LTXConditionPipeline":
+            return latents  # unpacked by the pipeline itself
         frames = (params.num_frames - 1) // pipe.vae_temporal_compression_ratio + 1
         return pipe._unpack_latents(latents, frames, params.height // pipe.vae_spatial_compression_ratio,
                                     params.width // pipe.vae_spatial_compression_ratio,

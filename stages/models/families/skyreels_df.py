@@ -10,6 +10,12 @@ One difference, on purpose: the pipeline draws the noise it adds to the prefix (
 torch's global generator; here it comes from a generator seeded by the variant's seed and the window, so a
 video resumed from a saved segment has the same pixels as one made in one go.
 
+A row may start from an image or continue a clip, as diffusers' `SkyReelsV2DiffusionForcingImageToVideoPipeline`
+and `...VideoToVideoPipeline` do: the first window starts with the image's latent frame, or with the latents of
+the clip's last `overlap_history` frames, as its clean prefix (the sampler loads the VAE to encode them), and the
+video goes on window by window, saved and resumed as any long row. The prefix is part of the video: a clip's
+continuation starts with its last `overlap_history` frames, made again through the VAE.
+
 Latents: (C, T', H', W'), normalized, like Wan's; the decode is Wan's.
 """
 from __future__ import annotations
@@ -42,7 +48,9 @@ class SkyReelsDFFamily(SkyReelsFamily):
 
     name = "skyreels_df"
     pipeline_class = "SkyReelsV2DiffusionForcingPipeline"
-    pipeline_classes = ("SkyReelsV2DiffusionForcingPipeline",)
+    # the image-to-video and video-to-video forms are the same checkpoint (the same components)
+    pipeline_classes = ("SkyReelsV2DiffusionForcingPipeline", "SkyReelsV2DiffusionForcingImageToVideoPipeline",
+                        "SkyReelsV2DiffusionForcingVideoToVideoPipeline")
     extends = True  # makes rows longer than its window (stages/long_video/windows.py)
     # SkyReels-V2-DF 540P (model card and diffusers' example): 544x960, a 97-frame window at 24 fps, 30 steps,
     # guidance 6, shift 8; long videos: overlap 17 frames, addnoise_condition 20, synchronous (ar_step 0).
@@ -64,6 +72,26 @@ class SkyReelsDFFamily(SkyReelsFamily):
     @classmethod
     def window_frames(cls, path: str | None) -> int:
         return cls.recommended(path)["base_num_frames"]
+
+    @classmethod
+    def class_by_name(cls, path: str) -> str:
+        return cls.pipeline_class
+
+    @classmethod
+    def conditionings(cls, path: str | None) -> frozenset[str]:
+        return frozenset({"image", "video"})
+
+    @classmethod
+    def video_tail(cls, row: dict, path: str | None) -> int | None:
+        return row.get("overlap_history")  # the clip's last frames become the first window's prefix
+
+    @classmethod
+    def check_conditioning(cls, row: dict, path: str | None) -> str | None:
+        if row.get("image") and row.get("video"):
+            return "image and video: a row starts from an image or continues a clip, not both"
+        if row.get("video") and row.get("overlap_history") is None:
+            return "overlap_history: continuing a clip needs overlap_history (its last frames the video starts from)"
+        return super().check_conditioning(row, path)
 
     @classmethod
     def check_length(cls, row: dict, path: str | None) -> str | None:
@@ -142,6 +170,10 @@ class SkyReelsDFFamily(SkyReelsFamily):
             latents = randn_tensor((*shape[:2], length, *shape[3:]), generator=generator, device=device,
                                    dtype=torch.float32)
             n_prefix = 0
+            if k == 0 and (v.image is not None or v.video is not None):
+                prefix = cls.prefix_latents(pipe, v, p)  # the image's latent frame, or the clip's tail's
+                n_prefix = prefix.shape[2]
+                latents[:, :, :n_prefix] = prefix.to(device, dtype)
             if k > 0:
                 prefix = video[:, :, -(length - new):]
                 if prefix.shape[2] % block:  # aligned to the causal block, as the pipeline does
@@ -156,6 +188,30 @@ class SkyReelsDFFamily(SkyReelsFamily):
                 store.save(k, part[0].numpy(), generator=generator.get_state().numpy())
         pipe._current_timestep = None
         return video[0].numpy()
+
+    @classmethod
+    def prefix_latents(cls, pipe, v: VariantInput, params: SamplingParams):
+        """The clean latents a conditioned row's first window starts with, as diffusers' image-to-video and
+        video-to-video diffusion-forcing pipelines make them: the VAE's mode, normalized; a clip's last
+        `overlap_history` frames, cut to whole causal blocks."""
+        import torch
+
+        vae = cls.ensure_vae(pipe)
+        if v.image is not None:
+            pixels = pipe.video_processor.preprocess(v.image, height=params.height, width=params.width).unsqueeze(2)
+        else:
+            pixels = pipe.video_processor.preprocess_video(v.video, height=params.height, width=params.width)
+            pixels = pixels[:, :, -params.overlap_history:]
+        device = pipe._execution_device
+        z = vae.encode(pixels.to(device, vae.dtype)).latent_dist.mode().float()
+        c = vae.config.z_dim
+        mean = torch.tensor(vae.config.latents_mean).view(1, c, 1, 1, 1).to(z.device, z.dtype)
+        std = 1.0 / torch.tensor(vae.config.latents_std).view(1, c, 1, 1, 1).to(z.device, z.dtype)
+        z = (z - mean) * std
+        block = pipe.transformer.config.num_frame_per_block
+        if v.video is not None and z.shape[2] % block:
+            z = z[:, :, :-(z.shape[2] % block)]
+        return z
 
     @classmethod
     def denoise_window(cls, pipe, window: Window, embeds: tuple, params: SamplingParams, block: int) -> None:

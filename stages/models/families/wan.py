@@ -34,7 +34,7 @@ class WanFamily(DiffusersFamily):
 
     name = "wan"
     pipeline_class = "WanPipeline"
-    pipeline_classes = ("WanPipeline",)
+    pipeline_classes = ("WanPipeline", "WanImageToVideoPipeline")
     transformer_class = "WanTransformer3DModel"
     vae_class = "AutoencoderKLWan"
     spatial_multiple = 16  # VAE downsamples by 8, the transformer patchifies by 2
@@ -52,11 +52,20 @@ class WanFamily(DiffusersFamily):
     # Wan2.2 TI2V-5B: 720p at 24 fps, sizes multiples of 32.
     RECOMMENDED_TI2V = dict(height=704, width=1280, num_frames=121, fps=24, num_inference_steps=50,
                             guidance_scale=5.0)
+    # Wan2.1 I2V-14B-480P: the text-to-video model's settings (diffusers' Wan I2V example); FLF2V-14B-720P: 720p,
+    # guidance 5.5 (diffusers' example), its scheduler config's own shift; Wan2.2 I2V-A14B: diffusers' example,
+    # 480x832, 40 steps, guidance 3.5 (the low-noise expert's the same unless guidance_scale_2 is set).
+    RECOMMENDED_FLF2V = dict(height=720, width=1280, num_frames=81, fps=16, num_inference_steps=50,
+                             guidance_scale=5.5)
+    RECOMMENDED_A14B_I2V = dict(height=480, width=832, num_frames=81, fps=16, num_inference_steps=40,
+                                guidance_scale=3.5)
 
     @classmethod
     def kind_of(cls, path: str | None) -> str:
-        """'a14b' (two experts), 'ti2v' (48-channel VAE) or '2.1', from the checkpoint's model_index.json when it
-        is on disk, else from its name (Wan2.2 ... TI2V / Wan2.2 ... A14B)."""
+        """What the checkpoint is: text-to-video '2.1', 'a14b' (two experts) or 'ti2v' (48-channel VAE; it also
+        takes an image); image-to-video 'i2v' (Wan2.1, a CLIP image encoder), 'flf2v' (Wan2.1 first and last
+        frame: CLIP embeddings of both frames, with positions) or 'a14b-i2v' (Wan2.2, two experts, no CLIP). Read
+        from the checkpoint's model_index.json and transformer config when it is on disk, else from its name."""
         return _read_once(("kind", path), path, cls._kind_of)
 
     @classmethod
@@ -66,19 +75,56 @@ class WanFamily(DiffusersFamily):
                 index = json.loads((folder / "model_index.json").read_text())
             except (OSError, ValueError):
                 index = {}
+            try:
+                transformer = json.loads((folder / "transformer" / "config.json").read_text())
+            except (OSError, ValueError):
+                transformer = {}
+            i2v = index.get("_class_name") in ("WanImageToVideoPipeline", "SkyReelsV2ImageToVideoPipeline")
             if (index.get("transformer_2") or [None])[0] is not None:
-                return "a14b"
+                return "a14b-i2v" if i2v else "a14b"
             if index.get("expand_timesteps"):
                 return "ti2v"
+            if i2v:
+                return "flf2v" if transformer.get("pos_embed_seq_len") else "i2v"
             return "2.1"
         name = (path or "").lower()
-        if "wan2.2" in name or "wan22" in name:
-            return "ti2v" if "ti2v" in name else "a14b"
-        return "2.1"
+        if "ti2v" in name:
+            return "ti2v"
+        if "flf2v" in name:
+            return "flf2v"
+        wan22 = "wan2.2" in name or "wan22" in name
+        if "i2v" in name:
+            return "a14b-i2v" if wan22 else "i2v"
+        return "a14b" if wan22 else "2.1"
+
+    @classmethod
+    def class_by_name(cls, path: str) -> str:
+        return "WanImageToVideoPipeline" if cls.kind_of(path) in ("i2v", "flf2v", "a14b-i2v") else "WanPipeline"
+
+    # What each kind takes (the manifest's image, last_image, video columns), and what its rows must give. Wan2.1
+    # I2V embeds one image with CLIP, so it cannot join two frames (FLF2V's positions are what let it); TI2V-5B
+    # takes an image through the same checkpoint (diffusers' WanImageToVideoPipeline over its components), and
+    # drops a last image, so refuses one; Wan2.2 I2V-A14B encodes both frames with its VAE.
+    CONDITIONINGS = {"ti2v": ({"image"}, set()), "i2v": ({"image"}, {"image"}),
+                     "flf2v": ({"image", "last_image"}, {"image", "last_image"}),
+                     "a14b-i2v": ({"image", "last_image"}, {"image"})}
+
+    @classmethod
+    def conditionings(cls, path: str | None) -> frozenset[str]:
+        return frozenset(cls.CONDITIONINGS.get(cls.kind_of(path), ((), ()))[0])
+
+    @classmethod
+    def required_conditionings(cls, path: str | None) -> frozenset[str]:
+        return frozenset(cls.CONDITIONINGS.get(cls.kind_of(path), ((), ()))[1])
+
+    @classmethod
+    def conditioned_class(cls, pipe, v) -> str:
+        # TI2V-5B's checkpoint loads as WanPipeline; its image rows run WanImageToVideoPipeline over its parts
+        return "WanImageToVideoPipeline" if type(pipe).__name__ == "WanPipeline" else type(pipe).__name__
 
     @classmethod
     def has_second_expert(cls, path: str | None) -> bool:
-        return cls.kind_of(path) == "a14b"
+        return cls.kind_of(path) in ("a14b", "a14b-i2v")
 
     @classmethod
     def window_frames(cls, path: str | None) -> int | None:
@@ -90,7 +136,8 @@ class WanFamily(DiffusersFamily):
         if path and path.startswith("builtin:"):
             return base
         kind = cls.kind_of(path)
-        extra = {"a14b": cls.RECOMMENDED_A14B, "ti2v": cls.RECOMMENDED_TI2V}.get(kind, {})
+        extra = {"a14b": cls.RECOMMENDED_A14B, "ti2v": cls.RECOMMENDED_TI2V, "flf2v": cls.RECOMMENDED_FLF2V,
+                 "a14b-i2v": cls.RECOMMENDED_A14B_I2V}.get(kind, {})
         return {**base, **({"flow_shift": None} if extra else {}), **extra}
 
     @classmethod
@@ -173,17 +220,29 @@ class SkyReelsFamily(WanFamily):
 
     name = "skyreels"
     pipeline_class = "SkyReelsV2Pipeline"
-    pipeline_classes = ("SkyReelsV2Pipeline",)
+    pipeline_classes = ("SkyReelsV2Pipeline", "SkyReelsV2ImageToVideoPipeline")
     transformer_class = "SkyReelsV2Transformer3DModel"
     transformers = ("transformer",)
     window = 97  # SkyReels-V2 T2V 540P: 97 frames (4 s at 24 fps)
     # SkyReels-V2-T2V-14B-540P (model card): 544x960, 97 frames at 24 fps, guidance 6, shift 8.
     RECOMMENDED = dict(height=544, width=960, num_frames=97, fps=24, num_inference_steps=50, guidance_scale=6.0,
                        flow_shift=8.0)
+    # SkyReels-V2-I2V-14B-540P (SkyReels-V2's README): guidance 5, shift 3.
+    RECOMMENDED_I2V = dict(guidance_scale=5.0, flow_shift=3.0)
 
     @classmethod
     def recommended(cls, path: str | None) -> dict:
-        return DiffusersFamily.recommended.__func__(cls, path)
+        base = DiffusersFamily.recommended.__func__(cls, path)
+        i2v = not (path or "").startswith("builtin:") and cls.kind_of(path) in ("i2v", "flf2v")
+        return {**base, **cls.RECOMMENDED_I2V} if i2v else base
+
+    @classmethod
+    def class_by_name(cls, path: str) -> str:
+        return "SkyReelsV2ImageToVideoPipeline" if "i2v" in path.lower() else "SkyReelsV2Pipeline"
+
+    @classmethod
+    def conditioned_class(cls, pipe, v) -> str:
+        return type(pipe).__name__  # only its image-to-video checkpoints take an image
 
     @classmethod
     def tiny_overrides(cls, path: str) -> dict:
