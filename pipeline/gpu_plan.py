@@ -41,6 +41,7 @@ class GpuPlan:
     model: str
     stages: list[dict] = field(default_factory=list)  # {stage, needs_gib, budget_gib, fits, fix}
     variants: int = 0
+    invalid: list[dict] = field(default_factory=list)  # the invalid rows (each with its `error`)
     flops: float = 0.0  # of every variant still to make
     largest: tuple[int, int, int] | None = None  # (height, width, frames of one window)
     notes: list[str] = field(default_factory=list)
@@ -67,6 +68,10 @@ class GpuPlan:
             h, w, f = self.largest
             lines.append(f"  largest shape {h}x{w}, {f} frames a window")
         lines.append(f"  {self.variants} variants to make: {self.flops / 1e15:,.1f} PFLOP of denoising")
+        if self.invalid:
+            first = self.invalid[0]
+            lines.append(f"  {len(self.invalid)} invalid row(s), not planned; the first: row {first.get('id')!r}: "
+                         f"{first.get('error')}")
         if self.gpu_hours is not None:
             lines.append(f"  {self.gpu_hours:.4g} GPU-hours at MFU {self.mfu:.0%} of {self.gpu}'s dense bf16 peak; "
                          f"{self.gpu_hours / self.gpus:.4g} h on {self.gpus} GPU(s) (sampling only)")
@@ -155,6 +160,7 @@ def plan_job(spec: JobSpec, gpu: str | None, gpus: int = 1, mfu: float = DEFAULT
         return plan
     planner = Planner(spec, state)
     for batch in planner.batches():
+        plan.invalid += batch.invalid
         for r in batch.todo:
             cost, shape = variant_cost(str(folder), family, r)
             plan.flops += cost

@@ -57,3 +57,12 @@ def test_gpu_hours_scale_with_the_rows_and_wall_time_with_the_gpus(tmp_path, cap
 
     (h2, wall2), (h4, wall4) = hours(two), hours(four)
     assert h4 == pytest.approx(2 * h2, rel=1e-3) and wall4 == pytest.approx(wall2, rel=1e-3)
+
+
+def test_invalid_rows_are_counted_and_the_first_one_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(FAMILY, "wan2.1-i2v-14b-480p", "wan")  # image-to-video: these text rows lack the image
+    code = main(["plan", job(tmp_path, "wan2.1-i2v-14b-480p", rows=3), "--gpu", "h100-80gb"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "0 variants to make" in out
+    assert "3 invalid row(s), not planned; the first: row 'r0': image:" in out and "needs a first image" in out
