@@ -107,6 +107,15 @@ def run_job(spec: JobSpec, echo=print, force: bool = False) -> Summary:
     return Run(spec, echo).run(force)
 
 
+def simulated(spec: JobSpec) -> JobSpec:
+    """The job with a simulated GPU's profile resolved into seconds per window (stages/models/simulation.py),
+    once, in the driver; the saved job file shows them."""
+    sim = spec.model.simulate
+    if sim is None:
+        return spec
+    return spec.model_copy(update={"model": spec.model.model_copy(update={"simulate": sim.resolved()})})
+
+
 def plan_object_rows(spec: JobSpec) -> int:
     return min(PLAN_OBJECT_ROWS, spec.ray.max_rows_per_dataset)
 
@@ -114,7 +123,7 @@ def plan_object_rows(spec: JobSpec) -> int:
 class Run:
     def __init__(self, spec: JobSpec, echo=print):
         self.start = time.perf_counter()
-        self.spec = spec = spec.resolved()
+        self.spec = spec = simulated(spec.resolved())
         self.echo = echo
         self.planner = Planner(spec)  # opens the manifest: one that cannot be used is refused before any write
         self.lease = Lease(spec.output, spec.run_id, spec.lease_ttl_s, spec.storage_options)

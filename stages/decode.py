@@ -73,7 +73,7 @@ class DecodeStage(Stage):
         self.device = device = pick_device(self.options.resources.num_gpus)
         prepare_device(device, self.options.resources.num_gpus)
         local = resolve_model_path(m.path, self.ctx.storage_options)  # in object storage: copied once per node
-        self.vae = self.family.load_vae(local, m.dtype_on(device), device, revision=m.revision)
+        self.vae = self.family.load_vae(local, m.dtype_on(device), device, revision=m.revision, model=m)
         if self.options.tiling == "on":
             self.vae.enable_tiling()
         if self.options.fast_cpu_kernels:

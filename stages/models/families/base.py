@@ -315,7 +315,7 @@ class DiffusersFamily(FamilyRules):
 
     # -- decoding ---------------------------------------------------------------------------------------
     @classmethod
-    def load_vae(cls, path: str, dtype: str, device: str, revision: str | None = None):
+    def load_vae(cls, path: str, dtype: str, device: str, revision: str | None = None, model=None):
         import diffusers
 
         quiet_loading()
