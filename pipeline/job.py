@@ -46,7 +46,8 @@ class Summary:
     gpu_seconds: float = 0.0  # busy seconds of each GPU stage times its share of a GPU
     gpu_hours_planned: float | None = None  # pipeline/gpu_plan.py, when the run was planned
     started_at: float = field(default_factory=time.time)  # epoch seconds: where the GPU-busy figures start
-    lost: list[dict] = field(default_factory=list)  # model stages' batches lost with their workers (ledger.lost)
+    lost: list[dict] = field(default_factory=list)  # model stages' batches lost with their workers (ledger.accounts)
+    ended_gpu_s: float = 0.0  # GPU-seconds of the model stages' batches that ended (ledger.accounts)
     gpus: float = 0.0  # the cluster's GPUs when the run began
     gpu_lines: list[str] = field(default_factory=list)  # how busy they were kept (pipeline/gpu_time.py)
 
@@ -79,7 +80,7 @@ class Summary:
                            "counts": dict(self.counts), "work": dict(self.work), "seconds": self.seconds,
                            "gpu_seconds": self.gpu_seconds, "gpu_hours_planned": self.gpu_hours_planned,
                            "generated": self.generated, "started_at": self.started_at, "lost": self.lost,
-                           "gpus": self.gpus},
+                           "gpus": self.gpus, "ended_gpu_s": self.ended_gpu_s},
                           indent=1)
 
 
@@ -114,20 +115,27 @@ def run_job(spec: JobSpec, echo=print, force: bool = False) -> Summary:
     return Run(spec, echo).run(force)
 
 
-def lost_batches(ledger) -> list[dict]:
-    """The model stages' batches that the ledger saw begin and never end (ledger.AttemptLedger.lost)."""
+def ledger_accounts(ledger, received: dict) -> dict:
+    """The model stages' batches that the ledger saw begin and never end, and the GPU-seconds of those that ended
+    (ledger.AttemptLedger.accounts). A batch's end reaches the ledger without being waited for, so the driver may
+    have its rows (`received`: RunMetrics.batches) before the ledger hears of its end: such a batch ended."""
     import ray
 
     try:
-        lost = ray.get(ledger.lost.remote(), timeout=30)
+        accounts = ray.get(ledger.accounts.remote(), timeout=30)
     except Exception as e:  # noqa: BLE001 - a figure for the summary; never what fails a run
-        log.warning("could not read the lost batches from the ledger: %s: %s", type(e).__name__, e)
-        return []
+        log.warning("could not read the GPU accounts from the ledger: %s: %s", type(e).__name__, e)
+        return {"lost": [], "ended_gpu_s": 0.0}
+    ended = {key[:3]: s for key, s in received.items()}  # (stage, worker, start)
+    late = [s for s in accounts["lost"] if (s["stage"], s["worker"], s["start"]) in ended]
+    accounts["ended_gpu_s"] += sum((ended[s["stage"], s["worker"], s["start"]]["end"] - s["start"]) * s["gpus"]
+                                   for s in late)
+    accounts["lost"] = lost = [s for s in accounts["lost"] if s not in late]
     if lost:
         seconds = sum((s["until"] - s["start"]) * s["gpus"] for s in lost)
         log.warning("%d model-stage batch(es) began and never ended (lost with their workers); at least %.1f "
                     "GPU-seconds of work to redo", len(lost), seconds)
-    return lost
+    return accounts
 
 
 def simulated(spec: JobSpec) -> JobSpec:
@@ -371,7 +379,9 @@ class Run:
                             f"{type(e).__name__}: {first}. Committed records are kept; run again to resume.") from e
         finally:
             self.tick()  # the gauges end on what was committed
-            self.summary.lost += lost_batches(ledger)
+            accounts = ledger_accounts(ledger, self.metrics.batches)
+            self.summary.lost += accounts["lost"]
+            self.summary.ended_gpu_s += accounts["ended_gpu_s"]
             ray.kill(ledger)
 
     def forget_segments(self, records: list[dict]) -> None:

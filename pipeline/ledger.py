@@ -11,7 +11,7 @@
   (pipeline/watchdog.py).
 - A model stage's batch is stamped on its rows as a span (stage, start, end, worker, share of a GPU: the record's
   `spans`, which pipeline/gpu_time.py turns into GPU-busy figures); the ledger keeps the spans begun and not
-  ended, which are the batches lost with their workers (`lost`).
+  ended, which are the batches lost with their workers, and the GPU-seconds of those that ended (`accounts`).
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ class AttemptLedger:
         self.seen: dict[str, float] = {}  # stage -> time.time() of its last sign of life
         self.open: dict[str, dict] = {}  # span id -> a model stage's batch begun and not ended yet
         self.worker_seen: dict[str, float] = {}  # worker -> time.time() of its last sign of life
+        self.ended_gpu_s = 0.0  # GPU-seconds of every model-stage batch that ended (its output may be lost later)
 
     def beat(self, stage: str, worker: str | None = None) -> None:
         self.seen[stage] = time.time()
@@ -76,7 +77,7 @@ class AttemptLedger:
         else:
             self.suspects.update(keys)
         if span is not None:
-            self.open[span["id"]] = {**span, "rows": len(keys)}
+            self.open[span["id"]] = {**span, "keys": keys}
             self.worker_seen[span["worker"]] = span["start"]
         return deaths, True
 
@@ -84,7 +85,8 @@ class AttemptLedger:
         self.saw(keys)
         span = self.open.pop(span_id, None)
         if span is not None:
-            self.worker_seen[span["worker"]] = time.time()
+            self.worker_seen[span["worker"]] = now = time.time()
+            self.ended_gpu_s += (now - span["start"]) * span["gpus"]
         for k in keys:
             self.suspects.discard(k)
             self.alone.pop(k, None)
@@ -100,11 +102,13 @@ class AttemptLedger:
     def timeouts_of(self, keys: list[str]) -> dict[str, int]:
         return {k: self.timeouts.get(k, 0) for k in keys}
 
-    def lost(self) -> list[dict]:
-        """The model stages' batches begun and never ended (their worker died, or the run stopped with them in
-        flight), each with `until`: its worker's last sign of life (the batch ran at least that long)."""
-        return [{**s, "until": max(s["start"], self.worker_seen.get(s["worker"], s["start"]))}
+    def accounts(self) -> dict:
+        """`lost`: the model stages' batches begun and never ended (their worker died, or the run stopped with them
+        in flight), each with `until`, its worker's last sign of life (it ran at least that long); `ended_gpu_s`:
+        the GPU-seconds of those that ended, including any whose output was lost after."""
+        lost = [{**s, "until": max(s["start"], self.worker_seen.get(s["worker"], s["start"]))}
                 for s in self.open.values()]
+        return {"lost": lost, "ended_gpu_s": self.ended_gpu_s}
 
 
 def worker_name() -> str:

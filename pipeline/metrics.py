@@ -53,9 +53,11 @@ class RunMetrics:
                 self.stage_seconds.observe(seconds, tags={**self.tags, "stage": stage})
             for s in rec.get("spans") or []:
                 key = (s["stage"], s["worker"], s["start"], s["end"])
-                if key in self.batches or not s["gpus"]:
+                if key in self.batches:
                     continue
                 self.batches[key] = s
+                if not s["gpus"]:  # a model stage on CPUs
+                    continue
                 busy = (s["end"] - s["start"]) * s["gpus"]
                 self.busy[s["stage"]] = self.busy.get(s["stage"], 0.0) + busy
                 self.held.setdefault(s["stage"], {})[s["worker"]] = s["gpus"]
