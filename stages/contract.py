@@ -40,7 +40,7 @@ class Resources(Strict):
     memory_gb: float | None = Field(None, gt=0, description="memory reserved per replica, in GiB")
     replicas: int | str = Field(
         1, description="actor pool size: a number, 'min..max' for Ray Data to scale, or 'auto' (chosen from the "
-                       "cluster when the run starts: see pipeline/graph.py auto_replicas)")
+                       "cluster when the run starts: see pipeline/capacity.py auto_replicas)")
 
     @field_validator("num_gpus")
     @classmethod
@@ -77,7 +77,7 @@ class Resources(Strict):
         if isinstance(self.replicas, int):
             return self.replicas, self.replicas
         if self.replicas == "auto":
-            raise ValueError("replicas 'auto' is resolved against the cluster first (pipeline.graph.auto_replicas)")
+            raise ValueError("replicas 'auto' is resolved against the cluster first (pipeline.capacity.auto_replicas)")
         lo, hi = self.replicas.split("..")
         return int(lo), int(hi)
 
@@ -90,6 +90,7 @@ class StageOptions(Strict):
 
     RESOURCE_DEFAULTS: ClassVar[dict] = {}
     loads_model: ClassVar[bool] = False  # runs the job's model (`model:`), whose dtype follows where it runs
+    cpu_pool_grows: ClassVar[bool] = True  # replicas: auto without GPUs is one per two CPUs (False: one)
     batch_size: int = Field(1, ge=1, description="rows per call of the stage")
     resources: Resources = Field(default_factory=Resources, description="what one replica asks Ray for; a block here changes only the keys it names")
     # The job's storage_options, set when the job file is loaded (pipeline/spec.py), not a key of their own: for

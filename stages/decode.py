@@ -25,7 +25,8 @@ from stages.models.families import family_for
 
 
 class DecodeOptions(StageOptions):
-    # auto: a pool that grows to the cluster's GPUs, or on CPUs a replica per two CPUs (pipeline/graph.py)
+    # auto: beside the sampler on each GPU of a multi-GPU cluster, half of one GPU, or on CPUs a replica per two
+    # CPUs (pipeline/capacity.py)
     RESOURCE_DEFAULTS = {"num_gpus": "auto", "replicas": "auto"}
     loads_model = True
     # On CPU, convolutions through oneDNN and Wan's RMS norm vectorized: the same arithmetic up to float

@@ -36,8 +36,11 @@ class SampleOptions(StageOptions, SpeedOptions):
     batch_size: int = Field(1, ge=1, description="variants per pipeline call (same shape only)")
     batch_invariant: bool = Field(
         True, description="denoise each variant in its own forward so batching never changes pixels")
-    RESOURCE_DEFAULTS = {"num_gpus": "auto"}
+    # auto: on a cluster of 2 GPUs or more, one sampler per GPU, each with a decoder beside it in its actor
+    # (pipeline/capacity.py run_together); on one GPU, half of it; on CPUs, one replica
+    RESOURCE_DEFAULTS = {"num_gpus": "auto", "replicas": "auto"}
     loads_model = True  # the model's weights: `model.dtype: auto` follows where they run
+    cpu_pool_grows = False
 
     @model_validator(mode="after")
     def _cache_fits_the_batching(self) -> "SampleOptions":
