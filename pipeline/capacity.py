@@ -85,19 +85,20 @@ PLAN_READ = "read"  # the task operator that reads plan objects, ahead of the st
 
 
 def task_chains(stages: list[Stage], asks: dict[str, Resources]) -> list[list[str]]:
-    """The task operators as Ray Data runs them: consecutive stages without a model that ask for the same
-    resources are fused into one operator (one task runs the whole chain on a batch)."""
+    """The task operators: consecutive stages without a model that ask for the same resources and batch size are one
+    operator, one task running the whole chain on a batch (as Ray Data would fuse them)."""
     chains: list[list[str]] = []
     previous = None
     for s in stages:
         if s.holds_model:
             previous = None
             continue
-        if previous is not None and asks[s.name] == asks[previous]:
+        if previous is not None and (asks[s.name], s.options.batch_size) == (asks[previous.name],
+                                                                              previous.options.batch_size):
             chains[-1].append(s.name)
         else:
             chains.append([s.name])
-        previous = s.name
+        previous = s
     return chains
 
 
@@ -170,7 +171,8 @@ def auto_replicas(res: Resources, cpus: float, gpus: float, grows_on_cpu: bool =
 
 
 def run_together(stages: list[Stage], asks: dict[str, Resources], gpus: float) -> list[list[str]]:
-    """The operators of the stages, in order: each stage alone, except consecutive stages that run the job's
+    """The operators of the stages, in order: each stage alone, except a chain of task stages (`task_chains`: one
+    task runs the chain), and consecutive stages that run the job's
     model (sample, decode) and leave both `num_gpus` and `replicas` to `auto`, on a cluster of 2 GPUs or more:
     those run in one actor per GPU, taking turns on each batch, so that every GPU samples and decodes. Two pools of
     half a GPU each would not share GPUs pairwise: Ray places fractional actors by packing them, two samplers on
@@ -179,11 +181,14 @@ def run_together(stages: list[Stage], asks: dict[str, Resources], gpus: float) -
     groups: list[list[str]] = []
     joins = lambda s: (gpus >= 2 and s.holds_model and s.options.loads_model  # noqa: E731
                        and asks[s.name].num_gpus == "auto" and asks[s.name].replicas == "auto")
+    chains = {name: chain for chain in task_chains(stages, asks) for name in chain}
     for i, s in enumerate(stages):
         if groups and joins(s) and joins(stages[i - 1]):
             groups[-1].append(s.name)
+        elif s.name in chains and chains[s.name][0] != s.name:
+            continue  # a task chain is one operator (task_chains)
         else:
-            groups.append([s.name])
+            groups.append(chains.get(s.name, [s.name]))
     return groups
 
 
@@ -225,7 +230,8 @@ def fit_to_cluster(spec: JobSpec, stages: list[Stage]) -> tuple[dict[str, Resour
     grows = {s.name: s.options.cpu_pool_grows for s in stages}
     asks = {name: auto_replicas(r, cpus, gpus, grows[name]) for name, r in asks.items()}
     wait_for_resources(asks, spec.ray.resource_wait_s)
-    crowded = gpus_crowded({s.name: asks[s.name] for s in stages if s.holds_model})
+    first = {g[0] for g in together}  # stages that run together hold one GPU between them
+    crowded = gpus_crowded({s.name: asks[s.name] for s in stages if s.holds_model and s.name in first})
     if crowded:
         log.warning(crowded)
     asks, change = fit_pipeline(stages, asks, cpus, together)

@@ -4,7 +4,8 @@ In: the `spans` of a run's records (each model stage's batches: stage, start, en
 by pipeline/ledger.py), the run's start, and how many GPUs the cluster had. Out: a `GpuTime` with the figures
 that bench/fleet.py prints and the report shows, so that both read the same:
 - per device (a worker's GPUs; two stages sharing a GPU share a device): busy seconds, the union of its spans;
-- per stage: GPU-seconds busy (span x share) and idle (its workers' shares over the run, less busy);
+- per stage: GPU-seconds busy (span x share) and idle (the time the GPUs it held stood idle over the run, in
+  proportion to its share of each);
 - the busy fraction over the GPU phase (first span start to last span end) and in steady state (from when every
   device has begun to when the first one has ended its last batch), the time until every device is busy, the
   idle tail at the end, and the makespan against the ideal (the busy device-seconds over the devices).
@@ -125,12 +126,14 @@ def gpu_time(spans: Iterable[dict], started: float | None = None, gpus: int = 0)
         t.first_done_at = min(iv[-1][1] for iv in merged.values())
         if t.first_done_at > t.all_busy_at:
             t.steady_busy = sum(within(iv, t.all_busy_at, t.first_done_at) for iv in merged.values())
+    # A stage's idle time: the time the devices it held stood idle over the run (started to last), in proportion
+    # to its share of each (a sampler and a decoder in one actor both held the whole GPU, and see the same idle)
+    idle = {d: max(0.0, (t.last - t.started) - within(iv, t.started, t.last)) for d, iv in merged.items()}
     workers = defaultdict(dict)
     for s in spans:
         workers[s["stage"]][s["worker"]] = s["gpus"] or 1.0
     for stage, held in workers.items():
         busy = sum((s["end"] - s["start"]) * (s["gpus"] or 1.0) for s in spans if s["stage"] == stage)
-        share = max(held.values())
-        t.stages[stage] = {"workers": len(held), "gpus": share, "busy_s": busy,
-                           "idle_s": max(0.0, sum(held.values()) * (t.last - t.started) - busy)}
+        t.stages[stage] = {"workers": len(held), "gpus": max(held.values()), "busy_s": busy,
+                           "idle_s": sum(idle[d] * share for d, share in held.items())}
     return t

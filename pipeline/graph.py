@@ -41,6 +41,27 @@ log = logging.getLogger("rushes")
 PLANNED_KEYS = (*RECORD_SCHEMA.names, "extra", "stage_seconds")
 
 
+class StageChain:
+    """Consecutive stages without a model that Ray Data would fuse into one task anyway (filter, encode, write), as
+    one stage: one task and one ledger entry per batch for the whole chain, instead of one per stage."""
+
+    holds_model = False
+
+    def __init__(self, stages: list[Stage]):
+        self.stages = stages
+        self.name = "+".join(s.name for s in stages)
+        self.options = stages[0].options
+
+    def setup(self) -> None:
+        for s in self.stages:
+            s.setup()
+
+    def __call__(self, rows: list[dict]) -> list[dict]:
+        for s in self.stages:
+            rows = s(rows)
+        return rows
+
+
 def task_function(name: str):
     """Task operators: a stage without a model, on one batch; named after the stage, so that Ray Data's
     progress lines and the watchdog's diagnosis say MapBatches(filter), not a generic name."""
@@ -152,7 +173,9 @@ def build_dataset(spec: JobSpec, plan_uris: list[str], ctx: RunContext) -> tuple
             ds = ds.map_batches(actor_class("+".join(names)), fn_constructor_args=(guarded, spec.ray.setup_attempts),
                                 **args)
         else:
-            ds = ds.map_batches(task_function(stage.name), fn_kwargs={"guarded": guarded[0]}, **args)
+            chain = StageChain(group) if len(group) > 1 else stage
+            ds = ds.map_batches(task_function(chain.name),
+                                fn_kwargs={"guarded": GuardedStage(chain, ledger, spec.ray, payload)}, **args)
     return ds, ledger, {name: float(r.num_gpus) for name, r in asks.items() if name != PLAN_READ}
 
 

@@ -44,7 +44,8 @@ class RunMetrics:
         self.started = started or time.time()
         self.batches: dict[tuple, dict] = {}  # each model-stage batch once (its rows carry the same span)
         self.busy: dict[str, float] = {}  # stage -> GPU-seconds busy
-        self.held: dict[str, dict[str, float]] = {}  # stage -> worker -> its share of a GPU
+        self.held: dict[str, dict[str, float]] = {}  # stage -> worker (its GPUs) -> its share of them
+        self.device_busy: dict[str, float] = {}  # worker (its GPUs) -> seconds some stage ran a batch on them
 
     def records(self, records: list[dict]) -> None:
         for rec in records:
@@ -61,14 +62,16 @@ class RunMetrics:
                 busy = (s["end"] - s["start"]) * s["gpus"]
                 self.busy[s["stage"]] = self.busy.get(s["stage"], 0.0) + busy
                 self.held.setdefault(s["stage"], {})[s["worker"]] = s["gpus"]
+                self.device_busy[s["worker"]] = self.device_busy.get(s["worker"], 0.0) + s["end"] - s["start"]
                 self.gpu_busy.inc(busy, tags={**self.tags, "stage": s["stage"]})
 
     def idle(self, now: float | None = None) -> None:
-        """Each GPU stage's idle GPU-seconds so far: its workers' shares since the run began, less its busy ones."""
+        """Each GPU stage's idle GPU-seconds so far: the time the GPUs it holds stood idle since the run began, in
+        proportion to its share of them (pipeline/gpu_time.py)."""
         elapsed = (now or time.time()) - self.started
         for stage, workers in self.held.items():
-            self.gpu_idle.set(max(0.0, sum(workers.values()) * elapsed - self.busy[stage]),
-                              tags={**self.tags, "stage": stage})
+            idle = sum(share * max(0.0, elapsed - self.device_busy[w]) for w, share in workers.items())
+            self.gpu_idle.set(idle, tags={**self.tags, "stage": stage})
 
     def invalid(self, count: int) -> None:
         if count:

@@ -84,7 +84,7 @@ def test_on_two_gpus_or_more_the_sampler_and_the_decoder_run_together_one_actor_
     stages = stages_on_ray(spec, RunContext())
     asks = {s.name: s.options.resources for s in stages}
     together = run_together(stages, asks, 8)
-    assert together == [["sample", "decode"], ["filter"], ["encode"], ["write"]]
+    assert together == [["sample", "decode"], ["filter", "encode", "write"]]
     shared = share_gpus(asks, 8, together)
     assert shared["sample"].num_gpus == shared["decode"].num_gpus == 1.0
     assert shared["sample"].replicas == shared["decode"].replicas == 8
