@@ -197,7 +197,7 @@ def share_gpus(asks: dict[str, Resources], gpus: float, together: list[list[str]
     ask a fixed number hold one for each stage asking auto; else an equal share of them, so that the model
     stages run at once (on one GPU, 0.5 each for sample and decode, each capping its memory at its share:
     stages/models/devices.py) instead of decoding waiting for all sampling to end; none without GPUs."""
-    joint = [g for g in together if len(g) > 1]
+    joint = [g for g in together if len(g) > 1 and all(asks[n].num_gpus == "auto" for n in g)]  # not a task chain
     if joint:  # one actor per GPU runs them all: a whole GPU each, as many as there are GPUs left
         fixed = sum(r.num_gpus * r.replica_range[0] for name, r in asks.items()
                     if r.num_gpus != "auto" and r.replicas != "auto")

@@ -87,6 +87,7 @@ def test_on_two_gpus_or_more_the_sampler_and_the_decoder_run_together_one_actor_
     assert together == [["sample", "decode"], ["filter", "encode", "write"]]
     shared = share_gpus(asks, 8, together)
     assert shared["sample"].num_gpus == shared["decode"].num_gpus == 1.0
+    assert shared["encode"].num_gpus == 0 and shared["encode"].replicas == 1  # the task chain asks no GPU
     assert shared["sample"].replicas == shared["decode"].replicas == 8
     assert run_together(stages, asks, 1)[:2] == [["sample"], ["decode"]]
     assert share_gpus(asks, 1, run_together(stages, asks, 1))["decode"].num_gpus == 0.5
