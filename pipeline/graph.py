@@ -12,7 +12,8 @@ the decoder of a multi-GPU cluster become one actor per GPU); each batch runs un
 pipeline/ledger.py.
 
 Rows travel between operators in the wire format of pipeline/rows.py, in blocks of one sample batch
-each, so that every free sampler can take the next batch.
+each, so that every free sampler can take the next batch (when sampling costs nothing, the null model's,
+in blocks of several: stages/sample.py block_rows).
 """
 from __future__ import annotations
 
@@ -146,11 +147,11 @@ def build_dataset(spec: JobSpec, plan_uris: list[str], ctx: RunContext) -> tuple
         ray.get_runtime_context().get_node_id(), soft=False)).remote()
 
     # One task per plan object, its rows then split into blocks of one sample batch: each free sampler
-    # takes the next batch, so no replica sits idle while another works through a long block.
+    # takes the next batch, so no replica sits idle while another works through a long block (block_rows).
     ds = ray.data.from_items([{"uri": u} for u in plan_uris], override_num_blocks=len(plan_uris))
     ds = ds.map_batches(read_plan, fn_kwargs={"storage_options": spec.storage_options}, batch_size=1,
                         batch_format="pyarrow", num_cpus=asks[PLAN_READ].num_cpus)
-    block = next((s.options.batch_size for s in stages if s.paces_blocks), 1)
+    block = next((s.block_rows() for s in stages if s.paces_blocks), 1)
     ds = ds.repartition(target_num_rows_per_block=block)
     by_name = {s.name: s for s in stages}
     for names in together:

@@ -166,7 +166,7 @@ class Stage:
     reads: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[str, ...]] = ()
     consumes: ClassVar[tuple[str, ...]] = ()
-    paces_blocks: ClassVar[bool] = False  # blocks between operators hold one batch of this stage
+    paces_blocks: ClassVar[bool] = False  # blocks between operators hold one batch of this stage (block_rows)
 
     def __init__(self, options: StageOptions | None = None, ctx: RunContext | None = None):
         self.options = options if options is not None else self.Options()
@@ -181,6 +181,10 @@ class Stage:
     def plan(self, row: dict, variants: list[dict]) -> None:
         """Work done in the driver while planning, on the new variants of one manifest row (in place); the
         template expander writes its prompts here. Nothing by default."""
+
+    def block_rows(self) -> int:
+        """Rows per block between operators when this stage paces them (`paces_blocks`): one batch of it."""
+        return self.options.batch_size
 
     def llm_processor(self, resources: Resources) -> LanguageModelProcessor | None:
         """When the stage's work runs in Ray Data's LLM processor instead of in the stage (None: it does not)."""

@@ -99,6 +99,10 @@ class NullFamily(FamilyRules):
         return None
 
     @classmethod
+    def free_to_sample(cls, model) -> bool:
+        return model is None or model.simulate is None
+
+    @classmethod
     def load_pipeline(cls, path: str, device: str, model, speed=None, batch_invariant: bool = True):
         return held(model, "sample")
 
