@@ -5,7 +5,9 @@
 - a stage that no node can host fails the job after `ray.resource_wait_s`, naming the resource, instead of
   waiting forever; an autoscaler is asked for one replica's worth meanwhile (`wait_for_resources`);
 - model stages that cannot hold their GPUs at once are warned about (`gpus_crowded`);
-- the whole pipeline fitted to the cluster's CPUs so that every stage can run at once (`fit_pipeline`).
+- the whole pipeline fitted to the cluster's CPUs so that every stage can run at once (`fit_pipeline`);
+- on a cluster of two GPUs or more, the sampler and the decoder that ask for `num_gpus: auto` run together, one
+  actor per GPU (`run_together`).
 """
 from __future__ import annotations
 
@@ -82,23 +84,49 @@ def gpus_crowded(actors: dict[str, Resources]) -> str | None:
 PLAN_READ = "read"  # the task operator that reads plan objects, ahead of the stages
 
 
-def fit_pipeline(stages: list[Stage], asks: dict[str, Resources], cpus: float
+def task_chains(stages: list[Stage], asks: dict[str, Resources]) -> list[list[str]]:
+    """The task operators: consecutive stages without a model that ask for the same resources and batch size are one
+    operator, one task running the whole chain on a batch (as Ray Data would fuse them)."""
+    chains: list[list[str]] = []
+    previous = None
+    for s in stages:
+        if s.holds_model:
+            previous = None
+            continue
+        if previous is not None and (asks[s.name], s.options.batch_size) == (asks[previous.name],
+                                                                              previous.options.batch_size):
+            chains[-1].append(s.name)
+        else:
+            chains.append([s.name])
+        previous = s
+    return chains
+
+
+def fit_pipeline(stages: list[Stage], asks: dict[str, Resources], cpus: float, together: list[list[str]] = ()
                  ) -> tuple[dict[str, Resources], str | None]:
     """The whole pipeline against the cluster's CPUs: every actor pool at its fewest replicas plus one
     task of each task operator (the plan read included) must fit at once, or nothing flows (the actors
     hold every CPU and no task is ever scheduled). Returns the CPU asks to use, and what was changed.
 
     The plan read keeps one whole CPU (Ray Data's block repartition after it runs as a task of 1 CPU
-    that cannot be asked for less). The other task operators share what the actor pools leave, in
-    fractions of a CPU; when the actor pools alone fill the rest, they are scaled to three quarters of
-    it. (CPUs are scheduling tokens here: a stage's torch threads still follow its own `num_cpus`.)
-    GPUs are not adapted: pools that cannot hold their GPUs together still progress, one after the
-    other (see `gpus_crowded`)."""
+    that cannot be asked for less). A chain of task stages that Ray Data fuses into one operator
+    (`task_chains`: filter, encode and write) counts once, as the one task that runs it; the chains share
+    what the actor pools leave; when the actor pools alone fill the rest, they are scaled to three quarters
+    of it. Counting each stage of a chain apart gave each a third of the share: Ray then ran three times
+    as many of the chain's tasks at once, each in a worker process of its own, on the same cores
+    (bench/RESULTS.md, "The pipeline's own cost"). (CPUs are scheduling tokens here: a stage's torch
+    threads still follow its own `num_cpus`.) GPUs are not adapted: pools that cannot hold their GPUs
+    together still progress, one after the other (see `gpus_crowded`)."""
+    chains = task_chains(stages, asks)
     asks = {PLAN_READ: Resources(num_cpus=1), **asks}
     pools = {s.name for s in stages if s.holds_model}
     count = {name: (res.replica_range[0] if name in pools else 1) for name, res in asks.items()}
-    pool_cpu = sum(count[n] * asks[n].num_cpus for n in pools)
-    task_cpu = sum(asks[n].num_cpus for n in asks if n not in pools and n != PLAN_READ)
+    # stages that run together in one actor hold the CPUs of the one that asks for most
+    joint = [g for g in together if len(g) > 1]
+    alone = [n for n in pools if not any(n in g for g in joint)]
+    pool_cpu = (sum(count[n] * asks[n].num_cpus for n in alone)
+                + sum(count[g[0]] * max(asks[m].num_cpus for m in g) for g in joint))
+    task_cpu = sum(asks[chain[0]].num_cpus for chain in chains)
     if 1 + pool_cpu + task_cpu <= cpus + 1e-9:
         return asks, None
     rest = cpus - 1
@@ -109,17 +137,20 @@ def fit_pipeline(stages: list[Stage], asks: dict[str, Resources], cpus: float
     task_scale = (rest - pool_cpu * pool_scale) / task_cpu if task_cpu else 1.0
     fitted = {n: r if n == PLAN_READ else r.model_copy(update={
               "num_cpus": r.num_cpus * (pool_scale if n in pools else task_scale)}) for n, r in asks.items()}
-    ask = ", ".join(f"{n} {count[n] * r.num_cpus:g}" + (f" ({count[n]} replicas)" if count[n] > 1 else "")
-                    for n, r in asks.items() if r.num_cpus)
-    now = ", ".join(f"{n} {r.num_cpus:.2f}" for n, r in fitted.items() if r.num_cpus)
+    operators = [[PLAN_READ], *[g for g in (together or [[n] for n in asks]) if g[0] in pools], *chains]
+    label = lambda names: "+".join(names)  # noqa: E731
+    ask = ", ".join(f"{label(o)} {count[o[0]] * asks[o[0]].num_cpus:g}" +
+                    (f" ({count[o[0]]} replicas)" if count[o[0]] > 1 else "") for o in operators if asks[o[0]].num_cpus)
+    now = ", ".join(f"{label(o)} {fitted[o[0]].num_cpus:.2f}" for o in operators if fitted[o[0]].num_cpus)
     return fitted, (f"the stages ask for {1 + pool_cpu + task_cpu:g} CPUs together ({ask}) but the cluster has "
-                    f"{cpus:g}; so that every stage can run at once, CPUs per replica are now: {now}")
+                    f"{cpus:g}; so that every stage can run at once, CPUs per replica (per task of a chain) are now: "
+                    f"{now}")
 
 
 AUTO_CPU_REPLICAS = (1, 4)  # bounds of an 'auto' pool on a cluster without GPUs
 
 
-def auto_replicas(res: Resources, cpus: float, gpus: float) -> Resources:
+def auto_replicas(res: Resources, cpus: float, gpus: float, grows_on_cpu: bool = True) -> Resources:
     """`replicas: auto`, resolved against the cluster when the run starts.
 
     - A stage that asks for GPUs: a pool that Ray Data scales from 1 up to as many replicas as the
@@ -127,20 +158,52 @@ def auto_replicas(res: Resources, cpus: float, gpus: float) -> Resources:
     - On CPUs alone: a fixed pool of one replica per two logical CPUs (1 to 4). A model stage on CPU
       runs each replica with `num_cpus` threads; for the small convolutions of a VAE, two one-thread
       replicas do more than one two-thread replica, and a fixed pool starts them all at once, where an
-      autoscaling one would add them only after its queue had built up (bench/RESULTS.md, vs_loop)."""
+      autoscaling one would add them only after its queue had built up (bench/RESULTS.md, vs_loop). A stage
+      whose options say it does not grow on CPUs (the sampler: `cpu_pool_grows`) keeps one replica."""
     if res.replicas != "auto":
         return res
     if res.num_gpus:
         return res.model_copy(update={"replicas": f"1..{max(1, int(gpus // res.num_gpus))}"})
+    if not grows_on_cpu:
+        return res.model_copy(update={"replicas": 1})
     lo, hi = AUTO_CPU_REPLICAS
     return res.model_copy(update={"replicas": min(hi, max(lo, int(cpus // 2)))})
 
 
-def share_gpus(asks: dict[str, Resources], gpus: float) -> dict[str, Resources]:
+def run_together(stages: list[Stage], asks: dict[str, Resources], gpus: float) -> list[list[str]]:
+    """The operators of the stages, in order: each stage alone, except a chain of task stages (`task_chains`: one
+    task runs the chain), and consecutive stages that run the job's
+    model (sample, decode) and leave both `num_gpus` and `replicas` to `auto`, on a cluster of 2 GPUs or more:
+    those run in one actor per GPU, taking turns on each batch, so that every GPU samples and decodes. Two pools of
+    half a GPU each would not share GPUs pairwise: Ray places fractional actors by packing them, two samplers on
+    one GPU and two decoders on another, and the decoders' GPUs then sit mostly idle (bench/RESULTS.md, "GPUs kept
+    busy"). On one GPU the two pools share it, half each (`share_gpus`)."""
+    groups: list[list[str]] = []
+    joins = lambda s: (gpus >= 2 and s.holds_model and s.options.loads_model  # noqa: E731
+                       and asks[s.name].num_gpus == "auto" and asks[s.name].replicas == "auto")
+    chains = {name: chain for chain in task_chains(stages, asks) for name in chain}
+    for i, s in enumerate(stages):
+        if groups and joins(s) and joins(stages[i - 1]):
+            groups[-1].append(s.name)
+        elif s.name in chains and chains[s.name][0] != s.name:
+            continue  # a task chain is one operator (task_chains)
+        else:
+            groups.append(chains.get(s.name, [s.name]))
+    return groups
+
+
+def share_gpus(asks: dict[str, Resources], gpus: float, together: list[list[str]] = ()) -> dict[str, Resources]:
     """`num_gpus: auto` against the cluster's GPUs: a whole GPU per replica when the GPUs left by the stages that
     ask a fixed number hold one for each stage asking auto; else an equal share of them, so that the model
     stages run at once (on one GPU, 0.5 each for sample and decode, each capping its memory at its share:
     stages/models/devices.py) instead of decoding waiting for all sampling to end; none without GPUs."""
+    joint = [g for g in together if len(g) > 1 and all(asks[n].num_gpus == "auto" for n in g)]  # not a task chain
+    if joint:  # one actor per GPU runs them all: a whole GPU each, as many as there are GPUs left
+        fixed = sum(r.num_gpus * r.replica_range[0] for name, r in asks.items()
+                    if r.num_gpus != "auto" and r.replicas != "auto")
+        others = sum(1 for name, r in asks.items() if r.num_gpus == "auto" and not any(name in g for g in joint))
+        each = {"num_gpus": 1.0, "replicas": max(1, int(gpus - fixed) - others)}
+        asks = {name: r.model_copy(update=each) if any(name in g for g in joint) else r for name, r in asks.items()}
     auto = [name for name, r in asks.items() if r.num_gpus == "auto"]
     if not auto:
         return asks
@@ -153,22 +216,25 @@ def share_gpus(asks: dict[str, Resources], gpus: float) -> dict[str, Resources]:
     return {name: r.model_copy(update={"num_gpus": share}) if name in auto else r for name, r in asks.items()}
 
 
-def fit_to_cluster(spec: JobSpec, stages: list[Stage]) -> dict[str, Resources]:
-    """Each stage's resources for this run on this cluster (and the plan read's, under PLAN_READ)."""
+def fit_to_cluster(spec: JobSpec, stages: list[Stage]) -> tuple[dict[str, Resources], list[list[str]]]:
+    """Each stage's resources for this run on this cluster (and the plan read's, under PLAN_READ), and the stages'
+    operators (`run_together`)."""
     asks = {s.name: s.options.resources for s in stages}
     alive = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     cpus, gpus = sum(n.get("CPU", 0) for n in alive), sum(n.get("GPU", 0) for n in alive)
     if len(alive) == 1 and not gpus and any(r.wants_gpu for r in asks.values()):  # one machine, no GPU
         asks = {name: r.model_copy(update={"num_gpus": 0.0}) for name, r in asks.items()}
         log.warning("no GPU on this machine: the stages run on CPU (their num_gpus requests dropped)")
-    asks = share_gpus(asks, gpus)
-    asks = {name: auto_replicas(r, cpus, gpus) for name, r in asks.items()}
+    together = run_together(stages, asks, gpus)
+    asks = share_gpus(asks, gpus, together)
+    grows = {s.name: s.options.cpu_pool_grows for s in stages}
+    asks = {name: auto_replicas(r, cpus, gpus, grows[name]) for name, r in asks.items()}
     wait_for_resources(asks, spec.ray.resource_wait_s)
-    crowded = gpus_crowded({s.name: asks[s.name] for s in stages if s.holds_model})
+    first = {g[0] for g in together}  # stages that run together hold one GPU between them
+    crowded = gpus_crowded({s.name: asks[s.name] for s in stages if s.holds_model and s.name in first})
     if crowded:
         log.warning(crowded)
-    asks, change = fit_pipeline(stages, asks, cpus)
+    asks, change = fit_pipeline(stages, asks, cpus, together)
     if change:  # routine on one machine (a local Ray has max(4, cores) CPUs): said, not warned
         log.info(change)
-
-    return asks
+    return asks, together

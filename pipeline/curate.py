@@ -94,7 +94,8 @@ class Curator:
                 row.update(seed=retry_seed(first_seed, attempt + 1), first_seed=first_seed, attempt=attempt + 1,
                            attempts=tried, status="pending", error=None, reasons=[], metrics={},
                            stage_seconds={k: v for k, v in (rec.get("stage_seconds") or {}).items()
-                                          if k == "expand"})
+                                          if k == "expand"},
+                           spans=list(rec.get("spans") or []))  # the GPU time of every try stays on the record
                 again.append(row)
                 continue
             commit.append(rec)

@@ -171,8 +171,9 @@ def plan_job(spec: JobSpec, gpu: str | None, gpus: int = 1, mfu: float = DEFAULT
         if gpu is None:
             plan.notes.append("no GPU given (--gpu) and none found on a cluster: memory not checked")
         return plan
-    asked = spec.sample.resources.num_gpus  # auto shares a GPU with the decoder when there are fewer than two
-    share = asked < 1 if asked != "auto" else gpus < 2
+    # auto (both): the decoder beside the sampler on each GPU (pipeline/capacity.py run_together, or half each on one)
+    asked = spec.sample.resources.num_gpus
+    share = asked < 1 if asked != "auto" else spec.decode.resources.num_gpus == "auto" or gpus < 2
     verdict = fits(folder, gpu, plan.largest, dtype=m.dtype, vae_dtype=family.vae_dtype_for(m.dtype),
                    share_gpu=share)
     applied = {"fp8": spec.sample.fp8_storage, "tiling": spec.decode.tiling == "on",

@@ -7,11 +7,13 @@ declares (stages/contract.py): a stage that holds a model becomes an actor pool 
 actor), any other becomes tasks; each with its own CPUs, GPUs, memory, batch size and replicas (fixed, or a
 `min..max` range that Ray Data scales); a stage whose language model runs in Ray Data's LLM processor gets
 that processor (pipeline/llm_processor.py). The row keys the stages read and write are checked along the
-chain before anything runs. Resources are fitted to the cluster in pipeline/capacity.py; each batch runs
-under the failure ledger of pipeline/ledger.py.
+chain before anything runs. Resources are fitted to the cluster in pipeline/capacity.py (where the sampler and
+the decoder of a multi-GPU cluster become one actor per GPU); each batch runs under the failure ledger of
+pipeline/ledger.py.
 
 Rows travel between operators in the wire format of pipeline/rows.py, in blocks of one sample batch
-each, so that every free sampler can take the next batch.
+each, so that every free sampler can take the next batch (when sampling costs nothing, the null model's,
+in blocks of several: stages/sample.py block_rows).
 """
 from __future__ import annotations
 
@@ -35,6 +37,28 @@ from stages.contract import Resources, RunContext, Stage, check_chain, payload_k
 
 log = logging.getLogger("rushes")
 
+
+class StageChain:
+    """Consecutive stages without a model that Ray Data would fuse into one task anyway (filter, encode, write), as
+    one stage: one task and one ledger entry per batch for the whole chain, instead of one per stage."""
+
+    holds_model = False
+
+    def __init__(self, stages: list[Stage]):
+        self.stages = stages
+        self.name = "+".join(s.name for s in stages)
+        self.options = stages[0].options
+
+    def setup(self) -> None:
+        for s in self.stages:
+            s.setup()
+
+    def __call__(self, rows: list[dict]) -> list[dict]:
+        for s in self.stages:
+            rows = s(rows)
+        return rows
+
+
 def task_function(name: str):
     """Task operators: a stage without a model, on one batch; named after the stage, so that Ray Data's
     progress lines and the watchdog's diagnosis say MapBatches(filter), not a generic name."""
@@ -50,14 +74,22 @@ def actor_class(name: str) -> type:
 
 
 class StageActor:
-    """Actor operators: the stage's `setup()` (model loading) runs once per actor, in the actor."""
+    """Actor operators: each stage's `setup()` (model loading) runs once per actor, in the actor. Stages that run
+    together (pipeline/capacity.py run_together: the sampler and the decoder on one GPU) run one after the other
+    on each batch."""
 
-    def __init__(self, guarded: GuardedStage, setup_attempts: int):
+    def __init__(self, guarded: list[GuardedStage], setup_attempts: int):
+        for g in guarded:
+            self.set_up(g, setup_attempts)
+        self.guarded = guarded
+
+    @staticmethod
+    def set_up(guarded: GuardedStage, setup_attempts: int) -> None:
         name = guarded.stage.name
         for attempt in range(1, setup_attempts + 1):
             try:
                 guarded.setup()
-                break
+                return
             except Exception as e:  # noqa: BLE001 - retried, then raised with the count
                 if attempt == setup_attempts:
                     raise RuntimeError(f"{name}: setup failed {attempt} times; last error: "
@@ -65,14 +97,17 @@ class StageActor:
                 log.warning("%s: setup failed (try %d of %d), trying again: %s: %s",
                             name, attempt, setup_attempts, type(e).__name__, e)
                 time.sleep(random.uniform(0, min(2.0 ** attempt, 30.0)))
-        self.guarded = guarded
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return table_of(self.guarded(rows_of(batch)))
+        rows = rows_of(batch)
+        for g in self.guarded:
+            rows = g(rows)
+        return table_of(rows)
 
 
 def operator_args(stage: Stage, res: Resources) -> dict:
-    """Ray Data's arguments for a stage's operator: an actor pool for a stage that holds a model, else tasks."""
+    """Ray Data's arguments for a stage's operator: an actor pool for a stage that holds a model, else tasks. (Stages
+    that run together take the first one's, with the most CPUs any of them asks for.)"""
     args = {"num_cpus": res.num_cpus, "batch_size": stage.options.batch_size, "batch_format": "pyarrow"}
     if res.num_gpus:
         args["num_gpus"] = res.num_gpus
@@ -100,7 +135,7 @@ def build_dataset(spec: JobSpec, plan_uris: list[str], ctx: RunContext) -> tuple
     stage's share of a GPU per replica as it runs on this cluster (what a second of its work costs in GPU time)."""
     stages = stages_on_ray(spec, ctx)
     check_chain(stages, PLANNED_KEYS)
-    asks = fit_to_cluster(spec, stages)
+    asks, together = fit_to_cluster(spec, stages)
     payload = payload_keys(stages, PLANNED_KEYS)
 
     # The ledger lives on the driver's node: it must outlive any worker node.
@@ -108,29 +143,36 @@ def build_dataset(spec: JobSpec, plan_uris: list[str], ctx: RunContext) -> tuple
         ray.get_runtime_context().get_node_id(), soft=False)).remote()
 
     # One task per plan object, its rows then split into blocks of one sample batch: each free sampler
-    # takes the next batch, so no replica sits idle while another works through a long block.
+    # takes the next batch, so no replica sits idle while another works through a long block (block_rows).
     ds = ray.data.from_items([{"uri": u} for u in plan_uris], override_num_blocks=len(plan_uris))
     ds = ds.map_batches(read_plan, fn_kwargs={"storage_options": spec.storage_options}, batch_size=1,
                         batch_format="pyarrow", num_cpus=asks[PLAN_READ].num_cpus)
-    block = next((s.options.batch_size for s in stages if s.paces_blocks), 1)
+    block = next((s.block_rows() for s in stages if s.paces_blocks), 1)
     ds = ds.repartition(target_num_rows_per_block=block)
-    for stage in stages:
-        # the worker's copy learns what `auto` became (its device, its GPU memory share); its torch threads keep
-        # following the CPUs it asked for, not the scheduling share fit_pipeline gave it
-        fitted = {k: getattr(asks[stage.name], k) for k in ("num_gpus", "replicas")}
-        stage.options = stage.options.model_copy(
-            update={"resources": stage.options.resources.model_copy(update=fitted)})
+    by_name = {s.name: s for s in stages}
+    for names in together:
+        group = [by_name[n] for n in names]
+        for stage in group:
+            # the worker's copy learns what `auto` became (its device, its GPU memory share); its torch threads keep
+            # following the CPUs it asked for, not the scheduling share fit_pipeline gave it
+            fitted = {k: getattr(asks[stage.name], k) for k in ("num_gpus", "replicas")}
+            stage.options = stage.options.model_copy(
+                update={"resources": stage.options.resources.model_copy(update=fitted)})
+        stage = group[0]
         processor = stage.llm_processor(asks[stage.name])
         if processor is not None:
             ds = llm_processor.apply(ds, processor)
             continue
-        guarded = GuardedStage(stage, ledger, spec.ray, payload)
-        args = operator_args(stage, asks[stage.name])
+        guarded = [GuardedStage(s, ledger, spec.ray, payload) for s in group]
+        args = operator_args(stage, asks[stage.name].model_copy(
+            update={"num_cpus": max(asks[n].num_cpus for n in names)}))
         if stage.holds_model:
-            ds = ds.map_batches(actor_class(stage.name), fn_constructor_args=(guarded, spec.ray.setup_attempts),
+            ds = ds.map_batches(actor_class("+".join(names)), fn_constructor_args=(guarded, spec.ray.setup_attempts),
                                 **args)
         else:
-            ds = ds.map_batches(task_function(stage.name), fn_kwargs={"guarded": guarded}, **args)
+            chain = StageChain(group) if len(group) > 1 else stage
+            ds = ds.map_batches(task_function(chain.name),
+                                fn_kwargs={"guarded": GuardedStage(chain, ledger, spec.ray, payload)}, **args)
     return ds, ledger, {name: float(r.num_gpus) for name, r in asks.items() if name != PLAN_READ}
 
 

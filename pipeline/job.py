@@ -7,6 +7,7 @@ pipeline/plan.py; the Ray Data graph: pipeline/graph.py; committing: pipeline/co
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from pipeline.commit import CommitBuffer, MetadataWriter, invalid_record, record
 from pipeline.errors import BudgetSpent, ClusterError, JobFailed
 from pipeline.lease import Lease
 from pipeline.library import LibraryState
-from pipeline.plan import PLAN_OBJECT_ROWS, PlanSpill, Planner, remove_plans
+from pipeline.plan import PLAN_OBJECT_ROWS, PlanSpill, Planner, remove_plans, sampling_cost
 from pipeline.progress import ProgressLine, on_terminal
 from pipeline.spec import JobSpec, JobSpecError
 from stages.contract import RunContext
@@ -44,6 +45,11 @@ class Summary:
     report_uri: str = ""
     gpu_seconds: float = 0.0  # busy seconds of each GPU stage times its share of a GPU
     gpu_hours_planned: float | None = None  # pipeline/gpu_plan.py, when the run was planned
+    started_at: float = field(default_factory=time.time)  # epoch seconds: where the GPU-busy figures start
+    lost: list[dict] = field(default_factory=list)  # model stages' batches lost with their workers (ledger.accounts)
+    ended_gpu_s: float = 0.0  # GPU-seconds of the model stages' batches that ended (ledger.accounts)
+    gpus: float = 0.0  # the cluster's GPUs when the run began
+    gpu_lines: list[str] = field(default_factory=list)  # how busy they were kept (pipeline/gpu_time.py)
 
     @property
     def generated(self) -> int:
@@ -60,7 +66,7 @@ class Summary:
             f"  {by_status}",
             f"  variants: {work}",
             f"  {self.generated} videos generated in {self.seconds:.1f} s ({per_min:.1f} videos/min)",
-        ] + ([f"  GPU-hours: {self.gpu_seconds / 3600:.3f} spent" + (
+        ] + [f"  {line}" for line in self.gpu_lines] + ([f"  GPU-hours: {self.gpu_seconds / 3600:.3f} spent" + (
             f", {self.gpu_hours_planned:.3f} planned" if self.gpu_hours_planned is not None else "")]
              if self.gpu_seconds or self.gpu_hours_planned is not None else []) + [
             f"  videos:   {self.output.rstrip('/')}/videos/",
@@ -73,7 +79,9 @@ class Summary:
         return json.dumps({"run_id": self.run_id, "output": self.output, "manifest_rows": self.manifest_rows,
                            "counts": dict(self.counts), "work": dict(self.work), "seconds": self.seconds,
                            "gpu_seconds": self.gpu_seconds, "gpu_hours_planned": self.gpu_hours_planned,
-                           "generated": self.generated}, indent=1)
+                           "generated": self.generated, "started_at": self.started_at, "lost": self.lost,
+                           "gpus": self.gpus, "ended_gpu_s": self.ended_gpu_s},
+                          indent=1)
 
 
 def ensure_ray(spec: JobSpec) -> None:
@@ -107,6 +115,38 @@ def run_job(spec: JobSpec, echo=print, force: bool = False) -> Summary:
     return Run(spec, echo).run(force)
 
 
+def ledger_accounts(ledger, received: dict) -> dict:
+    """The model stages' batches that the ledger saw begin and never end, and the GPU-seconds of those that ended
+    (ledger.AttemptLedger.accounts). A batch's end reaches the ledger without being waited for, so the driver may
+    have its rows (`received`: RunMetrics.batches) before the ledger hears of its end: such a batch ended."""
+    import ray
+
+    try:
+        accounts = ray.get(ledger.accounts.remote(), timeout=30)
+    except Exception as e:  # noqa: BLE001 - a figure for the summary; never what fails a run
+        log.warning("could not read the GPU accounts from the ledger: %s: %s", type(e).__name__, e)
+        return {"lost": [], "ended_gpu_s": 0.0}
+    ended = {key[:3]: s for key, s in received.items()}  # (stage, worker, start)
+    late = [s for s in accounts["lost"] if (s["stage"], s["worker"], s["start"]) in ended]
+    accounts["ended_gpu_s"] += sum((ended[s["stage"], s["worker"], s["start"]]["end"] - s["start"]) * s["gpus"]
+                                   for s in late)
+    accounts["lost"] = lost = [s for s in accounts["lost"] if s not in late]
+    if lost:
+        seconds = sum((s["until"] - s["start"]) * s["gpus"] for s in lost)
+        log.warning("%d model-stage batch(es) began and never ended (lost with their workers); at least %.1f "
+                    "GPU-seconds of work to redo", len(lost), seconds)
+    return accounts
+
+
+def simulated(spec: JobSpec) -> JobSpec:
+    """The job with a simulated GPU's profile resolved into seconds per window (stages/models/simulation.py),
+    once, in the driver; the saved job file shows them."""
+    sim = spec.model.simulate
+    if sim is None:
+        return spec
+    return spec.model_copy(update={"model": spec.model.model_copy(update={"simulate": sim.resolved()})})
+
+
 def plan_object_rows(spec: JobSpec) -> int:
     return min(PLAN_OBJECT_ROWS, spec.ray.max_rows_per_dataset)
 
@@ -114,7 +154,7 @@ def plan_object_rows(spec: JobSpec) -> int:
 class Run:
     def __init__(self, spec: JobSpec, echo=print):
         self.start = time.perf_counter()
-        self.spec = spec = spec.resolved()
+        self.spec = spec = simulated(spec.resolved())
         self.echo = echo
         self.planner = Planner(spec)  # opens the manifest: one that cannot be used is refused before any write
         self.lease = Lease(spec.output, spec.run_id, spec.lease_ttl_s, spec.storage_options)
@@ -186,7 +226,7 @@ class Run:
         """Record the invalid rows and spill the variants to generate; (plan object URIs, variants)."""
         spec, echo, counts = self.spec, self.echo, self.summary.counts
         commits = CommitBuffer(self.writer, spec.commit.max_records, float("inf"))
-        spill = PlanSpill(spec.output, spec.run_id, 0, spec.storage_options, plan_object_rows(spec))
+        spill = self.spill(0)
         valid = invalid = 0
         for batch in self.planner.batches():
             valid += batch.valid
@@ -209,10 +249,18 @@ class Run:
              f"{w['regenerated']} regenerated), {w['skipped']} already done")
         return plan_uris, spill.count
 
+    def spill(self, round_: int) -> PlanSpill:
+        """Where a round's variants wait (pipeline/plan.py), in the job's `order`."""
+        spec = self.spec
+        cost = functools.partial(sampling_cost, family=spec.family) if spec.order == "longest_first" else None
+        return PlanSpill(spec.output, spec.run_id, round_, spec.storage_options, plan_object_rows(spec), cost)
+
     def generate(self, plan_uris: list[str], total: int) -> None:
         """Stream the planned variants through the pipeline and commit their records; with
         `filter.retries_on_reject`, rejected variants go round again with new seeds (one more pass of the
         pipeline per try, planned like the first)."""
+        import ray
+
         from pipeline.curate import Curator
         from pipeline.metrics import RunMetrics
 
@@ -223,7 +271,8 @@ class Run:
             from pipeline.graph import show_ray_data_progress
 
             show_ray_data_progress(False)  # the progress line replaces Ray Data's bars on a terminal
-        self.metrics = RunMetrics(spec.name)
+        self.summary.gpus = ray.cluster_resources().get("GPU", 0.0)
+        self.metrics = RunMetrics(spec.name, self.summary.started_at)
         self.metrics.invalid(self.summary.counts["invalid"])
         self.total = total
         self.curator = Curator(spec, self.state)
@@ -232,8 +281,7 @@ class Run:
         per_wave = max(1, spec.ray.max_rows_per_dataset // plan_object_rows(spec))  # plan objects per dataset
         round_ = 0
         while plan_uris:
-            self.again = PlanSpill(spec.output, spec.run_id, round_ + 1, spec.storage_options,
-                                   plan_object_rows(spec))
+            self.again = self.spill(round_ + 1)
             waves = [plan_uris[i:i + per_wave] for i in range(0, len(plan_uris), per_wave)]
             for number, wave in enumerate(waves, 1):
                 if len(waves) > 1:
@@ -241,11 +289,19 @@ class Run:
                               f"variants (ray.max_rows_per_dataset={spec.ray.max_rows_per_dataset})")
                 self.run_wave(wave)
             round_ += 1
+            self.gpu_figures()
             plan_uris = self.again.close()
             if plan_uris:
                 self.summary.work["resampled"] += self.again.count
                 self.echo(f"[rushes] sampling {self.again.count} rejected variants again with new seeds "
                           f"(try {round_} of filter.retries_on_reject={spec.filter.retries_on_reject})")
+
+    def gpu_figures(self) -> None:
+        """The summary's lines on how busy the GPUs were kept, from the spans committed so far."""
+        from pipeline.gpu_time import gpu_time
+
+        figures = gpu_time(self.metrics.batches.values(), self.summary.started_at, self.summary.gpus)
+        self.summary.gpu_lines = figures.lines() if figures.devices and figures.on_gpus else []
 
     def check_plan(self) -> None:
         """Before any work, on a cluster with GPUs or with a budget: the plan of pipeline/gpu_plan.py, printed; a
@@ -323,6 +379,9 @@ class Run:
                             f"{type(e).__name__}: {first}. Committed records are kept; run again to resume.") from e
         finally:
             self.tick()  # the gauges end on what was committed
+            accounts = ledger_accounts(ledger, self.metrics.batches)
+            self.summary.lost += accounts["lost"]
+            self.summary.ended_gpu_s += accounts["ended_gpu_s"]
             ray.kill(ledger)
 
     def forget_segments(self, records: list[dict]) -> None:
@@ -342,6 +401,7 @@ class Run:
         """The live metrics, and the progress line on a terminal."""
         self.metrics.rows(self.total, self.commits.committed)
         self.metrics.lease(self.lease.renewals)
+        self.metrics.idle()
         if self.line:
             self.line.update(self.commits.committed + len(self.commits.records), self.total)
 

@@ -9,6 +9,9 @@
   thread; it is then charged like a crash, and a failed row's error names the timeout.
 - The ledger also keeps each stage's last sign of life, which the driver's watchdog reads
   (pipeline/watchdog.py).
+- A model stage's batch is stamped on its rows as a span (stage, start, end, worker, share of a GPU: the record's
+  `spans`, which pipeline/gpu_time.py turns into GPU-busy figures); the ledger keeps the spans begun and not
+  ended, which are the batches lost with their workers, and the GPU-seconds of those that ended (`accounts`).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 
 import ray
 
@@ -43,9 +47,14 @@ class AttemptLedger:
         self.alone: dict[str, int] = {}  # starts alone that never ended
         self.timeouts: dict[str, int] = {}  # of those, the ones its worker ended for running too long
         self.seen: dict[str, float] = {}  # stage -> time.time() of its last sign of life
+        self.open: dict[str, dict] = {}  # span id -> a model stage's batch begun and not ended yet
+        self.worker_seen: dict[str, float] = {}  # worker -> time.time() of its last sign of life
+        self.ended_gpu_s = 0.0  # GPU-seconds of every model-stage batch that ended (its output may be lost later)
 
-    def beat(self, stage: str) -> None:
+    def beat(self, stage: str, worker: str | None = None) -> None:
         self.seen[stage] = time.time()
+        if worker:
+            self.worker_seen[worker] = self.seen[stage]
 
     def saw(self, keys: list[str]) -> None:
         """A batch begun or ended: a sign of life of its stage (keys are '<stage>/<id>/<variant>/<seed>')."""
@@ -55,21 +64,29 @@ class AttemptLedger:
     def activity(self) -> dict[str, float]:
         return dict(self.seen)
 
-    def begin(self, keys: list[str], alone: bool) -> tuple[dict[str, int], bool]:
-        """Deaths so far per key, and whether the keys were started: a batch holding a suspect is not."""
+    def begin(self, keys: list[str], alone: bool, span: dict | None = None) -> tuple[dict[str, int], bool]:
+        """Deaths so far per key, and whether the keys were started: a batch holding a suspect is not. `span`: a
+        model stage's batch (id, stage, start, worker, gpus), kept until it ends."""
         self.saw(keys)
         deaths = {k: self.alone.get(k, 0) for k in keys}
+        if not alone and any(k in self.suspects or k in self.alone for k in keys):
+            return deaths, False
         if alone:
             for k in keys:
                 self.alone[k] = deaths[k] + 1
-            return deaths, True
-        if any(k in self.suspects or k in self.alone for k in keys):
-            return deaths, False
-        self.suspects.update(keys)
+        else:
+            self.suspects.update(keys)
+        if span is not None:
+            self.open[span["id"]] = {**span, "keys": keys}
+            self.worker_seen[span["worker"]] = span["start"]
         return deaths, True
 
-    def end(self, keys: list[str]) -> None:
+    def end(self, keys: list[str], span_id: str | None = None) -> None:
         self.saw(keys)
+        span = self.open.pop(span_id, None)
+        if span is not None:
+            self.worker_seen[span["worker"]] = now = time.time()
+            self.ended_gpu_s += (now - span["start"]) * span["gpus"]
         for k in keys:
             self.suspects.discard(k)
             self.alone.pop(k, None)
@@ -85,6 +102,23 @@ class AttemptLedger:
     def timeouts_of(self, keys: list[str]) -> dict[str, int]:
         return {k: self.timeouts.get(k, 0) for k in keys}
 
+    def accounts(self) -> dict:
+        """`lost`: the model stages' batches begun and never ended (their worker died, or the run stopped with them
+        in flight), each with `until`, its worker's last sign of life (it ran at least that long); `ended_gpu_s`:
+        the GPU-seconds of those that ended, including any whose output was lost after."""
+        lost = [{**s, "until": max(s["start"], self.worker_seen.get(s["worker"], s["start"]))}
+                for s in self.open.values()]
+        return {"lost": lost, "ended_gpu_s": self.ended_gpu_s}
+
+
+def worker_name() -> str:
+    """This worker in a span: its node and the GPUs Ray gave it (two stages sharing a GPU name the same one), or
+    its node and process without a GPU."""
+    context = ray.get_runtime_context()
+    gpus = [str(g) for g in context.get_accelerator_ids().get("GPU", [])]
+    node = context.get_node_id()[:12]
+    return f"{node}/gpu{','.join(gpus)}" if gpus else f"{node}/pid{os.getpid()}"
+
 
 class GuardedStage:
     """Runs a stage on a batch, charging each worker death to the row that was running. With a
@@ -99,6 +133,7 @@ class GuardedStage:
         self.running: list[str] = []  # the keys of the batch (or row) the stage is running now
         self.started = 0.0  # and since when (time.monotonic())
         self.ready = False
+        self.worker: str | None = None  # worker_name(), in the worker
 
     def setup(self) -> None:
         with self.alive(limit=False):
@@ -132,7 +167,7 @@ class GuardedStage:
                 if timeout and now - self.started > timeout and not done.is_set():
                     self.overdue()
                 if now - last >= HEARTBEAT_S - 1e-3 or not timeout:
-                    self.ledger.beat.remote(self.stage.name)
+                    self.ledger.beat.remote(self.stage.name, self.worker)
                     last = now
 
         thread = threading.Thread(target=beat, name=f"rushes-{self.stage.name}-heartbeat", daemon=True)
@@ -151,13 +186,31 @@ class GuardedStage:
         with self.alive():
             return self.run(rows)
 
+    def span(self) -> dict | None:
+        """A model stage's batch beginning now (None for other stages)."""
+        if not self.stage.holds_model:
+            return None
+        if self.worker is None:
+            self.worker = worker_name()
+        return {"id": uuid.uuid4().hex, "stage": self.stage.name, "start": time.time(), "worker": self.worker,
+                "gpus": float(self.stage.options.resources.num_gpus or 0.0)}
+
+    def finish(self, keys: list[str], rows: list[dict], span: dict | None) -> None:
+        """The batch ended: its span stamped on its rows, and the ledger told."""
+        if span is not None:
+            stamp = {k: span[k] for k in ("stage", "start", "worker", "gpus")} | {"end": time.time()}
+            for r in rows:
+                r["spans"] = [*(r.get("spans") or []), stamp]
+        self.ledger.end.remote(keys, span and span["id"])
+
     def run(self, rows: list[dict]) -> list[dict]:
         keys = [self.key(r) for r in rows]
-        deaths, started = ray.get(self.ledger.begin.remote(keys, False))
+        span = self.span()
+        deaths, started = ray.get(self.ledger.begin.remote(keys, False, span))
         if started:
             self.running = keys
             rows = self.stage(rows)
-            self.ledger.end.remote(keys)
+            self.finish(keys, rows, span)
             return rows
         # An earlier try of this batch died with its worker: go one row at a time so that only the row at
         # fault is charged again.
@@ -176,8 +229,10 @@ class GuardedStage:
                     r.pop(key, None)
                 out.append(r)
                 continue
-            ray.get(self.ledger.begin.remote([k], True))
+            span = self.span()
+            ray.get(self.ledger.begin.remote([k], True, span))
             self.running, self.started = [k], time.monotonic()
-            out.extend(self.stage([r]))
-            self.ledger.end.remote([k])
+            done = self.stage([r])
+            self.finish([k], done, span)
+            out.extend(done)
         return out

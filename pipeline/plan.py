@@ -13,10 +13,17 @@ Per variant, against the current committed record of the same (id, variant):
 - different `params_hash` (new weights, steps, prompt, ...): regenerated;
 - no record: new.
 Invalid rows are recorded once; an unchanged invalid row is not recorded again.
+
+The order of work (`order: longest_first`): `PlanSpill` keeps one stream of plan objects per cost class (a
+quarter octave of `sampling_cost`, a variant's denoising work up to a constant) and lists the dearest classes'
+objects first, so that minute-long videos start first and short ones fill the GPUs at the end, instead of a long
+video starting last and keeping one GPU busy alone. Within a class the manifest's order holds. The order decides
+nothing about a variant: its params_hash and seed are set before, and resume compares them alone.
 """
 from __future__ import annotations
 
 import io
+import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,7 +39,8 @@ from pipeline.spec import JobSpec, JobSpecError
 from stages.common.storage import filesystem, join, put_atomic, with_retries
 from stages.models.checkpoints import model_identity
 from stages.models.references import check_references
-from stages.common.variant import DONE, params_hash, variants_of
+from stages.common.variant import DONE, params_hash, sampling_params, variants_of
+from stages.long_video.windows import shot_latents, windows_for
 
 MANIFEST_BATCH = 1024  # manifest rows the driver validates and expands at a time
 PLAN_OBJECT_ROWS = 256  # variants per plan object: one Ray Data read task each
@@ -123,38 +131,65 @@ class Planner:
         return [r for r, p, e in zip(invalid, pos, errors) if p < 0 or self.state.errors[p] != e]
 
 
+def sampling_cost(v: dict, family) -> float:
+    """A variant's denoising work up to a constant, to order the work by (never part of what the variant is): the
+    denoiser's tokens (latent frames x H/8 x W/8) summed over its windows, x steps, x 2 with a negative pass."""
+    t = family.temporal_stride
+    if family.extends and v.get("base_num_frames") and (v["num_frames"] > v["base_num_frames"] or v.get("shots")):
+        shots = v.get("shots")
+        per_shot = shot_latents([s["duration_s"] for s in shots], v["fps"], t) if shots else None
+        frames = sum(w for w, _, _ in windows_for(v["num_frames"], v["base_num_frames"], v.get("overlap_history"),
+                                                   per_shot, t))
+    else:
+        frames = (v["num_frames"] - 1) // t + 1
+    passes = 2 if family.negative_pass(sampling_params(v)) else 1
+    return float(frames * (v["height"] // 8) * (v["width"] // 8) * v["num_inference_steps"] * passes)
+
+
+def cost_class(cost: float) -> int:
+    """Quarter octaves: variants within about 19% of each other's cost share a class (and keep their order)."""
+    return math.floor(4 * math.log2(max(cost, 1e-9)))
+
+
 class PlanSpill:
     """Variants waiting to be generated, written to the output in objects of `rows_per_object` variants:
-    `runs/<run_id>/plan/<round>/<seq>.parquet`. `uris` lists them, for `pipeline.graph` to read back."""
+    `runs/<run_id>/plan/<round>/<seq>.parquet`. `close()` lists them, for `pipeline.graph` to read back: with a
+    `cost` (variant -> its sampling_cost), one stream per cost class, the dearest class's objects first; without,
+    in the order added."""
 
     def __init__(self, output: str, run_id: str, round_: int, storage_options: dict | None = None,
-                 rows_per_object: int = PLAN_OBJECT_ROWS):
+                 rows_per_object: int = PLAN_OBJECT_ROWS, cost=None):
         self.fs, root = filesystem(output, storage_options)
         self.folder = join(root, "runs", run_id, "plan", f"{round_:03d}")
         self.rows_per_object = rows_per_object
-        self.buffer: list[dict] = []
-        self.uris: list[str] = []
+        self.cost = cost
+        self.buffers: dict[int, list[dict]] = {}  # cost class -> variants not written yet (a few per class)
+        self.written: list[tuple[int, int, str]] = []  # (-cost class, sequence, URI) of each plan object
         self.count = 0
 
     def add(self, rows: list[dict]) -> None:
-        self.buffer += rows
+        for row in rows:
+            c = cost_class(self.cost(row)) if self.cost else 0
+            buffer = self.buffers.setdefault(c, [])
+            buffer.append(row)
+            if len(buffer) >= self.rows_per_object:
+                self._flush(c)
         self.count += len(rows)
-        while len(self.buffer) >= self.rows_per_object:
-            self._flush(self.buffer[:self.rows_per_object])
-            self.buffer = self.buffer[self.rows_per_object:]
 
     def close(self) -> list[str]:
-        if self.buffer:
-            self._flush(self.buffer)
-            self.buffer = []
-        return self.uris
+        for c in list(self.buffers):
+            self._flush(c)
+        return [uri for _, _, uri in sorted(self.written)]
 
-    def _flush(self, rows: list[dict]) -> None:
+    def _flush(self, c: int) -> None:
+        rows = self.buffers.pop(c, [])
+        if not rows:
+            return
         buf = io.BytesIO()
         pq.write_table(table_of(rows), buf)
-        path = join(self.folder, f"{len(self.uris):06d}.parquet")
+        path = join(self.folder, f"{len(self.written):06d}.parquet")
         put_atomic(self.fs, path, buf.getvalue())
-        self.uris.append(self.fs.unstrip_protocol(path))
+        self.written.append((-c, len(self.written), self.fs.unstrip_protocol(path)))
 
 
 def read_plan_object(uri: str, storage_options: dict | None = None) -> pa.Table:

@@ -3,7 +3,8 @@ served from the bucket (no server, no CDN, nothing fetched but its own files and
 
 In: the library's current records (`pipeline.library.read_records`) and one run's summary
 (`runs/<run_id>/summary.json`, written by pipeline/job.py when a run ends). Out:
-- `report/index.html`: the run's summary, seconds per stage, reject reasons and each metric's
+- `report/index.html`: the run's summary, seconds per stage, how busy the model stages kept their GPUs
+  (pipeline/gpu_time.py, from the run's records' spans: busy and idle GPU-seconds per stage), reject reasons and each metric's
   distribution (drawn here, as inline HTML and SVG), the variants of the job's variant matrix counted by
   cell (style, aspect ratio) and status, the filters, and a compact index of every card (status, campaign,
   style, tags, aspect ratio; and the cards' order by cell, for the gallery grouped by cell) that the page
@@ -27,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.gpu_time import gpu_time
 from pipeline.library import read_records
 from pipeline.report_page import fill
 from stages.common.storage import filesystem, is_local, join, protocols, put_atomic, remove, with_retries
@@ -215,6 +217,7 @@ class ReportBuilder:
         self.run: Counter = Counter()  # the run's records, by status
         self.stage_totals: Counter = Counter()
         self.timed = 0  # the run's records with stage seconds
+        self.spans: dict[tuple, dict] = {}  # the run's model-stage batches, each once
         self.reasons: Counter = Counter()
         self.values: dict[str, array] = {}
 
@@ -237,6 +240,8 @@ class ReportBuilder:
                 self.timed += bool(r["stage_seconds"])
                 for stage, seconds in r["stage_seconds"] or []:
                     self.stage_totals[stage] += seconds
+                for s in r.get("spans") or []:
+                    self.spans.setdefault((s["stage"], s["worker"], s["start"], s["end"]), s)
             if r["status"] == "rejected":
                 self.reasons.update(reason_word(x) for x in r["reasons"] or [])
             for k, v in r["metrics"] or []:
@@ -258,11 +263,14 @@ class ReportBuilder:
         stage_chart = bars([(s, v, f"{v:.1f} s ({v / self.timed:.2f} s per variant)")
                             for s, v in self.stage_totals.items()])
         reasons_chart = bars([(k, v, str(v)) for k, v in self.reasons.most_common()])
+        gpu = gpu_time(self.spans.values(), (summary or {}).get("started_at"), (summary or {}).get("gpus", 0))
+        gpu_panel = ("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in gpu.lines()) + "</ul>"
+                     if gpu.devices else '<p class="muted">no model-stage batches recorded in this run</p>')
         metric_charts = "".join(histogram_svg(k, np.frombuffer(v)) for k, v in sorted(self.values.items()))
         return fill(
             summary=summary_html(self.run_id, summary, self.run),
             library=html.escape(", ".join(f"{s} {self.library[s]}" for s in STATUSES)),
-            total=self.n, stages=stage_chart, reasons=reasons_chart,
+            total=self.n, stages=stage_chart, reasons=reasons_chart, gpu=gpu_panel,
             metrics=metric_charts or '<p class="muted">none</p>', index=script_json(index),
             cells=(f'<section class="panel" id="cells"><h2>Variants by cell</h2>{cells_html(self.cells)}</section>'
                    if self.cells else ""))
@@ -290,14 +298,14 @@ def write_report(output: str, storage_options: dict | None = None, run_id: str |
     """Write `<output>/report/` for the library's current records and run `run_id` (default: the run
     that committed last); returns the URI of its index.html."""
     fs, root = filesystem(output, storage_options)
-    table = read_records(output, storage_options, columns=[*COLUMNS, "campaign", "manifest_campaign"])
+    table = read_records(output, storage_options, columns=[*COLUMNS, "spans", "campaign", "manifest_campaign"])
     if not table.num_rows and not fs.exists(join(root, "runs")):
         raise ReportError(f"{output}: no Rushes library there (no records, no runs/)")
     if run_id and not fs.exists(join(root, "runs", run_id, "job.yaml")):
         raise ReportError(f"{output}: no run {run_id!r} (no runs/{run_id}/job.yaml)")
     run_id = run_id or latest_run(table)
     campaign = campaign_column(table.column_names)
-    table = table.select([c for c in COLUMNS + (campaign,) if c in table.column_names])
+    table = table.select([c for c in COLUMNS + ("spans", campaign) if c in table.column_names])
     if table.num_rows:  # newest first
         table = table.sort_by([("committed_at", "descending"), ("id", "ascending"), ("variant", "ascending")])
     builder = ReportBuilder(campaign, fs.unstrip_protocol(root), run_id)

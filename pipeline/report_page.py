@@ -81,6 +81,7 @@ table.cells th:nth-child(-n+2), table.cells td:nth-child(-n+2) { text-align: lef
 <section class="panel" id="stages"><h2>Seconds per stage</h2>%%stages%%</section>
 <section class="panel" id="reasons"><h2>Reject reasons</h2>%%reasons%%</section>
 </div>
+<section class="panel" id="gpu-time"><h2>GPU time</h2>%%gpu%%</section>
 <section class="panel" id="metrics"><h2>Filter metrics</h2><div class="hists">%%metrics%%</div></section>
 %%cells%%
 <section class="panel" id="library">

@@ -15,7 +15,7 @@ import re
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
@@ -190,6 +190,10 @@ class JobBase(Strict):
     model: ModelSpec = Field(default_factory=ModelSpec, description="the model: its family, weights, dtype and LoRAs")
     sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="every row's sampling settings, unless its manifest columns say otherwise")
     variants: VariantMatrix | None = Field(None, description="a variant matrix: styles x aspect ratios x seeds")
+    order: Literal["longest_first", "manifest"] = Field(
+        "longest_first", description="the order variants start in: longest_first (by their denoising work, so "
+                                     "that long videos never start last and leave one GPU working alone) or manifest; "
+                                     "never changes a variant's params_hash, seed or resume")
     budget: BudgetSpec = Field(default_factory=BudgetSpec, description="a bound on the GPU-hours a job may spend")
     conditioning: ConditioningSpec = Field(default_factory=ConditioningSpec, description=(
         "rows with an image, last_image or video column: how the input meets each variant's size, and how "

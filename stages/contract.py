@@ -40,7 +40,7 @@ class Resources(Strict):
     memory_gb: float | None = Field(None, gt=0, description="memory reserved per replica, in GiB")
     replicas: int | str = Field(
         1, description="actor pool size: a number, 'min..max' for Ray Data to scale, or 'auto' (chosen from the "
-                       "cluster when the run starts: see pipeline/graph.py auto_replicas)")
+                       "cluster when the run starts: see pipeline/capacity.py auto_replicas)")
 
     @field_validator("num_gpus")
     @classmethod
@@ -77,7 +77,7 @@ class Resources(Strict):
         if isinstance(self.replicas, int):
             return self.replicas, self.replicas
         if self.replicas == "auto":
-            raise ValueError("replicas 'auto' is resolved against the cluster first (pipeline.graph.auto_replicas)")
+            raise ValueError("replicas 'auto' is resolved against the cluster first (pipeline.capacity.auto_replicas)")
         lo, hi = self.replicas.split("..")
         return int(lo), int(hi)
 
@@ -90,6 +90,7 @@ class StageOptions(Strict):
 
     RESOURCE_DEFAULTS: ClassVar[dict] = {}
     loads_model: ClassVar[bool] = False  # runs the job's model (`model:`), whose dtype follows where it runs
+    cpu_pool_grows: ClassVar[bool] = True  # replicas: auto without GPUs is one per two CPUs (False: one)
     batch_size: int = Field(1, ge=1, description="rows per call of the stage")
     resources: Resources = Field(default_factory=Resources, description="what one replica asks Ray for; a block here changes only the keys it names")
     # The job's storage_options, set when the job file is loaded (pipeline/spec.py), not a key of their own: for
@@ -165,7 +166,7 @@ class Stage:
     reads: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[str, ...]] = ()
     consumes: ClassVar[tuple[str, ...]] = ()
-    paces_blocks: ClassVar[bool] = False  # blocks between operators hold one batch of this stage
+    paces_blocks: ClassVar[bool] = False  # blocks between operators hold one batch of this stage (block_rows)
 
     def __init__(self, options: StageOptions | None = None, ctx: RunContext | None = None):
         self.options = options if options is not None else self.Options()
@@ -180,6 +181,10 @@ class Stage:
     def plan(self, row: dict, variants: list[dict]) -> None:
         """Work done in the driver while planning, on the new variants of one manifest row (in place); the
         template expander writes its prompts here. Nothing by default."""
+
+    def block_rows(self) -> int:
+        """Rows per block between operators when this stage paces them (`paces_blocks`): one batch of it."""
+        return self.options.batch_size
 
     def llm_processor(self, resources: Resources) -> LanguageModelProcessor | None:
         """When the stage's work runs in Ray Data's LLM processor instead of in the stage (None: it does not)."""

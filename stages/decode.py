@@ -25,7 +25,8 @@ from stages.models.families import family_for
 
 
 class DecodeOptions(StageOptions):
-    # auto: a pool that grows to the cluster's GPUs, or on CPUs a replica per two CPUs (pipeline/graph.py)
+    # auto: beside the sampler on each GPU of a multi-GPU cluster, half of one GPU, or on CPUs a replica per two
+    # CPUs (pipeline/capacity.py)
     RESOURCE_DEFAULTS = {"num_gpus": "auto", "replicas": "auto"}
     loads_model = True
     # On CPU, convolutions through oneDNN and Wan's RMS norm vectorized: the same arithmetic up to float
@@ -73,7 +74,7 @@ class DecodeStage(Stage):
         self.device = device = pick_device(self.options.resources.num_gpus)
         prepare_device(device, self.options.resources.num_gpus)
         local = resolve_model_path(m.path, self.ctx.storage_options)  # in object storage: copied once per node
-        self.vae = self.family.load_vae(local, m.dtype_on(device), device, revision=m.revision)
+        self.vae = self.family.load_vae(local, m.dtype_on(device), device, revision=m.revision, model=m)
         if self.options.tiling == "on":
             self.vae.enable_tiling()
         if self.options.fast_cpu_kernels:

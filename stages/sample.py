@@ -29,6 +29,9 @@ from stages.models.protocol import VariantInput
 from stages.models.speed import SpeedOptions, cache_enabled, check_batching, check_family, takes_mask
 
 
+FREE_BLOCK_ROWS = 16  # rows per block when sampling costs nothing (block_rows)
+
+
 class SampleOptions(StageOptions, SpeedOptions):
     """Batching, and the speed options of stages/models/speed.py (cache hooks, attention backend, compilation, fp8
     storage, group offload, quantization) flat under `sample:`."""
@@ -38,8 +41,11 @@ class SampleOptions(StageOptions, SpeedOptions):
     batch_size: int = Field(1, ge=1, description="variants per pipeline call (same shape only)")
     batch_invariant: bool = Field(
         True, description="denoise each variant in its own forward so batching never changes pixels")
-    RESOURCE_DEFAULTS = {"num_gpus": "auto"}
+    # auto: on a cluster of 2 GPUs or more, one sampler per GPU, each with a decoder beside it in its actor
+    # (pipeline/capacity.py run_together); on one GPU, half of it; on CPUs, one replica
+    RESOURCE_DEFAULTS = {"num_gpus": "auto", "replicas": "auto"}
     loads_model = True  # the model's weights: `model.dtype: auto` follows where they run
+    cpu_pool_grows = False
 
     @model_validator(mode="after")
     def _cache_fits_the_batching(self) -> "SampleOptions":
@@ -91,6 +97,14 @@ class SampleStage(Stage):
         self.pipe = self.family.load_pipeline(
             resolve_model_path(m.path, where), device, m,
             speed=self.options if self.speed_options_set else None, batch_invariant=self.options.batch_invariant)
+
+    def block_rows(self) -> int:
+        """One sample batch, so that each free sampler takes the next; but when sampling costs nothing (the null
+        family without simulated GPU time) there is nothing to share out, and a block of FREE_BLOCK_ROWS spares
+        every operator and the driver their per-block cost (bench/RESULTS.md, "The pipeline's own cost")."""
+        if self.family.free_to_sample(self.ctx.model):
+            return max(self.options.batch_size, FREE_BLOCK_ROWS)
+        return self.options.batch_size
 
     @property
     def speed_options_set(self) -> bool:

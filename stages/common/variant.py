@@ -16,6 +16,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 FLOAT_MAP = pa.map_(pa.string(), pa.float64())
+# When a model stage ran the variant's batch (epoch seconds), on which worker (node/GPU ids, or node/pid without a
+# GPU) and with what share of a GPU: stamped by the pipeline for each model stage (pipeline/ledger.py).
+SPAN = pa.struct([("stage", pa.string()), ("start", pa.float64()), ("end", pa.float64()), ("worker", pa.string()),
+                  ("gpus", pa.float64())])
 SHOT = pa.struct([("prompt", pa.string()), ("duration_s", pa.float64()), ("expanded_prompt", pa.string()),
                   ("first_frame", pa.int32()), ("end_frame", pa.int32())])
 
@@ -142,6 +146,7 @@ FIELDS = [
     V("resolution", pa.string(), report=True), V("codec", pa.string()),
     V("metrics", FLOAT_MAP, report=True), V("phash", pa.string(), state=True),
     V("stage_seconds", FLOAT_MAP, report=True),
+    V("spans", pa.list_(SPAN)),  # the model stages' batches that made it (pipeline/gpu_time.py reads them)
     V("attempt", pa.int32()), V("attempts", pa.list_(pa.string())),
     V("manifest", pa.string()), V("committed_at", pa.timestamp("us", tz="UTC"), state=True, report=True),
 ]

@@ -62,6 +62,7 @@ class ModelFamily(Protocol):
     def conditionings(self, path: str | None) -> frozenset[str]: ...  # the manifest columns image, last_image,
     def required_conditionings(self, path: str | None) -> frozenset[str]: ...  # video it takes; those it needs
     def video_tail(self, row: dict, path: str | None) -> int | None: ...  # the clip's last frames it continues from
+    def free_to_sample(self, model: Any) -> bool: ...  # no model and no simulated GPU time (null)
 
     # sampling, in the sample stage's worker
     def load_pipeline(self, path: str, device: str, model: Any, speed: Any = None,
@@ -70,6 +71,7 @@ class ModelFamily(Protocol):
     def sample(self, pipe: Any, inputs: list[VariantInput], params: SamplingParams) -> np.ndarray: ...
 
     # decoding, in the decode stage's worker
-    def load_vae(self, path: str, dtype: str, device: str, revision: str | None = None) -> Any: ...
+    def load_vae(self, path: str, dtype: str, device: str, revision: str | None = None,
+                 model: Any = None) -> Any: ...  # model: the job's `model:` section (the null family's simulate)
     def decode(self, vae: Any, latents: np.ndarray, seed: int = 0) -> tuple[np.ndarray, bool]: ...
     def decode_chunks(self, vae: Any, latents: np.ndarray) -> Any: ...

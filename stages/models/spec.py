@@ -9,6 +9,7 @@ from stages.common.strict import Strict
 from stages.models.devices import auto_dtype
 from stages.models.families import family_for
 from stages.models.lora import LoraSpec
+from stages.models.simulation import SimulatedGpu
 
 
 class ModelSpec(Strict):
@@ -24,6 +25,10 @@ class ModelSpec(Strict):
                             "its model card asks for (Wan: float32)")
     loras: list[LoraSpec] = Field(default_factory=list, description="LoRA adapters [{path, weight_name, scale}], "
                                   "loaded through peft into the transformer (and transformer_2 for Wan2.2)")
+    simulate: SimulatedGpu | None = Field(
+        None, description="family null only: how long each window holds the sampler's and the decoder's GPU "
+                          "(slept, so the CPU stays free), in seconds or from a profile of a real model on a real "
+                          "GPU; for measuring how busy a fleet's GPUs are kept (bench/fleet.py)")
 
     @field_validator("family")
     @classmethod
@@ -35,6 +40,12 @@ class ModelSpec(Strict):
         """The dtype the weights load in on `device`: the job file's, with `auto` decided for that device (a job
         file decides it when it is loaded, pipeline/spec.py; a stage used on its own decides it here)."""
         return auto_dtype(self.path, device.startswith("cuda")) if self.dtype == "auto" else self.dtype
+
+    @model_validator(mode="after")
+    def _simulate_only_null(self) -> "ModelSpec":
+        if self.simulate is not None and self.family != "null":
+            raise ValueError(f"simulate: only the null family simulates GPU time (family is {self.family!r})")
+        return self
 
     @model_validator(mode="after")
     def _family_tiny_model_by_default(self) -> "ModelSpec":

@@ -139,3 +139,65 @@ def test_a_row_too_small_a_multiple_for_ti2v_is_invalid_naming_the_rule(tmp_path
     assert out.invalid[0]["error"] == "width must be a multiple of 32 for family 'wan', got 400"
     with pytest.raises(JobSpecError, match="sampling: height must be a multiple of 32 for family 'wan', got 240"):
         load_job({**job, "sampling": {"height": 240, "width": 416}})
+
+
+def test_a_long_row_is_made_window_by_window_and_resumes_from_its_saved_segments(tmp_path):
+    import os
+
+    from stages.long_video.segments import SegmentStore
+
+    long = dict(num_frames=17 + 8 * 2, base_num_frames=17, overlap_history=9)
+    store = lambda: SegmentStore(str(tmp_path), "r", 0, "ab" * 32)  # noqa: E731
+    first = store()
+    z = sample([5], segments=[first], **long)
+    assert z.shape == (1, 16, 5 + 2 + 2, 8, 12) and first.saved == 3  # three windows, each saved
+    again = store()
+    np.testing.assert_array_equal(sample([5], segments=[again], **long), z)
+    assert again.saved == 0  # every window read back, none made again
+    os.remove(again.path(2))
+    resumed = store()
+    np.testing.assert_array_equal(sample([5], segments=[resumed], **long), z)
+    assert resumed.saved == 1
+    chunks = list(NullFamily.decode_chunks(None, z[0]))
+    frames, _ = NullFamily.decode(None, z[0])
+    np.testing.assert_array_equal(np.concatenate([c for c, _ in chunks]), frames)
+    assert frames.shape[0] == 33 and [len(c) for c, _ in chunks][:3] == [1, 4, 4]
+
+
+def test_long_rows_have_one_window_geometry():
+    assert NullFamily.check_length({"num_frames": 41, "base_num_frames": 17, "overlap_history": 9}, None) is None
+    assert "base_num_frames 17 and overlap_history 9" in NullFamily.check_length(
+        {"num_frames": 41, "base_num_frames": 21, "overlap_history": 9}, None)
+    assert NullFamily.check_length({"num_frames": 9, "shots": [{"prompt": "a"}]}, None).startswith("shots:")
+
+
+def test_simulated_gpu_time_is_a_null_family_setting_in_seconds_or_from_a_profile():
+    from stages.models.families.null import held
+    from stages.models.simulation import SimulatedGpu
+
+    sim = ModelSpec(family="null", simulate={"sample_s": 2.0, "decode_s": 0.5, "time_scale": 0.1}).simulate
+    assert sim.held("sample") == pytest.approx(0.2) and sim.held("decode") == pytest.approx(0.05)
+    assert sim.resolved() is sim  # seconds given: nothing to count
+    model = ModelSpec(family="null", simulate={"sample_s": 2.0, "decode_s": 0.5, "time_scale": 0.1})
+    assert held(model, "decode").seconds == pytest.approx(0.05) and held(None, "sample").seconds == 0.0
+    with pytest.raises(ValueError, match="only the null family simulates GPU time"):
+        ModelSpec(family="wan", simulate={"sample_s": 1})
+    with pytest.raises(ValueError, match="give a profile"):
+        SimulatedGpu()
+    with pytest.raises(ValueError, match="unknown GPU 'v100'"):
+        SimulatedGpu(profile="wan2.1-1.3b-480p@v100")
+    with pytest.raises(ValueError, match="unknown profile model 'wan9'"):
+        SimulatedGpu(profile="wan9@h100")
+
+
+@pytest.mark.slow
+def test_a_profile_resolves_to_seconds_per_window_from_the_plans_flops():
+    """Wan2.1 1.3B at 480p on an H100: the plan's FLOPs at MFU 0.35 (tens of seconds a window), the VAE's far less."""
+    from stages.models.gpus import GPU_TABLE
+    from stages.models.memory_plan import variant_flops
+    from stages.models.simulation import CHECKPOINTS, SimulatedGpu
+
+    sim = SimulatedGpu(profile="wan2.1-1.3b-480p@h100", time_scale=0.01).resolved()
+    flops = variant_flops(CHECKPOINTS / "wan2.1-t2v-1.3b", 480, 832, 81, steps=50, cfg=True)
+    assert sim.sample_s == pytest.approx(flops / (GPU_TABLE["h100-80gb"][1] * 1e12 * 0.35))
+    assert 0 < sim.decode_s < sim.sample_s / 10 and sim.held("sample") == pytest.approx(sim.sample_s * 0.01)

@@ -262,6 +262,12 @@ class FamilyRules:
         return None
 
     @classmethod
+    def free_to_sample(cls, model) -> bool:
+        """Whether sampling costs nothing (no model runs, no GPU time is simulated): then no sampler waits on
+        another, and rows can travel many to a block."""
+        return False
+
+    @classmethod
     def check_row(cls, row: dict, path: str | None) -> str | None:
         """Every rule above on a row (or the job's defaults) with its settings resolved."""
         return (cls.check_shape(row["height"], row["width"], row["num_frames"], path=path)
@@ -434,7 +440,7 @@ class DiffusersFamily(FamilyRules):
 
     # -- decoding ---------------------------------------------------------------------------------------
     @classmethod
-    def load_vae(cls, path: str, dtype: str, device: str, revision: str | None = None):
+    def load_vae(cls, path: str, dtype: str, device: str, revision: str | None = None, model=None):
         import diffusers
 
         quiet_loading()
