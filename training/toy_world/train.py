@@ -97,6 +97,22 @@ def vae_batch(rng: np.random.Generator, n: int, frames: int = 17, crop: int = 32
     return out
 
 
+def decode_unclamped(vae, z):
+    """AutoencoderKLWan._decode without its final clamp to [-1, 1]: the clamp has zero gradient wherever the
+    output overshoots, which stalls training (black and white pixels sit at the clamp's edges)."""
+    import torch
+
+    vae.clear_cache()
+    x = vae.post_quant_conv(z)
+    outs = []
+    for i in range(x.shape[2]):
+        vae._conv_idx = [0]
+        outs.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                first_chunk=i == 0))
+    vae.clear_cache()
+    return torch.cat(outs, 2)
+
+
 def stage_vae(cfg: dict) -> None:
     torch = setup_torch()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -132,7 +148,7 @@ def stage_vae(cfg: dict) -> None:
         else:  # nearly deterministic: the posterior mean plus fixed small noise, and a small pull towards 0
             z = post.mean + cfg["vae_noise"] * torch.randn_like(post.mean)
             kl = 0.5 * (post.mean ** 2).mean()
-        y = vae.decode(z).sample
+        y = decode_unclamped(vae, z)
         rec_l1 = ((y - x).abs() * w).mean()
         rec_l2 = (((y - x) ** 2) * w).mean()
         loss = rec_l1 + rec_l2 + cfg.get("vae_kl", 1e-5) * kl
