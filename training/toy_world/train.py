@@ -368,6 +368,8 @@ def main() -> None:
     ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of: " + ", ".join(STAGES))
     ap.add_argument("--quick", action="store_true", help="minutes-long smoke run (work dir work-quick/)")
     ap.add_argument("--redo", action="store_true", help="run the stages even if they are done")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one setting of the recipe, e.g. --set dit_steps=1600 (integers or floats)")
     args = ap.parse_args()
     global WORK, PIPE_OUT, CLIP_OUT
     if args.quick:
@@ -375,7 +377,14 @@ def main() -> None:
         PIPE_OUT, CLIP_OUT = WORK / "toy-shapes", WORK / "toy-clip"
     WORK.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        if key not in FULL:
+            ap.error(f"--set {kv}: unknown setting {key!r}; known: {', '.join(FULL)}")
+        cfg[key] = float(value) if "." in value or "e" in value else int(value)
+    if args.set:
+        log(f"recipe: {json.dumps(cfg)}")
     t_all = time.time()
     for name in args.stages.split(","):
         t = time.time()
