@@ -164,7 +164,42 @@ def new_clip(tokenizer):
         vision_config={"image_size": IMAGE_SIZE, "patch_size": 16, "hidden_size": 128, "intermediate_size": 256,
                        "num_hidden_layers": 4, "num_attention_heads": 4},
         projection_dim=64)
-    return CLIPModel(config)
+    model = CLIPModel(config)
+    structured_positions(model)
+    return model
+
+
+def _sincos(v: np.ndarray, dims: int, base: float = 100.0) -> np.ndarray:
+    freqs = 1.0 / base ** (np.arange(dims // 2) / (dims // 2))
+    a = v[:, None] * freqs[None, :]
+    return np.concatenate([np.sin(a), np.cos(a)], axis=1)
+
+
+def structured_positions(model) -> None:
+    """Start the vision tower's patch positions from a fixed code, not N(0, 0.02): a quarter each for the
+    position inside a tile (x, y) and the tile's place in time, and a quarter "motion code": the in-tile position
+    code times the tile's signed time (t - 1.5) / 1.5, so that a token attending evenly to one object's patches in
+    all four tiles reads its velocity linearly. With random (v1, v2) or purely additive (v3) codes the model
+    learnt colour at once but never direction: after 500-1000 steps a clip and its time reversal had the same
+    embedding (cos 0.999) and "moves left"/"moves right" the same text embedding. Still trainable."""
+    import torch
+
+    e = model.vision_model.embeddings
+    n = e.num_patches
+    side = int(round(np.sqrt(n)))
+    d = e.position_embedding.weight.shape[1]
+    q = d // 4
+    py, px = np.divmod(np.arange(n), side)
+    half = side // 2  # 2x2 grid of tiles
+    lx, ly, k = (px % half).astype(float), (py % half).astype(float), 2 * (py // half) + (px // half)
+    signed_t = ((k - 1.5) / 1.5)[:, None]
+    code = np.concatenate([_sincos(lx, q), _sincos(ly, q), _sincos(k.astype(float), q),
+                           _sincos(lx, q // 2, base=10.0) * signed_t, _sincos(ly, q // 2, base=10.0) * signed_t],
+                          axis=1)
+    w = np.zeros((n + 1, d))
+    w[1:] = 0.7 * code
+    with torch.no_grad():
+        e.position_embedding.weight.copy_(torch.from_numpy(w).float())
 
 
 def save_clip(model, tokenizer, target: Path) -> None:
@@ -260,7 +295,7 @@ def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
             log(f"clip: resumed at step {step}")
         from training.toy_world.train import cosine_lr, save_atomic
 
-        total, bs = cfg["clip_steps"], 48
+        total, bs = cfg["clip_steps"], 32
         model.train()
         t0, c0, run = time.time(), time.process_time(), []
         while step < total:
@@ -276,26 +311,34 @@ def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
                     objs = objs[::-1]  # either object may be named first
                 imgs.append(g)
                 sc.append((objs, bg))
+            # each clip's time-reversed partner is in the batch too: the hardest negative image for its caption
+            imgs += [reverse_grid(g) for g in imgs[:bs]]
+            sc += [([world.Obj(o.colour, o.shape, REVERSED[o.motion]) for o in objs], bg) for objs, bg in sc[:bs]]
+            n_img = len(imgs)
             px = to_pixels(np.stack(imgs))
-            # per clip: its caption, one with an object's colour swapped, one with an object's direction reversed
-            # (or, for a still object, made to move), all in the same phrasing; then augmented independently
+            # texts: every image's caption; then per original clip one caption with an object's colour swapped
+            # and one with an object's direction reversed (a still object made to move), in the same phrasing
             style = [int(rng.integers(world.N_STYLES)) for _ in sc]
             texts = [world.phrase_prompt(o, b, st) for (o, b), st in zip(sc, style)]
-            texts += [world.phrase_prompt(*swap_colour(o, b, rng), st) for (o, b), st in zip(sc, style)]
+            texts += [world.phrase_prompt(*swap_colour(o, b, rng), st) for (o, b), st in zip(sc[:bs], style)]
             texts += [world.phrase_prompt(*swap_motion(o, b, rng, opposite=rng.random() < 0.7), st)
-                      for (o, b), st in zip(sc, style)]
+                      for (o, b), st in zip(sc[:bs], style)]
             texts = [augment(x, rng) for x in texts]
+            # the same scene twice in a batch (an all-still clip and its reversal): not a negative of each other
+            keys = [world.canonical_prompt(sorted(o, key=lambda x: x.colour), b) for o, b in sc]
+            same = torch.tensor([[a == b_ and i != j for j, b_ in enumerate(keys)] for i, a in enumerate(keys)])
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(step, total, 5e-4, 50)
             t = tok(texts, padding=True, return_tensors="pt")
             out = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"], pixel_values=px)
-            # logits_per_image: (bs, 3 bs); image i's caption is text i. Same-scene duplicates are rare (ignored).
-            li = out.logits_per_image
-            labels = torch.arange(bs)
-            loss = F.cross_entropy(li, labels) + F.cross_entropy(li[:, :bs].t(), labels)
-            # and each image against its own two hard negatives alone
+            li = out.logits_per_image  # (n_img, n_img + 2 bs); image i's caption is text i
+            li_pos = li[:, :n_img].masked_fill(same, -1e4)
+            li = torch.cat([li_pos, li[:, n_img:]], dim=1)
+            labels = torch.arange(n_img)
+            loss = F.cross_entropy(li, labels) + F.cross_entropy(li_pos.t(), labels)
+            # and each original image against its own two hard negatives alone
             ar = torch.arange(bs)
-            hard = torch.stack([li[ar, ar], li[ar, ar + bs], li[ar, ar + 2 * bs]], dim=1)
+            hard = torch.stack([li[ar, ar], li[ar, ar + n_img], li[ar, ar + n_img + bs]], dim=1)
             loss = loss + F.cross_entropy(hard, torch.zeros(bs, dtype=torch.long))
             opt.zero_grad()
             loss.backward()
