@@ -8,8 +8,8 @@ own code (`pipeline.job.run_job`).
 One node: a local Ray with `--gpus` logical GPUs and `--cpus` logical CPUs. `--nodes N`: a `ray.cluster_utils.Cluster`,
 a head without GPUs (the driver and the ledger) and N nodes sharing the GPUs and CPUs. `--mix long=0.1`: a tenth of
 the rows, placed at random, are minute-long videos (as many windows as a minute of the profile's model makes,
-each costing one window). `--kill-node-at F`: when a fraction F of the rows is committed, one GPU node is removed
-and a new one added (a node lost and replaced), and the GPU-seconds redone are measured: every batch the ledger saw
+each costing one window). `--kill-node-at F`: when a fraction F of the rows is committed (or `--kill-node-after S`:
+S seconds after the job starts), one GPU node is removed and a new one added (a node lost and replaced), and the GPU-seconds redone are measured: every batch the ledger saw
 begin, end or be lost with its node, against the work that the records needed.
 
 Printed (pipeline/gpu_time.py, the same figures as the run's report): the GPU-busy fraction over the GPU phase and
@@ -151,6 +151,8 @@ def main() -> None:
     ap.add_argument("--time-scale", type=float, default=0.005)
     ap.add_argument("--order", default="longest_first", choices=["longest_first", "manifest"])
     ap.add_argument("--kill-node-at", type=float, help="remove (and replace) a GPU node at this share committed")
+    ap.add_argument("--kill-node-after", type=float, help="remove (and replace) a GPU node this many seconds after "
+                    "the job starts (commits lag the GPU phase on a small machine: this can hit it mid-sampling)")
     ap.add_argument("--set", nargs="*", default=[], help="job-file overrides, key.path=value (YAML)")
     a = ap.parse_args()
     if a.sample_s is not None or a.decode_s is not None:
@@ -187,7 +189,19 @@ def main() -> None:
 
     def replace(victim) -> None:
         cluster.remove_node(victim)
+        # off the main thread a node cannot register its SIGTERM handler; the cluster's shutdown ends it anyway
+        cluster._shutdown_at_exit = False
         nodes.append(cluster.add_node(**node_args(a)))
+
+    def kill_after(seconds: float) -> None:
+        time.sleep(seconds)
+        if nodes and not killed:
+            victim = nodes.pop()
+            killed.append((victim.node_id[:12], time.time()))
+            replace(victim)
+
+    if a.kill_node_after:
+        threading.Thread(target=kill_after, args=(a.kill_node_after,), daemon=True).start()
 
     start = time.perf_counter()
     summary = run_job(spec, echo=echo)
