@@ -50,6 +50,7 @@ class Summary:
     ended_gpu_s: float = 0.0  # GPU-seconds of the model stages' batches that ended (ledger.accounts)
     gpus: float = 0.0  # the cluster's GPUs when the run began
     gpu_lines: list[str] = field(default_factory=list)  # how busy they were kept (pipeline/gpu_time.py)
+    stopped: str | None = None  # why a run that did not finish stopped (its counts: what it committed)
 
     @property
     def generated(self) -> int:
@@ -80,7 +81,7 @@ class Summary:
                            "counts": dict(self.counts), "work": dict(self.work), "seconds": self.seconds,
                            "gpu_seconds": self.gpu_seconds, "gpu_hours_planned": self.gpu_hours_planned,
                            "generated": self.generated, "started_at": self.started_at, "lost": self.lost,
-                           "gpus": self.gpus, "ended_gpu_s": self.ended_gpu_s},
+                           "gpus": self.gpus, "ended_gpu_s": self.ended_gpu_s, "stopped": self.stopped},
                           indent=1)
 
 
@@ -200,8 +201,9 @@ class Run:
             self.write_report()
             self.writer.save_text(f"runs/{spec.run_id}/summary.txt", self.summary.render() + "\n")
             return self.summary
-        except Exception:
+        except Exception as e:
             if self.writer is not None and not self.lease.lost.is_set():
+                self.summary.stopped = f"{type(e).__name__}: {e}"
                 self.summary.seconds = time.perf_counter() - self.start
                 self.writer.save_text(f"runs/{spec.run_id}/summary.json", self.summary.to_json() + "\n")
                 self.write_report()  # a run that stopped: what it committed is kept, and shown

@@ -162,6 +162,9 @@ def summary_html(run_id: str | None, summary: dict | None, run_counts: Counter) 
                 'records that are still current</p>')
     else:
         counts, work, note = summary["counts"], summary["work"], ""
+        if summary.get("stopped"):
+            note = (f'<p class="muted">this run stopped before it finished ({html.escape(summary["stopped"])}): its '
+                    'counts are what it committed; running the job again resumes it</p>')
     cells = [(s, counts.get(s, 0)) for s in STATUSES]
     cells += [(k, work.get(k, 0)) for k in WORK if summary]
     if summary:

@@ -394,7 +394,9 @@ def test_a_run_that_stops_still_writes_its_report_and_a_report_never_fails_a_run
     with pytest.raises(JobFailed):
         run_job(job, echo=lambda *_: None)
     page = (tmp_path / "out" / "report" / "index.html").read_text()
-    assert "this run has no summary" in page and "invalid 1" in page  # what it committed: the invalid row
+    # what it committed (the invalid row), and why it stopped
+    assert "this run stopped before it finished (JobFailed: the pipeline stopped)" in page
+    assert 'class="stat stat-invalid"><b>1</b>' in page
 
     monkeypatch.setattr(Run, "generate", lambda self, plan_uris, total: None)
     monkeypatch.setattr(pipeline.report, "write_report", lambda *a, **k: 1 / 0)

@@ -125,6 +125,7 @@ def test_the_template_writes_every_shot_with_the_same_cast_and_style():
 
 def test_the_llm_writes_every_shot_with_the_whole_storyboard_in_its_prompt():
     from stages.expand import ExpandOptions, ExpandStage
+    from stages.models.rewriters import storyboard_request
 
     stage = ExpandStage(ExpandOptions(mode="llm", backend="local", model="builtin:tiny-qwen",
                                       resources={"num_gpus": 0}))
@@ -133,7 +134,7 @@ def test_the_llm_writes_every_shot_with_the_whole_storyboard_in_its_prompt():
              {"prompt": "Ada rows out at dusk", "duration_s": 2.0, "expanded_prompt": None}]
     rows = planned(stage, [{"row": 0, "id": "s", "prompt": cast, "negative_prompt": "", "seed": 3, "num_variants": 2,
                             "style": None, "tags": [], "extra": {}, "shots": shots}])
-    chat = stage.storyboard_chat(rows[0], 1)[-1]["content"]
+    chat = stage.chat(storyboard_request(rows[0]["prompt"], rows[0]["shots"], 1), rows[0]["style"])[-1]["content"]
     assert cast in chat and "Shot 1: Ada mends a net" in chat and "Shot 2: Ada rows out at dusk" in chat
     assert "shot 2 only" in chat
     stage.setup()

@@ -1,0 +1,98 @@
+"""The toy world's measuring instrument (plain image analysis of clips) and the two models trained on it and shipped
+in the package: builtin:toy-shapes (a WanPipeline) and builtin:toy-clip (a CLIPModel)."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import av
+import fsspec
+import numpy as np
+import pytest
+
+from training.toy_world import world
+
+ROOT = Path(__file__).resolve().parents[2]
+SHAPES = ROOT / "stages" / "models" / "weights" / "toy-shapes"
+FRESH = 9_900_000  # seeds no training stage drew (training: 0-2,999,999; evaluation: 9,000,000-9,499,999)
+
+
+def test_the_analysis_reads_every_attribute_of_drawn_clips():
+    results = [world.judge(world.analyze(frames, prompt), prompt)
+               for frames, prompt, _, _ in (world.sample_clip(FRESH + i) for i in range(40))]
+    assert np.mean([r["all"] for r in results]) >= 0.95
+    assert all(r["count"] and r["background"] for r in results)
+
+
+def test_the_analysis_says_wrong_when_the_prompt_asks_for_another_colour_or_direction():
+    frames, _, objs, bg = world.sample_clip(FRESH, n_objects=1, style=0)
+    o = objs[0]
+    colour = next(c for c in world.COLOURS if c != o.colour)
+    motion = {"left": "right", "right": "left", "up": "down", "down": "up", "still": "left"}[o.motion]
+    analysis = world.analyze(frames)
+    right = world.canonical_prompt([o], bg)
+    assert world.judge(analysis, right)["all"]
+    judged = world.judge(analysis, world.canonical_prompt([world.Obj(colour, o.shape, o.motion)], bg))
+    assert not judged["objects"][0]["colour"] and judged["objects"][0]["motion"]
+    judged = world.judge(analysis, world.canonical_prompt([world.Obj(o.colour, o.shape, motion)], bg))
+    assert judged["objects"][0]["colour"] and not judged["objects"][0]["motion"]
+
+
+def test_toy_shapes_is_a_small_wan_checkpoint_that_ships_the_settings_it_was_trained_for():
+    from stages.models.families import family_for
+
+    index = json.loads((SHAPES / "model_index.json").read_text())
+    assert index["_class_name"] == "WanPipeline"
+    assert index["transformer"] == ["diffusers", "WanTransformer3DModel"]
+    assert index["vae"] == ["diffusers", "AutoencoderKLWan"]
+    size = sum(f.stat().st_size for f in SHAPES.rglob("*") if f.is_file())
+    assert size < 40 * 2**20, f"{size / 2**20:.1f} MiB"
+    trained = json.loads((ROOT / "training" / "toy_world" / "recommended.json").read_text())
+    settings = family_for("wan").recommended("builtin:toy-shapes")
+    assert {k: settings[k] for k in trained} == trained
+    assert trained["num_inference_steps"] <= 8 and trained["num_frames"] == 17 and trained["height"] >= 64
+
+
+@pytest.mark.slow
+def test_a_job_naming_toy_shapes_draws_the_colour_and_motion_its_prompts_ask_for(ray_local, make_manifest, tmp_path):
+    """Through `rushes run`'s code with no sampling keys: the trained settings, and videos that show their prompts
+    (colour and motion of one object; the figures over hundreds of prompts are bench/toy_adherence.py's)."""
+    from pipeline.job import run_job
+    from pipeline.library import read_records
+    from pipeline.spec import load_job
+
+    scenes = [("red", "circle", "left"), ("blue", "square", "up"), ("yellow", "triangle", "right"),
+              ("white", "circle", "down"), ("green", "square", "still"), ("red", "triangle", "right")]
+    rows = [{"id": f"s{i}", "prompt": world.canonical_prompt([world.Obj(*s)], "black" if i % 2 else "gray"),
+             "seed": 1000 + i} for i, s in enumerate(scenes)]
+    spec = load_job({"manifest": make_manifest(rows), "output": str(tmp_path / "out"),
+                     "model": {"path": "builtin:toy-shapes"}, "filter": {"score_only": ["motion"]}})
+    run_job(spec, echo=lambda _: None)
+    records = {r["id"]: r for r in read_records(spec.output).to_pylist()}
+    colour = motion = 0
+    for row in rows:
+        r = records[row["id"]]
+        assert (r["height"], r["width"], r["num_frames"], r["num_inference_steps"]) == (64, 64, 17, 8)
+        with fsspec.open(r["video_uri"], "rb") as f, av.open(io.BytesIO(f.read())) as c:
+            frames = np.stack([fr.to_ndarray(format="rgb24") for fr in c.decode(c.streams.video[0])])
+        assert frames.shape == (17, 64, 64, 3)
+        judged = world.judge(world.analyze(frames, row["prompt"]), row["prompt"])["objects"][0]
+        colour += judged["colour"]
+        motion += judged["motion"]
+    assert colour >= 5 and motion >= 4, (colour, motion)
+
+
+def test_toy_clip_scores_a_matching_prompt_above_the_same_prompt_with_another_colour():
+    from stages.models.clip_score import ClipScorer
+
+    scorer = ClipScorer("builtin:toy-clip")
+    wins = 0
+    for i in range(12):
+        frames, _, objs, bg = world.sample_clip(FRESH + 100 + i, n_objects=1, style=0)
+        o = objs[0]
+        other = next(c for c in world.COLOURS if c != o.colour)
+        right = scorer.score(world.canonical_prompt(objs, bg), frames)
+        wrong = scorer.score(world.canonical_prompt([world.Obj(other, o.shape, o.motion)], bg), frames)
+        wins += right > wrong
+    assert wins >= 11
