@@ -34,8 +34,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
+import overrides  # bench/overrides.py, next to this file
 from machine_info import describe  # bench/machine_info.py, next to this file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,14 +91,7 @@ def job(a, base: str) -> dict:
     out = {"name": "fleet", "manifest": f"{base}/manifest.parquet", "output": f"{base}/out", "order": a.order,
            "model": {"family": "null", "simulate": simulate}, "sampling": {"height": 64, "width": 64},
            "filter": {"max_duplicate_distance": None}}
-    for kv in a.set:  # key.path=value, the value as YAML
-        key, value = kv.split("=", 1)
-        *path, last = key.split(".")
-        d = out
-        for p in path:
-            d = d.setdefault(p, {})
-        d[last] = yaml.safe_load(value)
-    return out
+    return overrides.apply(out, a.set)
 
 
 def windows_of(r: dict) -> int:

@@ -27,8 +27,7 @@ import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
-
+import overrides  # bench/overrides.py, next to this file
 from machine_info import describe  # bench/machine_info.py, next to this file
 from orchestration import ProcessPoller  # bench/orchestration.py
 
@@ -55,14 +54,7 @@ def write_manifest(path: str, n: int) -> None:
 def job(manifest: str, output: str, a) -> dict:
     out = {"name": "overhead", "manifest": manifest, "output": output, "model": {"family": "null", "path": "builtin:null"},
            "sampling": {"height": a.height, "width": a.width, "num_frames": a.frames}}
-    for kv in a.set:  # key.path=value, the value as YAML
-        key, value = kv.split("=", 1)
-        *path, last = key.split(".")
-        d = out
-        for p in path:
-            d = d.setdefault(p, {})
-        d[last] = yaml.safe_load(value)
-    return out
+    return overrides.apply(out, a.set)
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import overrides  # noqa: E402 - bench/overrides.py, next to this file
 from machine_info import describe  # noqa: E402 - bench/machine_info.py, next to this file
 
 SCORE_ONLY = ["black_fraction", "constant_fraction", "motion", "flow_residual", "flicker", "scene_cuts", "brightness",
@@ -52,7 +53,6 @@ def frames_of(uri: str) -> np.ndarray:
 def run(texts: list[str], seed: int, out: Path, args) -> list[dict]:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import yaml
 
     from pipeline.graph import show_ray_data_progress
     from pipeline.job import run_job
@@ -65,10 +65,7 @@ def run(texts: list[str], seed: int, out: Path, args) -> list[dict]:
            "model": {"path": "builtin:toy-shapes"}, "expand": {"mode": args.expand},
            "filter": {"score_only": SCORE_ONLY, "max_duplicate_distance": None},
            "encode": {"keep_rejected": True, "preset": "veryfast"}}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        job.setdefault(section, {})[name] = yaml.safe_load(value)
+    overrides.apply(job, args.set)
     show_ray_data_progress(False)  # the figures, not Ray Data's progress lines
     run_job(load_job(job), echo=lambda *_: None)
     return read_records(str(out / "library")).to_pylist()

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 import torch
 import yaml
 
+import overrides  # bench/overrides.py, next to this file
 from machine_info import describe  # bench/machine_info.py, next to this file
 from orchestration import ProcessPoller  # bench/orchestration.py, next to this file
 from stages.models.checkpoints import resolve_model_path
@@ -109,13 +110,6 @@ def stage_seconds(output: str) -> dict[str, float]:
     return {k: sum(dict(r["stage_seconds"]).get(k, 0.0) for r in records) / len(records) for k in names}
 
 
-def set_key(job: dict, dotted: str, value) -> None:
-    *parents, last = dotted.split(".")
-    for p in parents:
-        job = job.setdefault(p, {})
-    job[last] = value
-
-
 def rushes_run(job_path: str) -> tuple[float, list[tuple[float, int]], float | None, int]:
     """Runs `rushes run` and timestamps its output: (wall s, [(seconds, variants committed so far)],
     seconds when Ray was up, videos generated)."""
@@ -175,9 +169,7 @@ def main() -> None:
     if a.defaults:
         for key in ("sample", "decode", "commit"):
             del job[key]
-    for item in a.set:
-        key, _, value = item.partition("=")
-        set_key(job, key, yaml.safe_load(value))
+    overrides.apply(job, a.set)
     with open(f"{tmp}/job.yaml", "w") as f:
         yaml.safe_dump(job, f, sort_keys=False)
     resolve_model_path("builtin:tiny-wan")  # built once into the cache, outside both timings

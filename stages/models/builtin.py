@@ -220,10 +220,13 @@ def build_tiny_ltx(target: Path) -> None:
 
 def build_tiny_cogvideox(target: Path) -> None:
     """CogVideoX-5b-style: 3D rotary embeddings, 8x spatial and 4x temporal VAE compression, DDIM (v-prediction)."""
-    import torch
-    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline,
-                           CogVideoXTransformer3DModel)
+    _tiny_cogvideox(target, "CogVideoXPipeline", in_channels=4)
 
+
+def _tiny_cogvideox(target: Path, pipeline_class: str, in_channels: int) -> None:
+    import diffusers
+    import torch
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
 
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
@@ -232,13 +235,13 @@ def build_tiny_cogvideox(target: Path) -> None:
         temporal_compression_ratio=4, sample_height=64, sample_width=64)
     torch.manual_seed(0)
     transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8,
+        num_attention_heads=2, attention_head_dim=16, in_channels=in_channels, out_channels=4, time_embed_dim=8,
         text_embed_dim=32, num_layers=2, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
         temporal_compression_ratio=4, max_text_seq_length=32, use_rotary_positional_embeddings=True)
     scheduler = CogVideoXDDIMScheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True,
                                        timestep_spacing="trailing", snr_shift_scale=1.0)
-    pipe = CogVideoXPipeline(tokenizer=tokenizer, text_encoder=_t5(len(tokenizer)), vae=vae,
-                             transformer=transformer, scheduler=scheduler)
+    pipe = getattr(diffusers, pipeline_class)(tokenizer=tokenizer, text_encoder=_t5(len(tokenizer)), vae=vae,
+                                              transformer=transformer, scheduler=scheduler)
     pipe.save_pretrained(target)
 
 
@@ -370,22 +373,4 @@ def build_tiny_skyreels_i2v(target: Path) -> None:
 def build_tiny_cogvideox_i2v(target: Path) -> None:
     """CogVideoX-5b-I2V-style (`CogVideoXImageToVideoPipeline`): tiny-cogvideox whose transformer also takes the
     image's latents, concatenated on the channels (8 in, 4 out)."""
-    import torch
-    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline,
-                           CogVideoXTransformer3DModel)
-
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    vae = AutoencoderKLCogVideoX(
-        block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=2,
-        temporal_compression_ratio=4, sample_height=64, sample_width=64)
-    torch.manual_seed(0)
-    transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=8,
-        text_embed_dim=32, num_layers=2, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
-        temporal_compression_ratio=4, max_text_seq_length=32, use_rotary_positional_embeddings=True)
-    scheduler = CogVideoXDDIMScheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True,
-                                       timestep_spacing="trailing", snr_shift_scale=1.0)
-    pipe = CogVideoXImageToVideoPipeline(tokenizer=tokenizer, text_encoder=_t5(len(tokenizer)), vae=vae,
-                                         transformer=transformer, scheduler=scheduler)
-    pipe.save_pretrained(target)
+    _tiny_cogvideox(target, "CogVideoXImageToVideoPipeline", in_channels=8)
