@@ -122,7 +122,7 @@ def fit_pipeline(stages: list[Stage], asks: dict[str, Resources], cpus: float, t
     pools = {s.name for s in stages if s.holds_model}
     count = {name: (res.replica_range[0] if name in pools else 1) for name, res in asks.items()}
     # stages that run together in one actor hold the CPUs of the one that asks for most
-    joint = [g for g in together if len(g) > 1]
+    joint = [g for g in together if len(g) > 1 and g[0] in pools]  # a chain of tasks is counted below, once
     alone = [n for n in pools if not any(n in g for g in joint)]
     pool_cpu = (sum(count[n] * asks[n].num_cpus for n in alone)
                 + sum(count[g[0]] * max(asks[m].num_cpus for m in g) for g in joint))

@@ -15,6 +15,7 @@ fetched alone.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from stages.long_video.windows import windows_for
 from stages.models.gpus import GPU_TABLE as GPUS
 from stages.models.checkpoints import BUILTIN_PREFIX, checkpoint_on_disk, resolve_model_path
 from stages.models.references import hub_reachable, is_hub_id
+
+log = logging.getLogger("rushes")
 
 DEFAULT_MFU = 0.35  # a sound guess for large video DiTs in bf16 on Hopper, until bench/gpu.py measures one
 # What the plan's fixes are called in a job file (None: Rushes has no such option yet).
@@ -106,7 +109,14 @@ def running_cluster_gpu(wait_s: float) -> str | None:
 
         return torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
 
-    gib = ray.get(memory_gib.remote(), timeout=wait_s)  # None: logical GPUs without a device (a test cluster)
+    ref = memory_gib.remote()
+    try:
+        gib = ray.get(ref, timeout=wait_s)  # None: logical GPUs without a device (a test cluster)
+    except ray.exceptions.GetTimeoutError:  # every GPU busy, or none a 1-GPU task can use: the run finds out why
+        ray.cancel(ref, force=True)
+        log.warning("the cluster's GPU kind could not be read within ray.resource_wait_s=%gs (no GPU took a "
+                    "1-GPU task): planned without it", wait_s)
+        return None
     return None if gib is None else min(GPUS, key=lambda name: abs(GPUS[name][0] - gib))
 
 

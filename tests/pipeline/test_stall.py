@@ -44,5 +44,6 @@ def test_actors_holding_every_cpu_leave_room_for_the_tasks(two_cpu_head, make_ma
     assert sorted(read_records(out).column("id").to_pylist()) == [f"r{i}" for i in range(6)]
     fitted = [r.getMessage() for r in caplog.records if "so that every stage can run at once" in r.getMessage()]
     assert fitted, [r.getMessage() for r in caplog.records]
-    assert "ask for 6 CPUs together" in fitted[0] and "the cluster has 2" in fitted[0]
-    assert "sample 0.38" in fitted[0] and "decode 0.38" in fitted[0]
+    # the plan read 1, sample 1, decode 1, and the filter+encode+write chain once (one task runs the three)
+    assert "ask for 4 CPUs together" in fitted[0] and "the cluster has 2" in fitted[0]
+    assert "sample 0.38" in fitted[0] and "decode 0.38" in fitted[0] and "filter+encode+write 0.25" in fitted[0]
