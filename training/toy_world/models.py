@@ -39,21 +39,6 @@ def build_t5_tokenizer():
                                    model_max_length=MAX_SEQ)
 
 
-def build_clip_tokenizer():
-    """CLIP-style: <|startoftext|> words <|endoftext|>, padded with <|endoftext|> (CLIP pools at the first one)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<|startoftext|>", "<|endoftext|>", *words()])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", 0), ("<|endoftext|>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>", model_max_length=77)
-
-
 def new_vae():
     from diffusers import AutoencoderKLWan
 
