@@ -15,16 +15,15 @@ returned, so a partial copy is never loaded and a changed object is staged again
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
+from stages.common.locks import node_lock
 from stages.common.storage import StorageError, filesystem, with_retries
 
 log = logging.getLogger("rushes")
@@ -117,17 +116,6 @@ def _local_path(folder: Path, listing: dict[str, dict], single_file: bool) -> st
     return str(folder / next(iter(listing))) if single_file else str(folder)
 
 
-@contextmanager
-def _locked(path: Path):
-    """An exclusive lock shared by every process of this node (released by the kernel if the process dies)."""
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def stage(uri: str, storage_options: dict | None = None) -> str:
     """A local copy of the files under `uri`, made once per node: the folder (or, for a URI naming one file,
     that file) in the cache, holding exactly what the store lists now."""
@@ -138,7 +126,7 @@ def stage(uri: str, storage_options: dict | None = None) -> str:
     if _read_json(folder / COMPLETE) == listing:  # written last: no lock needed to trust it
         return _local_path(folder, listing, single_file)
     folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder / LOCK):
+    with node_lock(folder / LOCK):
         if _read_json(folder / COMPLETE) == listing:  # another process on this node copied it meanwhile
             return _local_path(folder, listing, single_file)
         (folder / COMPLETE).unlink(missing_ok=True)

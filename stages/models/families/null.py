@@ -8,7 +8,6 @@ each window saved as a segment, like a real long video (stages/long_video/segmen
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import tempfile
@@ -17,6 +16,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from stages.common.locks import node_lock
 from stages.common.variant import SamplingParams
 from stages.long_video.windows import LONG_SETTINGS, windows_for
 from stages.models.families.base import TINY, FamilyRules
@@ -38,12 +38,8 @@ def logical_gpu():
         return
     node = os.environ.get("RAY_RAYLET_PID") or socket.gethostname()
     path = os.path.join(tempfile.gettempdir(), f"rushes-simulated-gpu-{node}-{devices.replace(',', '_')}.lock")
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with node_lock(path):
+        yield
 
 
 class HeldGpu:
