@@ -172,29 +172,29 @@ def main() -> None:
           f"{held['decode']:.3f} s (time scale {a.time_scale:g}); order {a.order}; overrides {a.set or 'none'}")
     cluster, nodes = start_ray(a)
     killed: list[tuple[str, float]] = []
+    once = threading.Lock()
 
     def echo(message) -> None:
         m = re.search(r"committed (\d+)/(\d+)", str(message))
-        if a.kill_node_at and m and not killed and int(m.group(1)) >= a.kill_node_at * int(m.group(2)) and nodes:
+        if a.kill_node_at and m and int(m.group(1)) >= a.kill_node_at * int(m.group(2)):
+            threading.Thread(target=kill_and_replace, daemon=True).start()
+
+    def kill_and_replace() -> None:
+        """One GPU node removed and a fresh one added, once per run."""
+        with once:
+            if not nodes or killed:
+                return
             victim = nodes.pop()
             killed.append((victim.node_id[:12], time.time()))
-            threading.Thread(target=replace, args=(victim,), daemon=True).start()
-
-    def replace(victim) -> None:
         cluster.remove_node(victim)
         # off the main thread a node cannot register its SIGTERM handler; the cluster's shutdown ends it anyway
         cluster._shutdown_at_exit = False
         nodes.append(cluster.add_node(**node_args(a)))
 
-    def kill_after(seconds: float) -> None:
-        time.sleep(seconds)
-        if nodes and not killed:
-            victim = nodes.pop()
-            killed.append((victim.node_id[:12], time.time()))
-            replace(victim)
-
     if a.kill_node_after:
-        threading.Thread(target=kill_after, args=(a.kill_node_after,), daemon=True).start()
+        timer = threading.Timer(a.kill_node_after, kill_and_replace)
+        timer.daemon = True
+        timer.start()
 
     start = time.perf_counter()
     summary = run_job(spec, echo=echo)
