@@ -38,7 +38,7 @@ VAE_SEED, LATENT_SEED, CLIP_SEED = 0, 1_000_000, 2_000_000
 
 # The recipe of the shipped weights (about an hour on one thread of this project's 2-core VM; README.md).
 FULL = dict(vae_steps=1100, vae_batch=6, vae_crop=32, vae_lr=1e-3, vae_kl=1e-4, vae_noise=0.1, vae_fg_weight=4.0,
-            n_latent=6000, dit_steps=3200, dit_batch=16, clip_steps=1000,
+            n_latent=6000, dit_steps=12000, dit_batch=16, dit_fg_weight=4.0, clip_steps=1000,
             n_clip=12000)
 QUICK = dict(vae_steps=30, vae_batch=2, vae_noise=0.1, vae_kl=1e-4, n_latent=200, dit_steps=40, dit_batch=8, clip_steps=30, n_clip=400)
 
@@ -50,7 +50,7 @@ def log(msg: str) -> None:
 def setup_torch():
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("TOY_THREADS", "1")))  # 1: the figures README.md states
     torch.manual_seed(0)
     return torch
 
@@ -225,6 +225,15 @@ def sample_sigmas(gen, n: int):
     return torch.where(pick, ln, un).clamp(1e-3, 1.0)
 
 
+def foreground_weight(x0, weight: float):
+    """Per latent position: `weight` where the normalised latent differs from its frame's background (the median
+    over the frame's positions) by more than 0.5 RMS over channels, 1 elsewhere, scaled to a mean of 1."""
+    bg = x0.flatten(3).median(dim=3).values[..., None, None]
+    fg = ((x0 - bg).pow(2).mean(1, keepdim=True).sqrt() > 0.5).to(x0.dtype)
+    w = 1 + (weight - 1) * fg
+    return w / w.mean()
+
+
 def prompt_for(scene: dict, rng: np.random.Generator) -> str:
     objs = [world.Obj(**o) for o in scene["objs"]]
     if len(objs) == 2 and rng.random() < 0.5:
@@ -282,7 +291,12 @@ def stage_dit(cfg: dict) -> None:
             g["lr"] = cosine_lr(step, total, lr, 100)
         emb, holder["bias"] = M.encode_compact(tok, te, prompts)  # == the pipeline's 512-token encoding
         v = tr(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
-        loss = ((v - (noise - x0)) ** 2).mean()
+        err = ((v - (noise - x0)) ** 2).mean(1, keepdim=True)
+        fg_w = cfg.get("dit_fg_weight", 1.0)
+        if fg_w != 1.0:  # objects cover ~9% of latent positions: weigh them up, as the VAE's loss does
+            loss = (err * foreground_weight(x0, fg_w)).mean()
+        else:
+            loss = err.mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
