@@ -9,7 +9,10 @@ A checkpoint may instead say, in a `rushes_clip.json` file in its folder, that i
 images of several frames (e.g. `{"frames": 4, "layout": "grid"}`: 4 evenly spaced frames in a 2x2 grid,
 row-major, earliest top-left), because a single frame cannot show motion. Its score is then
 100 x max(cosine, 0) between the prompt's text embedding and the embedding of that one tiled image
-(`cosines()` returns that single cosine). `builtin:toy-clip` (trained on the toy world) is such a model.
+(`cosines()` returns that single cosine). Or `{"frames": 4, "layout": "channels"}`: the evenly spaced frames
+each go through the image processor and are concatenated along the channel axis, earliest first, into one
+input of 3 x frames channels (the vision tower's `num_channels`). `builtin:toy-clip` (trained on the toy world)
+is such a model.
 
 The model is any transformers CLIP checkpoint (`CLIPModel`, a tokenizer and an image processor) by local
 folder, hub id or fsspec URI (`s3://...`, copied once per node by stages/models/staging.py), or
@@ -88,16 +91,33 @@ def read_layout(local: str) -> dict | None:
         return None
 
 
+LAYOUTS = ("grid", "channels")
+
+
+def check_layout(layout: dict, num_channels: int) -> None:
+    """A clear error for a layout this scorer cannot build, or one that does not fit the vision tower."""
+    kind = layout.get("layout", "grid")
+    if kind not in LAYOUTS:
+        raise ValueError(f"{LAYOUT_FILE}: unknown layout {kind!r} (known: {', '.join(LAYOUTS)})")
+    want = 3 * int(layout.get("frames", 4)) if kind == "channels" else 3
+    if want != num_channels:
+        raise ValueError(f"{LAYOUT_FILE}: layout {kind!r} of {layout.get('frames', 4)} frames makes {want} channels, "
+                         f"but the vision tower takes {num_channels} (vision_config.num_channels)")
+
+
+def frame_indices(n: int, k: int) -> np.ndarray:
+    """k evenly spaced frame indices of an n-frame clip, first and last included."""
+    return np.linspace(0, n - 1, num=k).round().astype(int)
+
+
 def tile_frames(frames: np.ndarray, layout: dict) -> np.ndarray:
     """One image of `layout["frames"]` evenly spaced frames (fewer if the clip is shorter), in a grid of
     `rows` x `cols` (default: as square as possible), row-major, the earliest frame top-left; empty cells
     are black."""
-    if layout.get("layout", "grid") != "grid":
-        raise ValueError(f"{LAYOUT_FILE}: unknown layout {layout.get('layout')!r} (known: grid)")
     k = int(layout.get("frames", 4))
     cols = int(layout.get("cols") or int(np.ceil(np.sqrt(k))))
     rows = int(layout.get("rows") or int(np.ceil(k / cols)))
-    idx = np.linspace(0, len(frames) - 1, num=k).round().astype(int)
+    idx = frame_indices(len(frames), k)
     _, h, w, c = frames.shape
     out = np.zeros((rows * h, cols * w, c), frames.dtype)
     for j, i in enumerate(idx[:rows * cols]):
@@ -117,19 +137,25 @@ class ClipScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(local)
         self.processor = AutoImageProcessor.from_pretrained(local)
         self.layout = read_layout(local)
+        if self.layout is not None:
+            check_layout(self.layout, self.model.config.vision_config.num_channels)
 
     def cosines(self, prompt: str, frames: np.ndarray) -> np.ndarray:
         """Cosine similarity of the prompt with each of CLIP_FRAMES evenly spaced frames; with a frame layout
-        (`rushes_clip.json`), the one cosine with the tiled image."""
+        (`rushes_clip.json`), the one cosine with the tiled or channel-stacked image."""
         import torch
 
         text = self.tokenizer([prompt], padding=True, truncation=True, return_tensors="pt")
-        if self.layout is not None:
+        kind = None if self.layout is None else self.layout.get("layout", "grid")
+        if kind == "grid":
             images = [tile_frames(frames, self.layout)]
+        elif kind == "channels":
+            images = [frames[i] for i in frame_indices(len(frames), int(self.layout.get("frames", 4)))]
         else:
-            idx = np.linspace(0, len(frames) - 1, num=min(CLIP_FRAMES, len(frames))).round().astype(int)
-            images = [frames[i] for i in idx]
+            images = [frames[i] for i in frame_indices(len(frames), min(CLIP_FRAMES, len(frames)))]
         pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        if kind == "channels":  # (k, 3, S, S) -> (1, 3k, S, S), earliest frame first
+            pixels = pixels.reshape(1, -1, *pixels.shape[2:])
         with torch.inference_mode():
             # The joint forward returns normalised projections in every transformers version.
             out = self.model(input_ids=text["input_ids"].to(self.device),

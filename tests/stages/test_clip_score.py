@@ -83,3 +83,54 @@ def test_a_frame_layout_file_scores_one_tiled_image(tmp_path):
     per_frame = ClipScorer(resolve_clip_path("builtin:tiny-clip"))  # same weights, no layout file
     assert per_frame.cosines("a red car", clip).shape == (8,)
     assert tiled.score("a red car", clip) == pytest.approx(100 * max(float(cos[0]), 0))
+
+
+def _tiny_clip_with_channels(target, channels):
+    import json
+
+    import torch
+    from transformers import CLIPModel
+
+    build_tiny_clip(target)
+    config = json.loads((target / "config.json").read_text())
+    config["vision_config"]["num_channels"] = channels
+    (target / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(1)
+    from transformers import CLIPConfig
+
+    CLIPModel(CLIPConfig.from_pretrained(target)).save_pretrained(target)
+
+
+def test_a_channels_layout_stacks_the_processed_frames_earliest_first(tmp_path):
+    """`{"layout": "channels"}`: k evenly spaced frames, each through the image processor, concatenated along the
+    channel axis into one input of 3k channels; reversing the clip in time changes the score."""
+    import json
+
+    import torch
+
+    _tiny_clip_with_channels(tmp_path, 12)
+    (tmp_path / "rushes_clip.json").write_text(json.dumps({"frames": 4, "layout": "channels"}))
+    stacked = ClipScorer(str(tmp_path))
+    clip = frames()
+    cos = stacked.cosines("a red car", clip)
+    assert cos.shape == (1,)
+    px = stacked.processor(images=[clip[i] for i in (0, 3, 5, 8)], return_tensors="pt")["pixel_values"]
+    px = torch.cat(list(px), dim=0)[None]  # frame 0's RGB, then frame 3's, ...
+    text = stacked.tokenizer(["a red car"], return_tensors="pt")
+    with torch.inference_mode():
+        out = stacked.model(**text, pixel_values=px)
+    assert float(cos[0]) == pytest.approx(float(out.image_embeds[0] @ out.text_embeds[0]), abs=1e-6)
+    assert float(stacked.cosines("a red car", clip[::-1])[0]) != pytest.approx(float(cos[0]), abs=1e-6)
+
+
+def test_a_layout_that_does_not_fit_the_vision_tower_is_refused_by_name(tmp_path):
+    import json
+
+    build_tiny_clip(tmp_path)  # a 3-channel tower
+    (tmp_path / "rushes_clip.json").write_text(json.dumps({"frames": 4, "layout": "channels"}))
+    with pytest.raises(ValueError, match=r"rushes_clip.json: layout 'channels' of 4 frames makes 12 channels, but "
+                                         r"the vision tower takes 3"):
+        ClipScorer(str(tmp_path))
+    (tmp_path / "rushes_clip.json").write_text(json.dumps({"frames": 4, "layout": "strip"}))
+    with pytest.raises(ValueError, match=r"unknown layout 'strip' \(known: grid, channels\)"):
+        ClipScorer(str(tmp_path))

@@ -1,11 +1,15 @@
 """builtin:toy-clip: a small transformers CLIPModel trained contrastively on the toy world.
 
-A clip is shown to the vision tower as one image: FRAMES evenly spaced frames tiled in a 2x2 grid (row-major,
-the earliest frame top-left), 128x128 for 64x64 frames, which is the vision tower's image_size, so the image
-processor's resize is a no-op. The layout is written to rushes_clip.json in the checkpoint folder.
+A clip is shown to the vision tower as one image of 3 x FRAMES channels: FRAMES evenly spaced 64x64 frames, each
+normalised by the image processor (whose resize is a no-op at the tower's image_size, 64), concatenated along the
+channel axis, earliest first. An object's motion is then visible inside one 8x8 patch and its neighbours, rather
+than across four tiles of one large image (the 2x2 grid of the first versions, which never learnt direction).
+The layout is written to rushes_clip.json in the checkpoint folder.
 
-Each batch's texts are the clips' own captions plus, per clip, one caption with an object's colour swapped and
-one with an object's motion swapped: the model must read colour and direction, not only the scene's gist.
+Each batch's texts are the clips' own captions plus, per clip, one caption with an object's colour swapped, one
+with its motion swapped and one with its shape swapped (or an object added or dropped): the model must read colour,
+direction and shape, not only the scene's gist. A share of the clips (clip_vae_share) are drawn clips passed
+through the toy model's VAE (work/latents.npz decoded), so that the blur of generated videos is not new to it.
 
 Score = 100 * max(cos(text_embeds, image_embeds), 0), with the normalised projections of CLIPModel's output.
 """
@@ -20,10 +24,12 @@ import numpy as np
 
 from training.toy_world import world
 
-LAYOUT = {"frames": 4, "layout": "grid", "rows": 2, "cols": 2, "order": "row-major",
-          "frame_indices": "np.linspace(0, T - 1, 4).round()", "tile": "each frame at its own size; the grid is then "
-          "resized to the vision tower's image_size by the image processor (a no-op for 64x64 frames)"}
-IMAGE_SIZE = 128
+FRAMES = 4
+LAYOUT = {"frames": FRAMES, "layout": "channels", "order": "earliest first",
+          "frame_indices": "np.linspace(0, T - 1, 4).round()",
+          "input": "each frame through the image processor, then the frames concatenated along the channel axis: "
+                   "pixel_values (1, 3 * frames, S, S); the vision tower has num_channels = 3 * frames"}
+IMAGE_SIZE = 64
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
@@ -74,23 +80,23 @@ def augment(prompt: str, rng) -> str:
     return prompt
 
 
-def frame_indices(t: int, k: int = 4) -> np.ndarray:
+def frame_indices(t: int, k: int = FRAMES) -> np.ndarray:
     return np.linspace(0, t - 1, k).round().astype(int)
 
 
-def tile(frames: np.ndarray, k: int = 4) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (2H, 2W, 3): frames at frame_indices(T) in a 2x2 grid, row-major."""
-    f = frames[frame_indices(len(frames), k)]
-    return np.concatenate([np.concatenate([f[0], f[1]], axis=1), np.concatenate([f[2], f[3]], axis=1)], axis=0)
+def stack(frames: np.ndarray, k: int = FRAMES) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (k, H, W, 3): the frames at frame_indices(T), earliest first."""
+    return frames[frame_indices(len(frames), k)]
 
 
-def to_pixels(grids: np.ndarray):
-    """(N, S, S, 3) uint8 grids at IMAGE_SIZE -> CLIP pixel_values, as CLIPImageProcessor makes them."""
+def to_pixels(stacks: np.ndarray):
+    """(N, k, S, S, 3) uint8 stacks at IMAGE_SIZE -> CLIP pixel_values (N, 3k, S, S): each frame normalised as
+    CLIPImageProcessor does, the frames concatenated along the channel axis (as stages/models/clip_score.py)."""
     import torch
 
-    x = grids.astype(np.float32) / 255.0
-    x = (x - MEAN) / STD
-    return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    x = (stacks.astype(np.float32) / 255.0 - MEAN) / STD
+    n, k, h, w, c = x.shape
+    return torch.from_numpy(x.transpose(0, 1, 4, 2, 3).reshape(n, k * c, h, w).copy())
 
 
 def swap_colour(objs: list, bg: str, rng) -> str:
@@ -117,41 +123,90 @@ def swap_motion(objs: list, bg: str, rng, opposite: bool = False):
     return objs, bg
 
 
+def swap_shape(objs: list, bg: str, rng):
+    i = int(rng.integers(len(objs)))
+    o = objs[i]
+    objs = list(objs)
+    objs[i] = world.Obj(o.colour, str(rng.choice([x for x in world.SHAPES if x != o.shape])), o.motion)
+    return objs, bg
+
+
+def swap_count(objs: list, bg: str, rng):
+    """One object dropped from a two-object caption, or one added to a one-object caption."""
+    if len(objs) == 2:
+        return [objs[int(rng.integers(2))]], bg
+    extra, _ = world.random_scene(rng, 1)
+    while extra[0].colour == objs[0].colour:
+        extra, _ = world.random_scene(rng, 1)
+    return [*objs, *extra], bg
+
+
 REVERSED = {"left": "right", "right": "left", "up": "down", "down": "up", "still": "still"}
 MIRRORED = {"left": "right", "right": "left", "up": "up", "down": "down", "still": "still"}
 
 
-def reverse_grid(g: np.ndarray) -> np.ndarray:
-    """The grid of the time-reversed clip: tiles in the opposite order."""
-    h, w = g.shape[0] // 2, g.shape[1] // 2
-    q = [g[:h, :w], g[:h, w:], g[h:, :w], g[h:, w:]][::-1]
-    return np.concatenate([np.concatenate(q[:2], axis=1), np.concatenate(q[2:], axis=1)], axis=0)
+def reverse_stack(s: np.ndarray) -> np.ndarray:
+    """The stack of the time-reversed clip."""
+    return s[::-1]
 
 
-def mirror_grid(g: np.ndarray) -> np.ndarray:
-    """The grid of the left-right mirrored clip: each tile mirrored in place (all shapes are symmetric)."""
-    h, w = g.shape[0] // 2, g.shape[1] // 2
-    out = g.copy()
-    for y in (0, h):
-        for x in (0, w):
-            out[y:y + h, x:x + w] = g[y:y + h, x:x + w][:, ::-1]
-    return out
+def mirror_stack(s: np.ndarray) -> np.ndarray:
+    """The stack of the left-right mirrored clip (all shapes are symmetric)."""
+    return s[:, :, ::-1]
 
 
-def draw_grids(n: int, seed0: int, blur: bool = True):
-    """n drawn clips as 2x2 grids, with their scenes. Some grids are blurred/noised a little, like generated ones."""
-    grids = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+def degrade(s: np.ndarray, rng) -> np.ndarray:
+    """A light blur and noise, like a generated clip's."""
+    s = np.stack([cv2.GaussianBlur(f, (0, 0), float(rng.uniform(0.4, 1.2))) for f in s])
+    return np.clip(s + rng.normal(0, rng.uniform(0, 6), s.shape), 0, 255).astype(np.uint8)
+
+
+def draw_stacks(n: int, seed0: int, blur: bool = True):
+    """n drawn clips as frame stacks, with their scenes. Half are blurred/noised a little, like generated ones."""
+    stacks = np.empty((n, FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     scenes = []
     for i in range(n):
         rng = np.random.default_rng(seed0 + i)
         objs, bg = world.random_scene(rng)
-        g = tile(world.render(objs, bg, rng))
-        if blur and rng.random() < 0.5:
-            g = cv2.GaussianBlur(g, (0, 0), float(rng.uniform(0.4, 1.2)))
-            g = np.clip(g + rng.normal(0, rng.uniform(0, 6), g.shape), 0, 255).astype(np.uint8)
-        grids[i] = g
+        s = stack(world.render(objs, bg, rng))
+        stacks[i] = degrade(s, rng) if blur and rng.random() < 0.5 else s
         scenes.append((objs, bg))
-    return grids, scenes
+    return stacks, scenes
+
+
+def vae_stacks(work: Path, n: int, log) -> tuple[np.ndarray, list]:
+    """The first n clips of work/latents.npz decoded by the trained VAE (work/vae_final.pt), as frame stacks:
+    drawn clips with the toy model's own decoder blur, the look of its generated videos."""
+    import torch
+
+    from training.toy_world.train import load_vae, save_atomic  # noqa: F401  (load_vae reads work/vae_final.pt)
+
+    out = work / "clip_vae_stacks.npz"
+    if out.exists():
+        d = np.load(out)
+        return d["stacks"], [scene_of(x) for x in d["scenes"]]
+    data = np.load(work / "latents.npz")
+    vae = load_vae()
+    n = min(n, len(data["z"]))
+    stacks = np.empty((n, FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    t0 = time.time()
+    for s in range(0, n, 16):
+        z = torch.from_numpy(data["z"][s:s + 16].astype(np.float32))
+        with torch.inference_mode():
+            x = vae.decode(z).sample  # (B, 3, T, H, W) in [-1, 1]
+        x = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().numpy().transpose(0, 2, 3, 4, 1)
+        for j, clip in enumerate(x):
+            stacks[s + j] = stack(clip)
+        if (s // 16) % 25 == 0:
+            log(f"clip: decoded {s + len(x)}/{n} latents ({(time.time() - t0) / 60:.1f} min)")
+    np.savez(work / "clip_vae_stacks.tmp.npz", stacks=stacks, scenes=data["scenes"][:n])
+    (work / "clip_vae_stacks.tmp.npz").rename(out)
+    return stacks, [scene_of(x) for x in data["scenes"][:n]]
+
+
+def scene_of(js: str) -> tuple[list, str]:
+    j = json.loads(str(js))
+    return [world.Obj(**o) for o in j["objs"]], j["bg"]
 
 
 def new_clip(tokenizer):
@@ -161,11 +216,11 @@ def new_clip(tokenizer):
         text_config={"vocab_size": len(tokenizer), "hidden_size": 128, "intermediate_size": 256,
                      "num_hidden_layers": 3, "num_attention_heads": 4, "max_position_embeddings": 77,
                      "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
-        vision_config={"image_size": IMAGE_SIZE, "patch_size": 16, "hidden_size": 128, "intermediate_size": 256,
-                       "num_hidden_layers": 4, "num_attention_heads": 4},
+        vision_config={"image_size": IMAGE_SIZE, "patch_size": 8, "num_channels": 3 * FRAMES, "hidden_size": 128,
+                       "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4},
         projection_dim=64)
     model = CLIPModel(config)
-    structured_positions(model)
+    sincos_positions(model)
     return model
 
 
@@ -175,29 +230,18 @@ def _sincos(v: np.ndarray, dims: int, base: float = 100.0) -> np.ndarray:
     return np.concatenate([np.sin(a), np.cos(a)], axis=1)
 
 
-def structured_positions(model) -> None:
-    """Start the vision tower's patch positions from a fixed code, not N(0, 0.02): a quarter each for the
-    position inside a tile (x, y) and the tile's place in time, and a quarter "motion code": the in-tile position
-    code times the tile's signed time (t - 1.5) / 1.5, so that a token attending evenly to one object's patches in
-    all four tiles reads its velocity linearly. With random (v1, v2) or purely additive (v3) codes the model
-    learnt colour at once but never direction: after 500-1000 steps a clip and its time reversal had the same
-    embedding (cos 0.999) and "moves left"/"moves right" the same text embedding. Still trainable."""
+def sincos_positions(model) -> None:
+    """Start the vision tower's patch positions from a fixed 2-D sine-cosine code (half x, half y) instead of
+    N(0, 0.02), so that neighbouring patches start out related. Still trainable."""
     import torch
 
     e = model.vision_model.embeddings
     n = e.num_patches
     side = int(round(np.sqrt(n)))
     d = e.position_embedding.weight.shape[1]
-    q = d // 4
     py, px = np.divmod(np.arange(n), side)
-    half = side // 2  # 2x2 grid of tiles
-    lx, ly, k = (px % half).astype(float), (py % half).astype(float), 2 * (py // half) + (px // half)
-    signed_t = ((k - 1.5) / 1.5)[:, None]
-    code = np.concatenate([_sincos(lx, q), _sincos(ly, q), _sincos(k.astype(float), q),
-                           _sincos(lx, q // 2, base=10.0) * signed_t, _sincos(ly, q // 2, base=10.0) * signed_t],
-                          axis=1)
     w = np.zeros((n + 1, d))
-    w[1:] = 0.7 * code
+    w[1:] = 0.7 * np.concatenate([_sincos(px.astype(float), d // 2), _sincos(py.astype(float), d // 2)], axis=1)
     with torch.no_grad():
         e.position_embedding.weight.copy_(torch.from_numpy(w).float())
 
@@ -225,13 +269,14 @@ def scores(model, tokenizer, pixels, prompts: list[str]) -> np.ndarray:
     return 100.0 * np.maximum(cos, 0.0)
 
 
-def discrimination(model, tokenizer, grids: np.ndarray, scenes: list, seed: int = 0, expanded: bool = False) -> dict:
-    """match vs colour-swap vs direction-swap scores on these clips, and the threshold that separates them.
+def discrimination(model, tokenizer, stacks: np.ndarray, scenes: list, seed: int = 0,
+                   expanded: bool = False) -> dict:
+    """match vs colour-, direction- and shape-swap scores on these clips, and the threshold that separates them.
     expanded: every prompt (match and swaps alike, with the same seed per clip) template-expanded first."""
     rng = np.random.default_rng(seed)
-    pos, col, dirn, anym = [], [], [], []
-    for s in range(0, len(grids), 64):
-        px = to_pixels(grids[s:s + 64])
+    pos, col, dirn, shp = [], [], [], []
+    for s in range(0, len(stacks), 64):
+        px = to_pixels(stacks[s:s + 64])
         sc = scenes[s:s + 64]
 
         def cap(objs_bg, i):
@@ -241,10 +286,10 @@ def discrimination(model, tokenizer, grids: np.ndarray, scenes: list, seed: int 
         pos.append(scores(model, tokenizer, px, [cap(x, i) for i, x in enumerate(sc)]))
         col.append(scores(model, tokenizer, px, [cap(swap_colour(*x, rng), i) for i, x in enumerate(sc)]))
         dirn.append(scores(model, tokenizer, px, [cap(swap_motion(*x, rng, True), i) for i, x in enumerate(sc)]))
-        anym.append(scores(model, tokenizer, px, [cap(swap_motion(*x, rng), i) for i, x in enumerate(sc)]))
-    pos, col, dirn, anym = (np.concatenate(v) for v in (pos, col, dirn, anym))
+        shp.append(scores(model, tokenizer, px, [cap(swap_shape(*x, rng), i) for i, x in enumerate(sc)]))
+    pos, col, dirn, shp = (np.concatenate(v) for v in (pos, col, dirn, shp))
     neg = np.concatenate([col, dirn])
-    # threshold: the one that best separates matches from swaps (balanced accuracy)
+    # threshold: the one that best separates matches from colour and direction swaps (balanced accuracy)
     cands = np.unique(np.concatenate([pos, neg]))
     acc = [(0.5 * (pos >= c).mean() + 0.5 * (neg < c).mean(), c) for c in cands]
     best_acc, best_c = max(acc)
@@ -255,8 +300,8 @@ def discrimination(model, tokenizer, grids: np.ndarray, scenes: list, seed: int 
 
     return {"n": len(pos), "match_gt_colour_swap": round(100 * float((pos > col).mean()), 1),
             "match_gt_direction_swap": round(100 * float((pos > dirn).mean()), 1),
-            "match_gt_any_motion_swap": round(100 * float((pos > anym).mean()), 1),
-            "match": dist(pos), "colour_swap": dist(col), "direction_swap": dist(dirn),
+            "match_gt_shape_swap": round(100 * float((pos > shp).mean()), 1),
+            "match": dist(pos), "colour_swap": dist(col), "direction_swap": dist(dirn), "shape_swap": dist(shp),
             "threshold": round(float(best_c), 1), "threshold_balanced_accuracy": round(100 * best_acc, 1)}
 
 
@@ -270,16 +315,16 @@ def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
     done = work / "clip_final"
     tok = build_tokenizer()
     if not (done / "config.json").exists():
-        data = work / "clip_grids.npz"
+        data = work / "clip_stacks.npz"
         if not data.exists():
-            grids, scenes = draw_grids(cfg["n_clip"], seed0)
-            np.savez(work / "clip_grids.tmp.npz", grids=grids,
+            stacks, scenes = draw_stacks(cfg["n_clip"], seed0)
+            np.savez(work / "clip_stacks.tmp.npz", stacks=stacks,
                      scenes=np.array([json.dumps(dict(objs=[o.__dict__ for o in s[0]], bg=s[1])) for s in scenes]))
-            (work / "clip_grids.tmp.npz").rename(data)
-            log(f"clip: drew {len(grids)} clips")
+            (work / "clip_stacks.tmp.npz").rename(data)
+            log(f"clip: drew {len(stacks)} clips")
         d = np.load(data)
-        grids = d["grids"]
-        scenes = [(lambda j: ([world.Obj(**o) for o in j["objs"]], j["bg"]))(json.loads(s)) for s in d["scenes"]]
+        drawn, drawn_scenes = d["stacks"], [scene_of(x) for x in d["scenes"]]
+        decoded, decoded_scenes = vae_stacks(work, cfg["n_clip_vae"], log)
         torch.manual_seed(5)
         model = new_clip(tok)
         opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
@@ -299,30 +344,36 @@ def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
         model.train()
         t0, c0, run = time.time(), time.process_time(), []
         while step < total:
-            idx = torch.randint(len(grids), (bs,), generator=gen).numpy()
             imgs, sc = [], []
-            for i in idx:  # time reversal and mirroring: new clips whose captions differ only in direction
-                g, (objs, bg) = grids[i], scenes[i]
+            for _ in range(bs):  # a share of the clips come through the toy model's VAE decoder
+                src, src_scenes = (decoded, decoded_scenes) if rng.random() < cfg["clip_vae_share"] else \
+                    (drawn, drawn_scenes)
+                i = int(torch.randint(len(src), (1,), generator=gen))
+                g, (objs, bg) = src[i], src_scenes[i]
+                # time reversal and mirroring: new clips whose captions differ only in direction
                 if rng.random() < 0.5:
-                    g, objs = reverse_grid(g), [world.Obj(o.colour, o.shape, REVERSED[o.motion]) for o in objs]
+                    g, objs = reverse_stack(g), [world.Obj(o.colour, o.shape, REVERSED[o.motion]) for o in objs]
                 if rng.random() < 0.5:
-                    g, objs = mirror_grid(g), [world.Obj(o.colour, o.shape, MIRRORED[o.motion]) for o in objs]
+                    g, objs = mirror_stack(g), [world.Obj(o.colour, o.shape, MIRRORED[o.motion]) for o in objs]
                 if len(objs) == 2 and rng.random() < 0.5:
                     objs = objs[::-1]  # either object may be named first
                 imgs.append(g)
                 sc.append((objs, bg))
             # each clip's time-reversed partner is in the batch too: the hardest negative image for its caption
-            imgs += [reverse_grid(g) for g in imgs[:bs]]
+            imgs += [reverse_stack(g) for g in imgs[:bs]]
             sc += [([world.Obj(o.colour, o.shape, REVERSED[o.motion]) for o in objs], bg) for objs, bg in sc[:bs]]
             n_img = len(imgs)
             px = to_pixels(np.stack(imgs))
-            # texts: every image's caption; then per original clip one caption with an object's colour swapped
-            # and one with an object's direction reversed (a still object made to move), in the same phrasing
+            # texts: every image's caption; then per original clip one caption with an object's colour swapped,
+            # one with an object's direction reversed (or a still object made to move), and one with an object's
+            # shape swapped (a quarter of the time: an object added or dropped), in the same phrasing
             style = [int(rng.integers(world.N_STYLES)) for _ in sc]
             texts = [world.phrase_prompt(o, b, st) for (o, b), st in zip(sc, style)]
             texts += [world.phrase_prompt(*swap_colour(o, b, rng), st) for (o, b), st in zip(sc[:bs], style)]
             texts += [world.phrase_prompt(*swap_motion(o, b, rng, opposite=rng.random() < 0.7), st)
                       for (o, b), st in zip(sc[:bs], style)]
+            texts += [world.phrase_prompt(*(swap_count(o, b, rng) if rng.random() < 0.25 else swap_shape(o, b, rng)),
+                                          st) for (o, b), st in zip(sc[:bs], style)]
             texts = [augment(x, rng) for x in texts]
             # the same scene twice in a batch (an all-still clip and its reversal): not a negative of each other
             keys = [world.canonical_prompt(sorted(o, key=lambda x: x.colour), b) for o, b in sc]
@@ -331,14 +382,15 @@ def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
                 g["lr"] = cosine_lr(step, total, 5e-4, 50)
             t = tok(texts, padding=True, return_tensors="pt")
             out = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"], pixel_values=px)
-            li = out.logits_per_image  # (n_img, n_img + 2 bs); image i's caption is text i
+            li = out.logits_per_image  # (n_img, n_img + 3 bs); image i's caption is text i
             li_pos = li[:, :n_img].masked_fill(same, -1e4)
             li = torch.cat([li_pos, li[:, n_img:]], dim=1)
             labels = torch.arange(n_img)
             loss = F.cross_entropy(li, labels) + F.cross_entropy(li_pos.t(), labels)
-            # and each original image against its own two hard negatives alone
+            # and each original image against its own three hard negatives alone
             ar = torch.arange(bs)
-            hard = torch.stack([li[ar, ar], li[ar, ar + n_img], li[ar, ar + n_img + bs]], dim=1)
+            hard = torch.stack([li[ar, ar], li[ar, ar + n_img], li[ar, ar + n_img + bs],
+                                li[ar, ar + n_img + 2 * bs]], dim=1)
             loss = loss + F.cross_entropy(hard, torch.zeros(bs, dtype=torch.long))
             opt.zero_grad()
             loss.backward()
@@ -359,9 +411,9 @@ def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
 
     model = CLIPModel.from_pretrained(done).eval()
     save_clip(model, tok, target)
-    grids, scenes = draw_grids(300, 9_500_000, blur=False)  # held-out drawn clips
-    res = {"plain": discrimination(model, tok, grids, scenes),
-           "template_expanded": discrimination(model, tok, grids, scenes, expanded=True)}
+    stacks, scenes = draw_stacks(300, 9_500_000, blur=False)  # held-out drawn clips
+    res = {"plain": discrimination(model, tok, stacks, scenes),
+           "template_expanded": discrimination(model, tok, stacks, scenes, expanded=True)}
     (work / "clip_eval_drawn.json").write_text(json.dumps(res, indent=1))
     for k, v in res.items():
         log(f"clip: held-out drawn clips, {k} prompts: {json.dumps(v)}")

@@ -7,8 +7,8 @@ Stages, each resumable (a finished stage is skipped, an interrupted one resumes 
   latents  draws N_LATENT clips and encodes them (posterior mean); per-channel latent mean/std
   dit      WanTransformer3DModel + UMT5 text encoder, jointly, rectified flow in normalised latent space
   build    WanPipeline(...).save_pretrained(stages/models/weights/toy-shapes), round-trip checked
-  clip     a small CLIPModel on 2x2 grids of 4 frames, contrastive with colour/direction-swapped negatives,
-           saved to stages/models/weights/toy-clip
+  clip     a small CLIPModel on 4 frames stacked as 12 channels, contrastive with colour/direction/shape-swapped
+           negatives, on drawn clips and on latents decoded by the VAE; saved to stages/models/weights/toy-clip
 
 Work files (checkpoints, latents) go to training/toy_world/work/ (git-ignored) or $TOY_WORK.
 Every stage's wall time is written to work/timings.json and the total is printed at the end.
@@ -39,10 +39,11 @@ VAE_SEED, LATENT_SEED, CLIP_SEED = 0, 1_000_000, 2_000_000
 # The recipe of the shipped weights (about three and a half hours on one thread of this project's 2-core VM,
 # two and a quarter with TOY_THREADS=2; README.md says how the shipped run differed).
 FULL = dict(vae_steps=1100, vae_batch=6, vae_crop=32, vae_lr=1e-3, vae_kl=1e-4, vae_noise=0.1, vae_fg_weight=4.0,
-            n_latent=6000, dit_steps=12000, dit_batch=16, dit_fg_weight=4.0, clip_steps=1000,
-            n_clip=12000)
+            n_latent=6000, dit_steps=12000, dit_batch=16, dit_fg_weight=4.0, clip_steps=2000,
+            n_clip=12000, n_clip_vae=3000, clip_vae_share=0.4)
 QUICK = dict(vae_steps=30, vae_batch=2, vae_noise=0.1, vae_kl=1e-4, n_latent=200, dit_steps=40, dit_batch=8,
-             dit_fg_weight=4.0, clip_steps=30, n_clip=400)
+             dit_fg_weight=4.0, clip_steps=30, n_clip=400, n_clip_vae=64,
+             clip_vae_share=0.4)
 
 
 def log(msg: str) -> None:
