@@ -191,7 +191,7 @@ def vae_stacks(work: Path, n: int, log) -> tuple[np.ndarray, list]:
     stacks = np.empty((n, FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     t0 = time.time()
     for s in range(0, n, 16):
-        z = torch.from_numpy(data["z"][s:s + 16].astype(np.float32))
+        z = torch.from_numpy(data["z"][s:min(s + 16, n)].astype(np.float32))
         with torch.inference_mode():
             x = vae.decode(z).sample  # (B, 3, T, H, W) in [-1, 1]
         x = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().numpy().transpose(0, 2, 3, 4, 1)
