@@ -4,11 +4,12 @@
         [--drawn 300] [--generated 100 --model stages/models/weights/toy-shapes]
 
 Scores go through the project's scorer (stages/models/clip_score.py ClipScorer, which reads rushes_clip.json
-and tiles the frames): score = 100 * max(cos(text_embeds, image_embeds), 0).
+and tiles or stacks the frames): score = 100 * max(cos(text_embeds, image_embeds), 0).
 
 - drawn: held-out drawn clips (seeds 9_500_000+, never used in training), canonical prompts.
 - generated: videos of the toy WanPipeline for evaluate.py's prompts and seeds (fresh, never trained on), split
-  by whether plain image analysis judged the video right; a swap is scored on the same video.
+  by whether plain image analysis judged the video right; a swap is scored on the same video; and, for a few
+  values of min_clip_score, how many of these videos it accepts and how many of those were judged right.
 For each set: how often match > colour-swap and match > direction-swap (the opposite direction; a still object
 gets a random direction), the score distributions, and the threshold that best separates matches from swaps.
 """
@@ -121,10 +122,16 @@ def main() -> None:
         m = np.array(res["generated"]["_scores"]["match"])
         res["generated"]["judged_right"] = _dist(m[right])
         res["generated"]["judged_wrong"] = _dist(m[wrong])
+        res["generated"]["_judged_right_flags"] = [bool(g[3]) for g in gen]
+        # what a min_clip_score would do to these videos: how many it accepts, and how many of those are right
+        ok = np.array([bool(g[3]) for g in gen])
+        res["generated"]["at_min_clip_score"] = {
+            str(t): {"accepted": int((m >= t).sum()), "accepted_right": int((ok & (m >= t)).sum()),
+                     "rejected_right": int((ok & (m < t)).sum())} for t in (50, 60, 70, 75, 80, 85, 90)}
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     for k, v in res.items():
-        v = {a: b for a, b in v.items() if a != "_scores"}
+        v = {a: b for a, b in v.items() if not a.startswith("_")}
         print(k, json.dumps(v))
 
 
