@@ -1,7 +1,8 @@
 """Does the demo's filter accept the videos that show their prompt and reject the others? Every video of a
 library made with `builtin:toy-shapes` (the demo's, by default) is decoded back and judged against its prompt by
-plain image analysis (training/toy_world/world.py), the same judge as bench/toy_adherence.py; the judgement is
-then set beside the filter's verdict.
+plain image analysis (training/toy_world/world.py), the same judge as bench/toy_adherence.py: right when every
+object has the colour, shape and motion asked for, the object count is the one asked for and so is the
+background. The judgement is then set beside the filter's verdict.
 
     python bench/toy_demo_check.py [output/demo]
 
@@ -48,10 +49,12 @@ def main() -> None:
             continue
         frames = frames_of(r["video_uri"])
         seen = world.analyze(frames, r["prompt"])
-        right = bool(world.judge(seen, r["prompt"])["all"])
+        j = world.judge(seen, r["prompt"])
+        right = bool(j["all"] and j["count"] and j["background"])  # every object, no extra one, the background
         table[(r["status"], right)] += 1
         drawn = "; ".join(f"{o['colour']} {o['shape']} {o['motion']}" for o in seen["objects"]) or "nothing"
-        print(f"{head} {'RIGHT' if right else 'wrong'}  asked: {r['prompt']!r}  drawn: {drawn}  "
+        print(f"{head} {'RIGHT' if right else 'wrong'}  asked: {r['prompt']!r}  drawn: {drawn} "
+              f"({seen['count']} object(s), {seen['background']} background)  "
               f"{'; '.join(r.get('reasons') or [])}")
     print(f"\n{'':10s} {'right':>6s} {'wrong':>6s}")
     for s in ("accepted", "rejected"):

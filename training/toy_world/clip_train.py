@@ -179,7 +179,7 @@ def vae_stacks(work: Path, n: int, log) -> tuple[np.ndarray, list]:
     drawn clips with the toy model's own decoder blur, the look of its generated videos."""
     import torch
 
-    from training.toy_world.train import load_vae, save_atomic  # noqa: F401  (load_vae reads work/vae_final.pt)
+    from training.toy_world.train import load_vae  # the VAE of the run (train.WORK/vae_final.pt)
 
     out = work / "clip_vae_stacks.npz"
     if out.exists():
