@@ -69,8 +69,12 @@ class FilterOptions(StageOptions):
     max_clipped_high: float | None = Field(0.25, ge=0, le=1, description="share of pixels at luma >= 250")
     min_contrast: float | None = Field(4.0, ge=0, description="mean per-frame luma standard deviation")
     clip_model: str | None = Field(
-        None, description="CLIP for prompt alignment: builtin:tiny-clip, a local folder, a hub id or an fsspec "
-                          "URI (s3://..., copied once per node); null = off")
+        None, description="CLIP for prompt alignment: builtin:tiny-clip, builtin:toy-clip (trained on the toy "
+                          "world), a local folder, a hub id or an fsspec URI (s3://..., copied once per node); null = "
+                          "off. A checkpoint with a `rushes_clip.json` is scored on several frames at once: "
+                          "`{\"frames\": 4, \"layout\": \"grid\"}` tiles them in one image, `\"layout\": "
+                          "\"channels\"` stacks them along the channel axis (a vision tower of 3 x frames channels; "
+                          "builtin:toy-clip)")
     min_clip_score: float | None = Field(None, ge=0, le=100, description="100 x cosine(text, frame), mean")
     max_duplicate_distance: int | None = Field(
         24, ge=0, le=256, description="pHash Hamming bits within which two videos are duplicates; null = off")
