@@ -179,14 +179,16 @@ def vae_stacks(work: Path, n: int, log) -> tuple[np.ndarray, list]:
     drawn clips with the toy model's own decoder blur, the look of its generated videos."""
     import torch
 
-    from training.toy_world.train import load_vae  # the VAE of the run (train.WORK/vae_final.pt)
+    from training.toy_world import models as M
 
     out = work / "clip_vae_stacks.npz"
     if out.exists():
         d = np.load(out)
         return d["stacks"], [scene_of(x) for x in d["scenes"]]
     data = np.load(work / "latents.npz")
-    vae = load_vae()
+    vae = M.new_vae()  # from `work`, not train.WORK: run as __main__, train.py is a second module instance here
+    vae.load_state_dict(torch.load(work / "vae_final.pt"))
+    vae.eval()
     n = min(n, len(data["z"]))
     stacks = np.empty((n, FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     t0 = time.time()
