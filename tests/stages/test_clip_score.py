@@ -86,19 +86,15 @@ def test_a_frame_layout_file_scores_one_tiled_image(tmp_path):
 
 
 def _tiny_clip_with_channels(target, channels):
-    import json
-
+    """builtin:tiny-clip's tokenizer and processor, with a vision tower of `channels` input channels."""
     import torch
-    from transformers import CLIPModel
+    from transformers import CLIPConfig, CLIPModel
 
     build_tiny_clip(target)
-    config = json.loads((target / "config.json").read_text())
-    config["vision_config"]["num_channels"] = channels
-    (target / "config.json").write_text(json.dumps(config))
+    config = CLIPConfig.from_pretrained(target)
+    config.vision_config.num_channels = channels
     torch.manual_seed(1)
-    from transformers import CLIPConfig
-
-    CLIPModel(CLIPConfig.from_pretrained(target)).save_pretrained(target)
+    CLIPModel(config).save_pretrained(target)
 
 
 def test_a_channels_layout_stacks_the_processed_frames_earliest_first(tmp_path):

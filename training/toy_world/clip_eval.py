@@ -117,14 +117,12 @@ def main() -> None:
         res["generated"] = score_set(scorer, [(f, o, b) for f, o, b, _ in gen], seed=1)
         res["generated_template_expanded"] = score_set(scorer, [(f, o, b) for f, o, b, _ in gen], seed=1,
                                                        expanded=True)
-        right = [i for i, g in enumerate(gen) if g[3]]
-        wrong = [i for i, g in enumerate(gen) if not g[3]]
+        ok = np.array([bool(g[3]) for g in gen])  # judged right by plain image analysis
         m = np.array(res["generated"]["_scores"]["match"])
-        res["generated"]["judged_right"] = _dist(m[right])
-        res["generated"]["judged_wrong"] = _dist(m[wrong])
-        res["generated"]["_judged_right_flags"] = [bool(g[3]) for g in gen]
+        res["generated"]["judged_right"] = _dist(m[ok])
+        res["generated"]["judged_wrong"] = _dist(m[~ok])
+        res["generated"]["_judged_right_flags"] = ok.tolist()
         # what a min_clip_score would do to these videos: how many it accepts, and how many of those are right
-        ok = np.array([bool(g[3]) for g in gen])
         res["generated"]["at_min_clip_score"] = {
             str(t): {"accepted": int((m >= t).sum()), "accepted_right": int((ok & (m >= t)).sum()),
                      "rejected_right": int((ok & (m < t)).sum())} for t in (50, 60, 70, 75, 80, 85, 90)}

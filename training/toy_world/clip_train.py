@@ -22,6 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from stages.models.clip_score import frame_indices
+from training.toy_world import models as M
 from training.toy_world import world
 
 FRAMES = 4
@@ -78,10 +80,6 @@ def augment(prompt: str, rng) -> str:
             words.insert(int(rng.integers(len(words) + 1)), str(rng.choice(NOISE_WORDS)))
         return " ".join(words)
     return prompt
-
-
-def frame_indices(t: int, k: int = FRAMES) -> np.ndarray:
-    return np.linspace(0, t - 1, k).round().astype(int)
 
 
 def stack(frames: np.ndarray, k: int = FRAMES) -> np.ndarray:
@@ -179,16 +177,12 @@ def vae_stacks(work: Path, n: int, log) -> tuple[np.ndarray, list]:
     drawn clips with the toy model's own decoder blur, the look of its generated videos."""
     import torch
 
-    from training.toy_world import models as M
-
     out = work / "clip_vae_stacks.npz"
     if out.exists():
         d = np.load(out)
         return d["stacks"], [scene_of(x) for x in d["scenes"]]
     data = np.load(work / "latents.npz")
-    vae = M.new_vae()  # from `work`, not train.WORK: run as __main__, train.py is a second module instance here
-    vae.load_state_dict(torch.load(work / "vae_final.pt"))
-    vae.eval()
+    vae = M.load_vae(work / "vae_final.pt")
     n = min(n, len(data["z"]))
     stacks = np.empty((n, FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     t0 = time.time()

@@ -45,6 +45,15 @@ def new_vae():
     return AutoencoderKLWan(**VAE_KW)
 
 
+def load_vae(path):
+    """The VAE trained by the `vae` stage, from its weights file (work/vae_final.pt), in eval mode."""
+    import torch
+
+    vae = new_vae()
+    vae.load_state_dict(torch.load(path))
+    return vae.eval()
+
+
 def new_transformer():
     from diffusers import WanTransformer3DModel
 

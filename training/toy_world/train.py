@@ -171,11 +171,7 @@ def stage_vae(cfg: dict) -> None:
 
 
 def load_vae():
-    import torch
-
-    vae = M.new_vae()
-    vae.load_state_dict(torch.load(WORK / "vae_final.pt"))
-    return vae.eval()
+    return M.load_vae(WORK / "vae_final.pt")
 
 
 # -- stage: latents -------------------------------------------------------------------------------------
