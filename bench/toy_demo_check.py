@@ -50,7 +50,7 @@ def main() -> None:
         frames = frames_of(r["video_uri"])
         seen = world.analyze(frames, r["prompt"])
         j = world.judge(seen, r["prompt"])
-        right = bool(j["all"] and j["count"] and j["background"])  # every object, no extra one, the background
+        right = world.all_right(j)  # every object, no extra one, the background
         table[(r["status"], right)] += 1
         drawn = "; ".join(f"{o['colour']} {o['shape']} {o['motion']}" for o in seen["objects"]) or "nothing"
         print(f"{head} {'RIGHT' if right else 'wrong'}  asked: {r['prompt']!r}  drawn: {drawn} "

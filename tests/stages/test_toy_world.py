@@ -15,7 +15,7 @@ from training.toy_world import world
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPES = ROOT / "stages" / "models" / "weights" / "toy-shapes"
-FRESH = 9_900_000  # seeds no training stage drew (training: 0-2,999,999; evaluation: 9,000,000-9,499,999)
+FRESH = 9_900_000  # seeds no training stage drew (training: 0-4,999,999; evaluation: 9,000,000-9,499,999)
 
 
 def test_the_analysis_reads_every_attribute_of_drawn_clips():
@@ -116,6 +116,33 @@ def test_toy_clip_scores_a_matching_prompt_above_the_same_prompt_with_the_opposi
         if n == 12:
             break
     assert n == 12 and wins >= 11, f"{wins} of {n}"
+
+
+def test_the_clip_learns_a_right_video_s_caption_as_a_match_and_a_wrong_video_s_as_a_mismatch():
+    """clip_own stage: each of the toy model's own videos judged right is a positive for its caption and a negative
+    for the caption with a colour swapped and with its direction reversed; a video judged wrong is a negative for its
+    own caption and gets no swap (a swap could describe what it drew)."""
+    from training.toy_world import clip_train
+    import torch
+
+    prompts = ["a red circle moves left on a black background", "a blue square moves up on a gray background"]
+    stacks = np.stack([clip_train.stack(world.render(*world.parse_prompt(p), np.random.default_rng(i)))
+                       for i, p in enumerate(prompts)])
+    own = {"stacks": stacks, "prompts": np.array(prompts), "ok": np.array([True, False])}
+    imgs, texts, img_of, label = clip_train.own_batch(own, np.array([0]), np.array([1]), torch.Generator().manual_seed(0),
+                                                      np.random.default_rng(0), n=6)
+    assert len(imgs) == 6 and len(texts) == len(img_of) == len(label)
+    def words(text):
+        return set(text.replace(",", " ").replace(".", " ").split())
+
+    for k in range(6):
+        mine = [(words(t), float(y)) for t, i, y in zip(texts, img_of.tolist(), label) if i == k]
+        if k % 2 == 0:  # the right video: its caption, a colour swap, a direction swap
+            assert [y for _, y in mine] == [1.0, 0.0, 0.0]
+            assert "red" in mine[0][0] and "red" not in mine[1][0]
+            assert {"left", "right"} & mine[0][0] != {"left", "right"} & mine[2][0]
+        else:  # the wrong video: only its own caption, as a mismatch
+            assert [y for _, y in mine] == [0.0] and "blue" in mine[0][0]
 
 
 def test_toy_shapes_draws_the_colour_a_one_object_prompt_asks_for_far_above_chance():

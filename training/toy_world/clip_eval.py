@@ -8,8 +8,9 @@ and tiles or stacks the frames): score = 100 * max(cos(text_embeds, image_embeds
 
 - drawn: held-out drawn clips (seeds 9_500_000+, never used in training), canonical prompts.
 - generated: videos of the toy WanPipeline for evaluate.py's prompts and seeds (fresh, never trained on), split
-  by whether plain image analysis judged the video right; a swap is scored on the same video; and, for a few
-  values of min_clip_score, how many of these videos it accepts and how many of those were judged right.
+  by whether plain image analysis judged the video right (every object's colour, shape and motion, the object
+  count and the background: world.all_right, as bench/toy_demo_check.py); a swap is scored on the same video;
+  and, for a few values of min_clip_score, how many of these videos it accepts and how many of those were judged right.
 For each set: how often match > colour-swap and match > direction-swap (the opposite direction; a still object
 gets a random direction), the score distributions, and the threshold that best separates matches from swaps.
 """
@@ -88,7 +89,7 @@ def generated_items(model: str, n: int):
     for prompt, seed in E.eval_prompts(n):
         frames = E.generate(pipe, vae, prompt, seed, s)
         objs, bg = world.parse_prompt(prompt)
-        ok = world.judge(world.analyze(frames, prompt), prompt)["all"]
+        ok = world.all_right(world.judge(world.analyze(frames, prompt), prompt))
         out.append((frames, objs, bg, ok))
     return out
 

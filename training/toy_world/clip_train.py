@@ -200,6 +200,56 @@ def vae_stacks(work: Path, n: int, log) -> tuple[np.ndarray, list]:
     return stacks, [scene_of(x) for x in data["scenes"][:n]]
 
 
+OWN_CHUNK = 50
+
+
+def own_videos(work: Path, model_dir: Path, n: int, seed0: int, log) -> dict:
+    """n videos of the trained toy model (model_dir) for random grammar prompts and fresh seeds, as frame stacks,
+    each judged by plain image analysis (right: every object's colour, shape and motion, the object count and the
+    background, as bench/toy_demo_check.py). Made in chunks of OWN_CHUNK under work/own/; a chunk is claimed by
+    creating its .claim file, so two processes of this stage share the work and an interrupted one resumes."""
+    import os
+
+    import torch
+
+    from training.toy_world import evaluate as E
+
+    folder = work / "own"
+    folder.mkdir(parents=True, exist_ok=True)
+    chunks = [folder / f"chunk_{k:04d}.npz" for k in range((n + OWN_CHUNK - 1) // OWN_CHUNK)]
+    pipe = vae = None
+    s = json.loads((Path(__file__).resolve().parent / "recommended.json").read_text())
+    for k, path in enumerate(chunks):
+        if path.exists():
+            continue
+        try:
+            os.close(os.open(path.with_suffix(".claim"), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            continue  # another process makes it
+        if pipe is None:
+            pipe, vae = E.load(str(model_dir))
+            E.set_shift(pipe, s["flow_shift"])
+        t0 = time.time()
+        stacks, prompts, ok = [], [], []
+        for i in range(k * OWN_CHUNK, min(n, (k + 1) * OWN_CHUNK)):
+            rng = np.random.default_rng(seed0 + i)
+            objs, bg = world.random_scene(rng)
+            prompt = world.canonical_prompt(objs, bg)
+            frames = E.generate(pipe, vae, prompt, seed0 + 1_000_000 + i, s)
+            j = world.judge(world.analyze(frames, prompt), prompt)
+            stacks.append(stack(frames))
+            prompts.append(prompt)
+            ok.append(world.all_right(j))
+        np.savez(path.with_suffix(".tmp.npz"), stacks=np.stack(stacks), prompts=np.array(prompts), ok=np.array(ok))
+        path.with_suffix(".tmp.npz").rename(path)
+        log(f"clip_own: chunk {k + 1}/{len(chunks)}: {sum(ok)} of {len(ok)} judged right "
+            f"({(time.time() - t0) / len(ok):.2f} s a video)")
+    while not all(c.exists() for c in chunks):  # chunks another process claimed
+        time.sleep(5)
+    parts = [np.load(c) for c in chunks]
+    return {key: np.concatenate([d[key] for d in parts])[:n] for key in ("stacks", "prompts", "ok")}
+
+
 def scene_of(js: str) -> tuple[list, str]:
     j = json.loads(str(js))
     return [world.Obj(**o) for o in j["objs"]], j["bg"]
@@ -301,9 +351,64 @@ def discrimination(model, tokenizer, stacks: np.ndarray, scenes: list, seed: int
             "threshold": round(float(best_c), 1), "threshold_balanced_accuracy": round(100 * best_acc, 1)}
 
 
-def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
+def contrastive_loss(model, tok, cfg: dict, drawn, decoded, gen, rng, bs: int = 32):
+    """One batch's loss: bs clips (a clip_vae_share of them VAE-decoded), each with its time-reversed partner,
+    against their captions and, per clip, a colour-, a direction- and a shape- (or count-) swapped caption."""
     import torch
     import torch.nn.functional as F
+
+    (drawn, drawn_scenes), (decoded, decoded_scenes) = drawn, decoded
+    imgs, sc = [], []
+    for _ in range(bs):  # a share of the clips come through the toy model's VAE decoder
+        src, src_scenes = (decoded, decoded_scenes) if rng.random() < cfg["clip_vae_share"] else \
+            (drawn, drawn_scenes)
+        i = int(torch.randint(len(src), (1,), generator=gen))
+        g, (objs, bg) = src[i], src_scenes[i]
+        # time reversal and mirroring: new clips whose captions differ only in direction
+        if rng.random() < 0.5:
+            g, objs = reverse_stack(g), [world.Obj(o.colour, o.shape, REVERSED[o.motion]) for o in objs]
+        if rng.random() < 0.5:
+            g, objs = mirror_stack(g), [world.Obj(o.colour, o.shape, MIRRORED[o.motion]) for o in objs]
+        if len(objs) == 2 and rng.random() < 0.5:
+            objs = objs[::-1]  # either object may be named first
+        imgs.append(g)
+        sc.append((objs, bg))
+    # each clip's time-reversed partner is in the batch too: the hardest negative image for its caption
+    imgs += [reverse_stack(g) for g in imgs[:bs]]
+    sc += [([world.Obj(o.colour, o.shape, REVERSED[o.motion]) for o in objs], bg) for objs, bg in sc[:bs]]
+    n_img = len(imgs)
+    px = to_pixels(np.stack(imgs))
+    # texts: every image's caption; then per original clip one caption with an object's colour swapped,
+    # one with an object's direction reversed (or a still object made to move), and one with an object's
+    # shape swapped (a quarter of the time: an object added or dropped), in the same phrasing
+    style = [int(rng.integers(world.N_STYLES)) for _ in sc]
+    texts = [world.phrase_prompt(o, b, st) for (o, b), st in zip(sc, style)]
+    texts += [world.phrase_prompt(*swap_colour(o, b, rng), st) for (o, b), st in zip(sc[:bs], style)]
+    texts += [world.phrase_prompt(*swap_motion(o, b, rng, opposite=rng.random() < 0.7), st)
+              for (o, b), st in zip(sc[:bs], style)]
+    texts += [world.phrase_prompt(*(swap_count(o, b, rng) if rng.random() < 0.25 else swap_shape(o, b, rng)),
+                                  st) for (o, b), st in zip(sc[:bs], style)]
+    texts = [augment(x, rng) for x in texts]
+    # the same scene twice in a batch (an all-still clip and its reversal): not a negative of each other
+    keys = [world.canonical_prompt(sorted(o, key=lambda x: x.colour), b) for o, b in sc]
+    same = torch.tensor([[a == b_ and i != j for j, b_ in enumerate(keys)] for i, a in enumerate(keys)])
+    t = tok(texts, padding=True, return_tensors="pt")
+    out = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"], pixel_values=px)
+    li = out.logits_per_image  # (n_img, n_img + 3 bs); image i's caption is text i
+    li_pos = li[:, :n_img].masked_fill(same, -1e4)
+    li = torch.cat([li_pos, li[:, n_img:]], dim=1)
+    labels = torch.arange(n_img)
+    loss = F.cross_entropy(li, labels) + F.cross_entropy(li_pos.t(), labels)
+    # and each original image against its own three hard negatives alone
+    ar = torch.arange(bs)
+    hard = torch.stack([li[ar, ar], li[ar, ar + n_img], li[ar, ar + n_img + bs],
+                        li[ar, ar + n_img + 2 * bs]], dim=1)
+    loss = loss + F.cross_entropy(hard, torch.zeros(bs, dtype=torch.long))
+    return loss
+
+
+def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
+    import torch
 
     def log(msg):
         print(time.strftime("%H:%M:%S"), msg, flush=True)
@@ -340,54 +445,9 @@ def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
         model.train()
         t0, c0, run = time.time(), time.process_time(), []
         while step < total:
-            imgs, sc = [], []
-            for _ in range(bs):  # a share of the clips come through the toy model's VAE decoder
-                src, src_scenes = (decoded, decoded_scenes) if rng.random() < cfg["clip_vae_share"] else \
-                    (drawn, drawn_scenes)
-                i = int(torch.randint(len(src), (1,), generator=gen))
-                g, (objs, bg) = src[i], src_scenes[i]
-                # time reversal and mirroring: new clips whose captions differ only in direction
-                if rng.random() < 0.5:
-                    g, objs = reverse_stack(g), [world.Obj(o.colour, o.shape, REVERSED[o.motion]) for o in objs]
-                if rng.random() < 0.5:
-                    g, objs = mirror_stack(g), [world.Obj(o.colour, o.shape, MIRRORED[o.motion]) for o in objs]
-                if len(objs) == 2 and rng.random() < 0.5:
-                    objs = objs[::-1]  # either object may be named first
-                imgs.append(g)
-                sc.append((objs, bg))
-            # each clip's time-reversed partner is in the batch too: the hardest negative image for its caption
-            imgs += [reverse_stack(g) for g in imgs[:bs]]
-            sc += [([world.Obj(o.colour, o.shape, REVERSED[o.motion]) for o in objs], bg) for objs, bg in sc[:bs]]
-            n_img = len(imgs)
-            px = to_pixels(np.stack(imgs))
-            # texts: every image's caption; then per original clip one caption with an object's colour swapped,
-            # one with an object's direction reversed (or a still object made to move), and one with an object's
-            # shape swapped (a quarter of the time: an object added or dropped), in the same phrasing
-            style = [int(rng.integers(world.N_STYLES)) for _ in sc]
-            texts = [world.phrase_prompt(o, b, st) for (o, b), st in zip(sc, style)]
-            texts += [world.phrase_prompt(*swap_colour(o, b, rng), st) for (o, b), st in zip(sc[:bs], style)]
-            texts += [world.phrase_prompt(*swap_motion(o, b, rng, opposite=rng.random() < 0.7), st)
-                      for (o, b), st in zip(sc[:bs], style)]
-            texts += [world.phrase_prompt(*(swap_count(o, b, rng) if rng.random() < 0.25 else swap_shape(o, b, rng)),
-                                          st) for (o, b), st in zip(sc[:bs], style)]
-            texts = [augment(x, rng) for x in texts]
-            # the same scene twice in a batch (an all-still clip and its reversal): not a negative of each other
-            keys = [world.canonical_prompt(sorted(o, key=lambda x: x.colour), b) for o, b in sc]
-            same = torch.tensor([[a == b_ and i != j for j, b_ in enumerate(keys)] for i, a in enumerate(keys)])
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(step, total, 5e-4, 50)
-            t = tok(texts, padding=True, return_tensors="pt")
-            out = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"], pixel_values=px)
-            li = out.logits_per_image  # (n_img, n_img + 3 bs); image i's caption is text i
-            li_pos = li[:, :n_img].masked_fill(same, -1e4)
-            li = torch.cat([li_pos, li[:, n_img:]], dim=1)
-            labels = torch.arange(n_img)
-            loss = F.cross_entropy(li, labels) + F.cross_entropy(li_pos.t(), labels)
-            # and each original image against its own three hard negatives alone
-            ar = torch.arange(bs)
-            hard = torch.stack([li[ar, ar], li[ar, ar + n_img], li[ar, ar + n_img + bs],
-                                li[ar, ar + n_img + 2 * bs]], dim=1)
-            loss = loss + F.cross_entropy(hard, torch.zeros(bs, dtype=torch.long))
+            loss = contrastive_loss(model, tok, cfg, (drawn, drawn_scenes), (decoded, decoded_scenes), gen, rng, bs)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -413,3 +473,129 @@ def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
     (work / "clip_eval_drawn.json").write_text(json.dumps(res, indent=1))
     for k, v in res.items():
         log(f"clip: held-out drawn clips, {k} prompts: {json.dumps(v)}")
+
+
+# -- the toy model's own videos -----------------------------------------------------------------------------
+def own_batch(own: dict, right: np.ndarray, wrong: np.ndarray, gen, rng, n: int = 16):
+    """n of the toy model's own videos, half judged right and half wrong (either pool alone if the other is
+    empty), each reversed and mirrored at random with its caption to match. Returns the stacks, the texts and
+    for each text its image and its label: the video's own caption (1 if the video was judged right, else 0)
+    and, for a right video, its caption with a colour swapped and with a direction reversed (0)."""
+    import torch
+
+    imgs, texts, img_of, label = [], [], [], []
+    for k in range(n):
+        pool, ok = (right, 1.0) if (k % 2 == 0 and len(right)) or not len(wrong) else (wrong, 0.0)
+        i = int(pool[int(torch.randint(len(pool), (1,), generator=gen))])
+        g, (objs, bg) = own["stacks"][i], world.parse_prompt(str(own["prompts"][i]))
+        if rng.random() < 0.5:
+            g, objs = reverse_stack(g), [world.Obj(o.colour, o.shape, REVERSED[o.motion]) for o in objs]
+        if rng.random() < 0.5:
+            g, objs = mirror_stack(g), [world.Obj(o.colour, o.shape, MIRRORED[o.motion]) for o in objs]
+        if len(objs) == 2 and rng.random() < 0.5:
+            objs = objs[::-1]
+        st = int(rng.integers(world.N_STYLES))
+        caps = [(world.phrase_prompt(objs, bg, st), ok)]
+        if ok:
+            caps += [(world.phrase_prompt(*swap_colour(objs, bg, rng), st), 0.0),
+                     (world.phrase_prompt(*swap_motion(objs, bg, rng, opposite=True), st), 0.0)]
+        for text, y in caps:
+            texts.append(augment(text, rng))
+            img_of.append(len(imgs))
+            label.append(y)
+        imgs.append(g)
+    return np.stack(imgs), texts, torch.tensor(img_of), torch.tensor(label)
+
+
+def own_scores(model, tok, own: dict, idx: np.ndarray) -> np.ndarray:
+    """The scorer's score of each of these own videos against the prompt it was made for."""
+    return np.concatenate([scores(model, tok, to_pixels(own["stacks"][idx[s:s + 64]]),
+                                  [str(p) for p in own["prompts"][idx[s:s + 64]]]) for s in range(0, len(idx), 64)])
+
+
+def threshold_table(sc: np.ndarray, ok: np.ndarray) -> dict:
+    """For a few min_clip_score values: how many videos pass, and how many of those were judged right."""
+    return {str(t): {"accepted": int((sc >= t).sum()), "accepted_right": int((ok & (sc >= t)).sum())}
+            for t in (70, 80, 85, 90, 95)}
+
+
+def train_own(cfg: dict, work: Path, model_dir: Path, target: Path, seed0: int) -> None:
+    """Fine-tune the contrastive CLIP (work/clip_final) on the toy model's own videos: besides the contrastive
+    loss on drawn and VAE-decoded clips, each step scores 16 own videos against their prompts and pushes the
+    score of a video judged right above, and of a video judged wrong below, the boundary (a logistic loss on
+    the cosine, centred at clip_own_margin). The wrong ones are the toy model's real failures (a shape that
+    breaks apart, a faint extra object, an object of the wrong colour), which no swapped caption describes.
+    The last n_own_val videos are held out and reported before and after."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import CLIPModel
+
+    from training.toy_world.train import cosine_lr, save_atomic
+
+    def log(msg):
+        print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+    own = own_videos(work, model_dir, cfg["n_own"], seed0, log)
+    n_val = min(cfg["n_own_val"], len(own["ok"]) // 2)
+    tr, val = np.arange(len(own["ok"]) - n_val), np.arange(len(own["ok"]) - n_val, len(own["ok"]))
+    right, wrong = tr[own["ok"][tr]], tr[~own["ok"][tr]]
+    log(f"clip_own: {len(own['ok'])} videos, {int(own['ok'].sum())} judged right; training on {len(tr)} "
+        f"({len(right)} right), {n_val} held out")
+    tok = build_tokenizer()
+    done = work / "clip_own_final"
+    report = {}
+    if not (done / "config.json").exists():
+        d = np.load(work / "clip_stacks.npz")
+        drawn = (d["stacks"], [scene_of(x) for x in d["scenes"]])
+        decoded = vae_stacks(work, cfg["n_clip_vae"], log)
+        model = CLIPModel.from_pretrained(work / "clip_final")
+        report["before"] = threshold_table(own_scores(model.eval(), tok, own, val), own["ok"][val])
+        log(f"clip_own: held out, before: {json.dumps(report['before'])}")
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg["clip_own_lr"], weight_decay=0.05)
+        gen = torch.Generator().manual_seed(16)
+        rng = np.random.default_rng(17)
+        step, total = 0, cfg["clip_own_steps"]
+        ck = work / "clip_own_ckpt.pt"
+        if ck.exists():
+            s = torch.load(ck, weights_only=False)
+            model.load_state_dict(s["model"]), opt.load_state_dict(s["opt"])
+            gen.set_state(s["gen"])
+            step, rng = s["step"], s["rng"]
+            log(f"clip_own: resumed at step {step}")
+        model.train()
+        t0, run = time.time(), []
+        while step < total:
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(step, total, cfg["clip_own_lr"], 20)
+            loss_c = contrastive_loss(model, tok, cfg, drawn, decoded, gen, rng)
+            stacks, texts, img_of, label = own_batch(own, right, wrong, gen, rng)
+            t = tok(texts, padding=True, return_tensors="pt")
+            out = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
+                        pixel_values=to_pixels(stacks))
+            cos = (out.image_embeds[img_of] * out.text_embeds).sum(-1)
+            loss_o = F.binary_cross_entropy_with_logits(20.0 * (cos - cfg["clip_own_margin"]), label)
+            loss = loss_c + cfg["clip_own_weight"] * loss_o
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            run.append((loss_c.item(), loss_o.item()))
+            if step % 25 == 0 or step == total:
+                a, b = np.mean(run, axis=0)
+                log(f"clip_own step {step}/{total} contrastive {a:.3f} own {b:.3f} "
+                    f"({(time.time() - t0) / 60:.1f} min)")
+                run = []
+            if step % 100 == 0 and step < total:
+                save_atomic(dict(model=model.state_dict(), opt=opt.state_dict(), gen=gen.get_state(), step=step,
+                                 rng=rng), ck)
+        save_clip(model.eval(), tok, done)
+    model = CLIPModel.from_pretrained(done).eval()
+    save_clip(model, tok, target)
+    report["after"] = threshold_table(own_scores(model, tok, own, val), own["ok"][val])
+    stacks, scenes = draw_stacks(300, 9_500_000, blur=False)  # held-out drawn clips: the swaps still tell
+    report["drawn"] = discrimination(model, tok, stacks, scenes)
+    report["held_out"] = {"n": int(n_val), "judged_right": int(own["ok"][val].sum())}
+    (work / "clip_own_eval.json").write_text(json.dumps(report, indent=1))
+    for k, v in report.items():
+        log(f"clip_own: {k}: {json.dumps(v)}")

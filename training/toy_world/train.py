@@ -34,16 +34,18 @@ PIPE_OUT = ROOT / "stages" / "models" / "weights" / "toy-shapes"
 CLIP_OUT = ROOT / "stages" / "models" / "weights" / "toy-clip"
 
 # Seed ranges: training clips never overlap the evaluation seeds (evaluate.py uses 9_000_000+).
-VAE_SEED, LATENT_SEED, CLIP_SEED = 0, 1_000_000, 2_000_000
+VAE_SEED, LATENT_SEED, CLIP_SEED, OWN_SEED = 0, 1_000_000, 2_000_000, 3_000_000
 
 # The recipe of the shipped weights (about six hours on one thread of this project's 2-core VM, about four with
 # TOY_THREADS=2; README.md says how the shipped run differed).
 FULL = dict(vae_steps=1100, vae_batch=6, vae_crop=32, vae_lr=1e-3, vae_kl=1e-4, vae_noise=0.1, vae_fg_weight=4.0,
             n_latent=6000, dit_steps=20000, dit_batch=16, dit_fg_weight=4.0, clip_steps=2000,
-            n_clip=12000, n_clip_vae=3000, clip_vae_share=0.4)
+            n_clip=12000, n_clip_vae=3000, clip_vae_share=0.4, n_own=1600, n_own_val=200, clip_own_steps=600,
+            clip_own_lr=1e-4, clip_own_margin=0.85, clip_own_weight=1.0)
 QUICK = dict(vae_steps=30, vae_batch=2, vae_noise=0.1, vae_kl=1e-4, n_latent=200, dit_steps=40, dit_batch=8,
              dit_fg_weight=4.0, clip_steps=30, n_clip=400, n_clip_vae=64,
-             clip_vae_share=0.4)
+             clip_vae_share=0.4, n_own=8, n_own_val=2, clip_own_steps=4, clip_own_lr=1e-4, clip_own_margin=0.85,
+             clip_own_weight=1.0)
 
 
 def log(msg: str) -> None:
@@ -374,7 +376,15 @@ def stage_clip(cfg: dict) -> None:
     clip_train.train(cfg, WORK, CLIP_OUT, CLIP_SEED)
 
 
-STAGES = {"vae": stage_vae, "latents": stage_latents, "dit": stage_dit, "build": stage_build, "clip": stage_clip}
+def stage_clip_own(cfg: dict) -> None:
+    from training.toy_world import clip_train
+
+    setup_torch()
+    clip_train.train_own(cfg, WORK, PIPE_OUT, CLIP_OUT, OWN_SEED)
+
+
+STAGES = {"vae": stage_vae, "latents": stage_latents, "dit": stage_dit, "build": stage_build, "clip": stage_clip,
+          "clip_own": stage_clip_own}
 
 
 def main() -> None:

@@ -334,6 +334,11 @@ def judge(analysis: dict, prompt: str) -> dict:
                 count=analysis["count"] == len(want), all=all(p["all"] for p in per) and len(per) > 0)
 
 
+def all_right(judgement: dict) -> bool:
+    """A video shows its prompt: every object's colour, shape and motion, no object more or fewer, the background."""
+    return bool(judgement["all"] and judgement["count"] and judgement["background"])
+
+
 # -- out-of-world words -----------------------------------------------------------------------------------
 # Prompts in the project pass through an expander (stages/models/template.py appends a detail, a camera, a
 # light and a style: "..., rich color, slow dolly-in, blue hour ambience, anime style."). The models are trained
