@@ -120,8 +120,9 @@ def test_toy_clip_scores_a_matching_prompt_above_the_same_prompt_with_the_opposi
 
 def test_the_clip_learns_a_right_video_s_caption_as_a_match_and_a_wrong_video_s_as_a_mismatch():
     """clip_own stage: each of the toy model's own videos judged right is a positive for its caption and a negative
-    for the caption with a colour swapped and with its direction reversed; a video judged wrong is a negative for its
-    own caption and gets no swap (a swap could describe what it drew)."""
+    for the caption with a colour swapped and with its direction reversed, and the same video with a small extra
+    object is a negative for its caption; a video judged wrong is a negative for its own caption and gets no swap
+    (a swap could describe what it drew)."""
     from training.toy_world import clip_train
     import torch
 
@@ -129,20 +130,39 @@ def test_the_clip_learns_a_right_video_s_caption_as_a_match_and_a_wrong_video_s_
     stacks = np.stack([clip_train.stack(world.render(*world.parse_prompt(p), np.random.default_rng(i)))
                        for i, p in enumerate(prompts)])
     own = {"stacks": stacks, "prompts": np.array(prompts), "ok": np.array([True, False])}
-    imgs, texts, img_of, label = clip_train.own_batch(own, np.array([0]), np.array([1]), torch.Generator().manual_seed(0),
-                                                      np.random.default_rng(0), n=6)
-    assert len(imgs) == 6 and len(texts) == len(img_of) == len(label)
+    imgs, texts, img_of, label = clip_train.own_batch(own, np.array([0]), np.array([1]),
+                                                      torch.Generator().manual_seed(0), np.random.default_rng(0), n=6)
+    assert len(imgs) == 6 + 3 and len(texts) == len(img_of) == len(label)
+
     def words(text):
         return set(text.replace(",", " ").replace(".", " ").split())
 
-    for k in range(6):
+    for k in range(6 + 3):
         mine = [(words(t), float(y)) for t, i, y in zip(texts, img_of.tolist(), label) if i == k]
-        if k % 2 == 0:  # the right video: its caption, a colour swap, a direction swap
+        if k < 6 and k % 2 == 0:  # the right video: its caption, a colour swap, a direction swap
             assert [y for _, y in mine] == [1.0, 0.0, 0.0]
             assert "red" in mine[0][0] and "red" not in mine[1][0]
             assert {"left", "right"} & mine[0][0] != {"left", "right"} & mine[2][0]
-        else:  # the wrong video: only its own caption, as a mismatch
+        elif k < 6:  # the wrong video: only its own caption, as a mismatch
             assert [y for _, y in mine] == [0.0] and "blue" in mine[0][0]
+        else:  # a right video with an extra object: its caption, as a mismatch
+            assert [y for _, y in mine] == [0.0] and "red" in mine[0][0] and "blue" not in mine[0][0]
+            base = imgs[2 * (k - 6)]
+            assert not np.array_equal(imgs[k], base)
+            assert np.array_equal(clip_train.with_extra_object(base, np.random.default_rng(1)).shape, base.shape)
+
+
+def test_the_extra_object_lies_on_the_background_beside_the_drawn_one():
+    from training.toy_world import clip_train
+
+    frames, prompt, objs, bg = world.sample_clip(FRESH + 900, n_objects=1, style=0)
+    s = clip_train.stack(frames)
+    e = clip_train.with_extra_object(s, np.random.default_rng(3))
+    changed = np.abs(e.astype(int) - s.astype(int)).max(-1) > 30
+    drawn = np.abs(s.astype(int) - np.array(world.BACKGROUNDS[bg])).max(-1) > 40
+    assert changed.any(axis=(1, 2)).all()  # in every stacked frame
+    assert not (changed & drawn).any()  # never over the drawn object
+    assert changed.sum(axis=(1, 2)).max() < 0.05 * changed[0].size  # small
 
 
 def test_toy_shapes_draws_the_colour_a_one_object_prompt_asks_for_far_above_chance():

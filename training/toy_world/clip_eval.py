@@ -126,7 +126,7 @@ def main() -> None:
         # what a min_clip_score would do to these videos: how many it accepts, and how many of those are right
         res["generated"]["at_min_clip_score"] = {
             str(t): {"accepted": int((m >= t).sum()), "accepted_right": int((ok & (m >= t)).sum()),
-                     "rejected_right": int((ok & (m < t)).sum())} for t in (50, 60, 70, 75, 80, 85, 90)}
+                     "rejected_right": int((ok & (m < t)).sum())} for t in (50, 60, 70, 75, 80, 85, 90, 93, 95)}
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     for k, v in res.items():

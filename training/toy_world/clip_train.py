@@ -476,14 +476,60 @@ def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
 
 
 # -- the toy model's own videos -----------------------------------------------------------------------------
+def with_extra_object(s: np.ndarray, rng) -> np.ndarray:
+    """The stack with a small, often faint, second object drifting across where the background is: the toy
+    model's most common failure that no swapped caption describes (a video with it does not show a one-object
+    prompt, nor a two-object prompt's two objects alone). Its colour may change from frame to frame."""
+    s = s.astype(np.float32)
+    k, h, w, _ = s.shape
+    bg = np.median(np.concatenate([s[:, 0], s[:, -1], s[:, :, 0], s[:, :, -1]], axis=1).reshape(-1, 3), axis=0)
+    r = float(rng.uniform(2.0, 5.0))
+    far = np.abs(s - bg).max(-1) >= 40
+    free = ~far.any(axis=0)  # background in every frame; else in every frame but the first, which can be off
+    free = (free if free.any() else ~far[1:].any(axis=0)).astype(np.uint8)
+    # where a centre keeps the whole object (and a 2-pixel margin) off the drawn objects and inside the frame
+    d = int(np.ceil(r)) + 2
+    ok = cv2.erode(free, np.ones((2 * d + 1, 2 * d + 1), np.uint8), borderValue=0).astype(bool)
+    y0, x0, v = h / 4, w / 4, np.zeros(2)
+    for _ in range(30):  # a start and a velocity (pixels per stacked frame; still a third of the time)
+        ys, xs = np.nonzero(ok)
+        if not len(ys):
+            break
+        i = int(rng.integers(len(ys)))
+        vel = rng.uniform(-4, 4, size=2) * (rng.random() < 0.67)
+        track = [(int(round(ys[i] + vel[0] * t)), int(round(xs[i] + vel[1] * t))) for t in range(k)]
+        if all(0 <= y < h and 0 <= x < w and ok[y, x] for y, x in track):
+            y0, x0, v = ys[i], xs[i], vel
+            break
+        y0, x0, v = ys[i], xs[i], np.zeros(2)  # a still one there, if no moving track fits
+    alpha = float(rng.uniform(0.4, 1.0))
+    names = list(world.COLOURS)
+    colour = world.COLOURS[names[int(rng.integers(len(names)))]]
+    out = np.empty_like(s)
+    for t in range(k):
+        if rng.random() < 0.3:
+            colour = world.COLOURS[names[int(rng.integers(len(names)))]]
+        mask = np.zeros((h, w), np.float32)
+        cy, cx = y0 + v[0] * t, x0 + v[1] * t
+        if rng.random() < 0.5:
+            cv2.circle(mask, (int(round(cx)), int(round(cy))), int(round(r)), 1.0, -1)
+        else:
+            pts = np.array([[cx, cy - r], [cx - r, cy + r], [cx + r, cy + r]]).round().astype(np.int32)
+            cv2.fillPoly(mask, [pts], 1.0)
+        mask = cv2.GaussianBlur(mask, (0, 0), 0.8)[..., None] * alpha
+        out[t] = s[t] * (1 - mask) + np.array(colour, np.float32) * mask
+    return np.clip(out.round(), 0, 255).astype(np.uint8)
+
+
 def own_batch(own: dict, right: np.ndarray, wrong: np.ndarray, gen, rng, n: int = 16):
     """n of the toy model's own videos, half judged right and half wrong (either pool alone if the other is
     empty), each reversed and mirrored at random with its caption to match. Returns the stacks, the texts and
-    for each text its image and its label: the video's own caption (1 if the video was judged right, else 0)
-    and, for a right video, its caption with a colour swapped and with a direction reversed (0)."""
+    for each text its image and its label: the video's own caption (1 if the video was judged right, else 0);
+    for a right video also its caption with a colour swapped and with a direction reversed (0), and the video
+    with a small extra object added (with_extra_object, appended after the n videos) against its caption (0)."""
     import torch
 
-    imgs, texts, img_of, label = [], [], [], []
+    imgs, texts, img_of, label, extra = [], [], [], [], []
     for k in range(n):
         pool, ok = (right, 1.0) if (k % 2 == 0 and len(right)) or not len(wrong) else (wrong, 0.0)
         i = int(pool[int(torch.randint(len(pool), (1,), generator=gen))])
@@ -503,6 +549,13 @@ def own_batch(own: dict, right: np.ndarray, wrong: np.ndarray, gen, rng, n: int 
             texts.append(augment(text, rng))
             img_of.append(len(imgs))
             label.append(y)
+        imgs.append(g)
+        if ok:
+            extra.append((with_extra_object(g, rng), caps[0][0]))
+    for g, text in extra:
+        texts.append(augment(text, rng))
+        img_of.append(len(imgs))
+        label.append(0.0)
         imgs.append(g)
     return np.stack(imgs), texts, torch.tensor(img_of), torch.tensor(label)
 

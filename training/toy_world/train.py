@@ -8,7 +8,11 @@ Stages, each resumable (a finished stage is skipped, an interrupted one resumes 
   dit      WanTransformer3DModel + UMT5 text encoder, jointly, rectified flow in normalised latent space
   build    WanPipeline(...).save_pretrained(stages/models/weights/toy-shapes), round-trip checked
   clip     a small CLIPModel on 4 frames stacked as 12 channels, contrastive with colour/direction/shape-swapped
-           negatives, on drawn clips and on latents decoded by the VAE; saved to stages/models/weights/toy-clip
+           negatives, on drawn clips and on latents decoded by the VAE
+  clip_own the built toy model's own videos for fresh prompts (n_own), judged by image analysis; the CLIP above
+           fine-tuned to score those judged right above clip_own_margin and those judged wrong below it, the
+           contrastive loss kept; saved to stages/models/weights/toy-clip (two processes of this stage share
+           the video making: each claims chunks of 50)
 
 Work files (checkpoints, latents) go to training/toy_world/work/ (git-ignored) or $TOY_WORK.
 Every stage's wall time is written to work/timings.json and the total is printed at the end.
@@ -40,8 +44,8 @@ VAE_SEED, LATENT_SEED, CLIP_SEED, OWN_SEED = 0, 1_000_000, 2_000_000, 3_000_000
 # TOY_THREADS=2; README.md says how the shipped run differed).
 FULL = dict(vae_steps=1100, vae_batch=6, vae_crop=32, vae_lr=1e-3, vae_kl=1e-4, vae_noise=0.1, vae_fg_weight=4.0,
             n_latent=6000, dit_steps=20000, dit_batch=16, dit_fg_weight=4.0, clip_steps=2000,
-            n_clip=12000, n_clip_vae=3000, clip_vae_share=0.4, n_own=1600, n_own_val=200, clip_own_steps=600,
-            clip_own_lr=1e-4, clip_own_margin=0.85, clip_own_weight=1.0)
+            n_clip=12000, n_clip_vae=3000, clip_vae_share=0.4, n_own=1600, n_own_val=200, clip_own_steps=1500,
+            clip_own_lr=1e-4, clip_own_margin=0.85, clip_own_weight=2.0)
 QUICK = dict(vae_steps=30, vae_batch=2, vae_noise=0.1, vae_kl=1e-4, n_latent=200, dit_steps=40, dit_batch=8,
              dit_fg_weight=4.0, clip_steps=30, n_clip=400, n_clip_vae=64,
              clip_vae_share=0.4, n_own=8, n_own_val=2, clip_own_steps=4, clip_own_lr=1e-4, clip_own_margin=0.85,
