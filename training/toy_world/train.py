@@ -9,10 +9,11 @@ Stages, each resumable (a finished stage is skipped, an interrupted one resumes 
   build    WanPipeline(...).save_pretrained(stages/models/weights/toy-shapes), round-trip checked
   clip     a small CLIPModel on 4 frames stacked as 12 channels, contrastive with colour/direction/shape-swapped
            negatives, on drawn clips and on latents decoded by the VAE
-  clip_own the built toy model's own videos for fresh prompts (n_own), judged by image analysis; the CLIP above
-           fine-tuned to score those judged right above clip_own_margin and those judged wrong below it, the
-           contrastive loss kept; saved to stages/models/weights/toy-clip (two processes of this stage share
-           the video making: each claims chunks of 50)
+  own_videos  the built toy model's own videos for fresh prompts (n_own), each judged by image analysis; made
+           in chunks of 50 that a second process of this stage, started beside it, shares
+  clip_own the CLIP above fine-tuned on those videos: those judged right scored above clip_own_margin, those
+           judged wrong (and right ones with a small extra object added) below it, the contrastive loss kept;
+           saved to stages/models/weights/toy-clip
 
 Work files (checkpoints, latents) go to training/toy_world/work/ (git-ignored) or $TOY_WORK.
 Every stage's wall time is written to work/timings.json and the total is printed at the end.
@@ -380,6 +381,13 @@ def stage_clip(cfg: dict) -> None:
     clip_train.train(cfg, WORK, CLIP_OUT, CLIP_SEED)
 
 
+def stage_own_videos(cfg: dict) -> None:
+    from training.toy_world import clip_train
+
+    setup_torch()
+    clip_train.own_videos(WORK, PIPE_OUT, cfg["n_own"], OWN_SEED, log)
+
+
 def stage_clip_own(cfg: dict) -> None:
     from training.toy_world import clip_train
 
@@ -388,7 +396,7 @@ def stage_clip_own(cfg: dict) -> None:
 
 
 STAGES = {"vae": stage_vae, "latents": stage_latents, "dit": stage_dit, "build": stage_build, "clip": stage_clip,
-          "clip_own": stage_clip_own}
+          "own_videos": stage_own_videos, "clip_own": stage_clip_own}
 
 
 def main() -> None:
