@@ -407,6 +407,23 @@ def contrastive_loss(model, tok, cfg: dict, drawn, decoded, gen, rng, bs: int = 
     return loss
 
 
+def checkpoint(path: Path, model, opt, gen, step: int, rng) -> None:
+    """Everything a resumed run needs to go on as if never stopped: weights, optimiser, both random streams."""
+    from training.toy_world.train import save_atomic
+
+    save_atomic(dict(model=model.state_dict(), opt=opt.state_dict(), gen=gen.get_state(), step=step, rng=rng), path)
+
+
+def resume(path: Path, model, opt, gen) -> tuple[int, object]:
+    """Load a checkpoint() into model, opt and gen; returns its step and numpy generator."""
+    import torch
+
+    s = torch.load(path, weights_only=False)
+    model.load_state_dict(s["model"]), opt.load_state_dict(s["opt"])
+    gen.set_state(s["gen"])
+    return s["step"], s["rng"]
+
+
 def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
     import torch
 
@@ -434,12 +451,9 @@ def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
         step = 0
         ck = work / "clip_ckpt.pt"
         if ck.exists():
-            s = torch.load(ck, weights_only=False)
-            model.load_state_dict(s["model"]), opt.load_state_dict(s["opt"])
-            gen.set_state(s["gen"])
-            step, rng = s["step"], s["rng"]
+            step, rng = resume(ck, model, opt, gen)
             log(f"clip: resumed at step {step}")
-        from training.toy_world.train import cosine_lr, save_atomic
+        from training.toy_world.train import cosine_lr
 
         total, bs = cfg["clip_steps"], 32
         model.train()
@@ -460,8 +474,7 @@ def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
                     f"{(time.process_time() - c0) / 60:.1f} min CPU)")
                 run = []
             if step % 250 == 0 and step < total:
-                save_atomic(dict(model=model.state_dict(), opt=opt.state_dict(), gen=gen.get_state(), step=step,
-                                 rng=rng), ck)
+                checkpoint(ck, model, opt, gen, step, rng)
         save_clip(model.eval(), tok, done)
     from transformers import CLIPModel
 
@@ -583,7 +596,7 @@ def train_own(cfg: dict, work: Path, model_dir: Path, target: Path, seed0: int) 
     import torch.nn.functional as F
     from transformers import CLIPModel
 
-    from training.toy_world.train import cosine_lr, save_atomic
+    from training.toy_world.train import cosine_lr
 
     def log(msg):
         print(time.strftime("%H:%M:%S"), msg, flush=True)
@@ -610,10 +623,7 @@ def train_own(cfg: dict, work: Path, model_dir: Path, target: Path, seed0: int) 
         step, total = 0, cfg["clip_own_steps"]
         ck = work / "clip_own_ckpt.pt"
         if ck.exists():
-            s = torch.load(ck, weights_only=False)
-            model.load_state_dict(s["model"]), opt.load_state_dict(s["opt"])
-            gen.set_state(s["gen"])
-            step, rng = s["step"], s["rng"]
+            step, rng = resume(ck, model, opt, gen)
             log(f"clip_own: resumed at step {step}")
         model.train()
         t0, run = time.time(), []
@@ -640,8 +650,7 @@ def train_own(cfg: dict, work: Path, model_dir: Path, target: Path, seed0: int) 
                     f"({(time.time() - t0) / 60:.1f} min)")
                 run = []
             if step % 100 == 0 and step < total:
-                save_atomic(dict(model=model.state_dict(), opt=opt.state_dict(), gen=gen.get_state(), step=step,
-                                 rng=rng), ck)
+                checkpoint(ck, model, opt, gen, step, rng)
         save_clip(model.eval(), tok, done)
     model = CLIPModel.from_pretrained(done).eval()
     save_clip(model, tok, target)
