@@ -152,6 +152,26 @@ def test_the_clip_learns_a_right_video_s_caption_as_a_match_and_a_wrong_video_s_
             assert np.array_equal(clip_train.with_extra_object(base, np.random.default_rng(1)).shape, base.shape)
 
 
+def test_a_chunk_claimed_by_a_killed_process_is_taken_over_and_a_live_claim_is_left(tmp_path):
+    """own_videos: two processes share the chunks by claiming them; a process killed mid-chunk must not leave
+    the others waiting for ever."""
+    import os
+    import subprocess
+    import sys
+
+    from training.toy_world import clip_train
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, live = tmp_path / "chunk_0000.npz", tmp_path / "chunk_0001.npz"
+    stale.with_suffix(".claim").write_text(str(dead.pid))
+    live.with_suffix(".claim").write_text(str(os.getpid()))
+    assert clip_train._claim(stale) and stale.with_suffix(".claim").read_text() == str(os.getpid())
+    assert not clip_train._claim(live)
+    fresh = tmp_path / "chunk_0002.npz"
+    assert clip_train._claim(fresh) and not clip_train._claim(fresh)
+
+
 def test_the_extra_object_lies_on_the_background_beside_the_drawn_one():
     from training.toy_world import clip_train
 

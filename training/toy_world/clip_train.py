@@ -203,15 +203,35 @@ def vae_stacks(work: Path, n: int, log) -> tuple[np.ndarray, list]:
 OWN_CHUNK = 50
 
 
+def _claim(path: Path) -> bool:
+    """Claim a chunk for this process: create its .claim file holding our PID. A claim whose process is gone
+    (killed mid-chunk) is stale and taken over, so an interrupted stage never waits for it."""
+    import os
+
+    claim = path.with_suffix(".claim")
+    for _ in range(2):
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(claim.read_text() or 0), 0)
+                return False  # its process is alive: it makes the chunk
+            except (ProcessLookupError, ValueError, FileNotFoundError):
+                claim.unlink(missing_ok=True)  # stale
+                continue
+            except PermissionError:
+                return False  # alive, another user's
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
 def own_videos(work: Path, model_dir: Path, n: int, seed0: int, log) -> dict:
     """n videos of the trained toy model (model_dir) for random grammar prompts and fresh seeds, as frame stacks,
     each judged by plain image analysis (right: every object's colour, shape and motion, the object count and the
-    background, as bench/toy_demo_check.py). Made in chunks of OWN_CHUNK under work/own/; a chunk is claimed by
-    creating its .claim file, so two processes of this stage share the work and an interrupted one resumes."""
-    import os
-
-    import torch
-
+    background: world.all_right). Made in chunks of OWN_CHUNK under work/own/; a chunk is claimed first (_claim),
+    so two processes of this stage on one machine share the work, and an interrupted one resumes."""
     from training.toy_world import evaluate as E
 
     folder = work / "own"
@@ -219,33 +239,29 @@ def own_videos(work: Path, model_dir: Path, n: int, seed0: int, log) -> dict:
     chunks = [folder / f"chunk_{k:04d}.npz" for k in range((n + OWN_CHUNK - 1) // OWN_CHUNK)]
     pipe = vae = None
     s = json.loads((Path(__file__).resolve().parent / "recommended.json").read_text())
-    for k, path in enumerate(chunks):
-        if path.exists():
+    while not all(c.exists() for c in chunks):
+        mine = next((k for k, c in enumerate(chunks) if not c.exists() and _claim(c)), None)
+        if mine is None:
+            time.sleep(5)  # the rest are being made by another process
             continue
-        try:
-            os.close(os.open(path.with_suffix(".claim"), os.O_CREAT | os.O_EXCL))
-        except FileExistsError:
-            continue  # another process makes it
+        path = chunks[mine]
         if pipe is None:
             pipe, vae = E.load(str(model_dir))
             E.set_shift(pipe, s["flow_shift"])
         t0 = time.time()
         stacks, prompts, ok = [], [], []
-        for i in range(k * OWN_CHUNK, min(n, (k + 1) * OWN_CHUNK)):
+        for i in range(mine * OWN_CHUNK, min(n, (mine + 1) * OWN_CHUNK)):
             rng = np.random.default_rng(seed0 + i)
             objs, bg = world.random_scene(rng)
             prompt = world.canonical_prompt(objs, bg)
             frames = E.generate(pipe, vae, prompt, seed0 + 1_000_000 + i, s)
-            j = world.judge(world.analyze(frames, prompt), prompt)
             stacks.append(stack(frames))
             prompts.append(prompt)
-            ok.append(world.all_right(j))
+            ok.append(world.all_right(world.judge(world.analyze(frames, prompt), prompt)))
         np.savez(path.with_suffix(".tmp.npz"), stacks=np.stack(stacks), prompts=np.array(prompts), ok=np.array(ok))
         path.with_suffix(".tmp.npz").rename(path)
-        log(f"clip_own: chunk {k + 1}/{len(chunks)}: {sum(ok)} of {len(ok)} judged right "
+        log(f"own_videos: chunk {mine + 1}/{len(chunks)}: {sum(ok)} of {len(ok)} judged right "
             f"({(time.time() - t0) / len(ok):.2f} s a video)")
-    while not all(c.exists() for c in chunks):  # chunks another process claimed
-        time.sleep(5)
     parts = [np.load(c) for c in chunks]
     return {key: np.concatenate([d[key] for d in parts])[:n] for key in ("stacks", "prompts", "ok")}
 
