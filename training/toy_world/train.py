@@ -41,8 +41,8 @@ CLIP_OUT = ROOT / "stages" / "models" / "weights" / "toy-clip"
 # Seed ranges: training clips never overlap the evaluation seeds (evaluate.py uses 9_000_000+).
 VAE_SEED, LATENT_SEED, CLIP_SEED, OWN_SEED = 0, 1_000_000, 2_000_000, 3_000_000
 
-# The recipe of the shipped weights (about six and a half hours on one thread of this project's 2-core VM, about four and a
-# half with TOY_THREADS=2; README.md says how the shipped run differed).
+# The recipe of the shipped weights (about six and a half hours on one thread of this project's 2-core VM, about
+# four and a half with TOY_THREADS=2; README.md says how the shipped run differed).
 FULL = dict(vae_steps=1100, vae_batch=6, vae_crop=32, vae_lr=1e-3, vae_kl=1e-4, vae_noise=0.1, vae_fg_weight=4.0,
             n_latent=6000, dit_steps=20000, dit_batch=16, dit_fg_weight=4.0, clip_steps=2000,
             n_clip=12000, n_clip_vae=3000, clip_vae_share=0.4, n_own=1600, n_own_val=200, clip_own_steps=1500,
