@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from training.toy_world import world
-from training.toy_world.clip_train import expand, swap_colour, swap_motion
+from training.toy_world.clip_train import HELD_OUT_SEED, expand, swap_colour, swap_motion, threshold_table
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS = HERE.parents[1] / "stages" / "models" / "weights"
@@ -72,7 +72,7 @@ def score_set(scorer, items, seed: int = 0, expanded: bool = False) -> dict:
             "_scores": {"match": pos.tolist(), "colour_swap": col.tolist(), "direction_swap": dirn.tolist()}}
 
 
-def drawn_items(n: int, seed0: int = 9_500_000):
+def drawn_items(n: int, seed0: int = HELD_OUT_SEED):
     for i in range(n):
         rng = np.random.default_rng(seed0 + i)
         objs, bg = world.random_scene(rng)
@@ -124,9 +124,7 @@ def main() -> None:
         res["generated"]["judged_wrong"] = _dist(m[~ok])
         res["generated"]["_judged_right_flags"] = ok.tolist()
         # what a min_clip_score would do to these videos: how many it accepts, and how many of those are right
-        res["generated"]["at_min_clip_score"] = {
-            str(t): {"accepted": int((m >= t).sum()), "accepted_right": int((ok & (m >= t)).sum()),
-                     "rejected_right": int((ok & (m < t)).sum())} for t in (50, 60, 70, 75, 80, 85, 90, 93, 95)}
+        res["generated"]["at_min_clip_score"] = threshold_table(m, ok, (50, 60, 70, 75, 80, 85, 90, 93, 95))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     for k, v in res.items():

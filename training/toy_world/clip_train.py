@@ -35,6 +35,7 @@ IMAGE_SIZE = 64
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+HELD_OUT_SEED = 9_500_000  # drawn clips the CLIP is evaluated on (clip_eval too); no training stage draws them
 
 
 # Words the CLIP tokenizer knows: the world's, and a few function words. Anything else is <unk>.
@@ -423,11 +424,19 @@ def contrastive_loss(model, tok, cfg: dict, drawn, decoded, gen, rng, bs: int = 
     return loss
 
 
+def publish(done: Path, tok, target: Path):
+    """The finished CLIP of a stage (its work folder `done`), loaded back and saved to `target` with the
+    tokenizer, processor config and frame layout; returned in eval mode."""
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(done).eval()
+    save_clip(model, tok, target)
+    return model
+
+
 def checkpoint(path: Path, model, opt, gen, step: int, rng) -> None:
     """Everything a resumed run needs to go on as if never stopped: weights, optimiser, both random streams."""
-    from training.toy_world.train import save_atomic
-
-    save_atomic(dict(model=model.state_dict(), opt=opt.state_dict(), gen=gen.get_state(), step=step, rng=rng), path)
+    M.save_atomic(dict(model=model.state_dict(), opt=opt.state_dict(), gen=gen.get_state(), step=step, rng=rng), path)
 
 
 def resume(path: Path, model, opt, gen) -> tuple[int, object]:
@@ -469,14 +478,12 @@ def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
         if ck.exists():
             step, rng = resume(ck, model, opt, gen)
             log(f"clip: resumed at step {step}")
-        from training.toy_world.train import cosine_lr
-
         total, bs = cfg["clip_steps"], 32
         model.train()
         t0, c0, run = time.time(), time.process_time(), []
         while step < total:
             for g in opt.param_groups:
-                g["lr"] = cosine_lr(step, total, 5e-4, 50)
+                g["lr"] = M.cosine_lr(step, total, 5e-4, 50)
             loss = contrastive_loss(model, tok, cfg, (drawn, drawn_scenes), (decoded, decoded_scenes), gen, rng, bs)
             opt.zero_grad()
             loss.backward()
@@ -492,11 +499,8 @@ def train(cfg: dict, work: Path, target: Path, seed0: int) -> None:
             if step % 250 == 0 and step < total:
                 checkpoint(ck, model, opt, gen, step, rng)
         save_clip(model.eval(), tok, done)
-    from transformers import CLIPModel
-
-    model = CLIPModel.from_pretrained(done).eval()
-    save_clip(model, tok, target)
-    stacks, scenes = draw_stacks(300, 9_500_000, blur=False)  # held-out drawn clips
+    model = publish(done, tok, target)
+    stacks, scenes = draw_stacks(300, HELD_OUT_SEED, blur=False)  # held-out drawn clips
     res = {"plain": discrimination(model, tok, stacks, scenes),
            "template_expanded": discrimination(model, tok, stacks, scenes, expanded=True)}
     (work / "clip_eval_drawn.json").write_text(json.dumps(res, indent=1))
@@ -595,10 +599,11 @@ def own_scores(model, tok, own: dict, idx: np.ndarray) -> np.ndarray:
                                   [str(p) for p in own["prompts"][idx[s:s + 64]]]) for s in range(0, len(idx), 64)])
 
 
-def threshold_table(sc: np.ndarray, ok: np.ndarray) -> dict:
-    """For a few min_clip_score values: how many videos pass, and how many of those were judged right."""
-    return {str(t): {"accepted": int((sc >= t).sum()), "accepted_right": int((ok & (sc >= t)).sum())}
-            for t in (70, 80, 85, 90, 95)}
+def threshold_table(sc: np.ndarray, ok: np.ndarray, thresholds=(70, 80, 85, 90, 95)) -> dict:
+    """What each min_clip_score would do to videos with these scores: how many it accepts, how many of those
+    were judged right (ok), and how many judged right it rejects."""
+    return {str(t): {"accepted": int((sc >= t).sum()), "accepted_right": int((ok & (sc >= t)).sum()),
+                     "rejected_right": int((ok & (sc < t)).sum())} for t in thresholds}
 
 
 def train_own(cfg: dict, work: Path, model_dir: Path, target: Path, seed0: int) -> None:
@@ -611,8 +616,6 @@ def train_own(cfg: dict, work: Path, model_dir: Path, target: Path, seed0: int) 
     import torch
     import torch.nn.functional as F
     from transformers import CLIPModel
-
-    from training.toy_world.train import cosine_lr
 
     def log(msg):
         print(time.strftime("%H:%M:%S"), msg, flush=True)
@@ -645,7 +648,7 @@ def train_own(cfg: dict, work: Path, model_dir: Path, target: Path, seed0: int) 
         t0, run = time.time(), []
         while step < total:
             for g in opt.param_groups:
-                g["lr"] = cosine_lr(step, total, cfg["clip_own_lr"], 20)
+                g["lr"] = M.cosine_lr(step, total, cfg["clip_own_lr"], 20)
             loss_c = contrastive_loss(model, tok, cfg, drawn, decoded, gen, rng)
             stacks, texts, img_of, label = own_batch(own, right, wrong, gen, rng)
             t = tok(texts, padding=True, return_tensors="pt")
@@ -668,10 +671,9 @@ def train_own(cfg: dict, work: Path, model_dir: Path, target: Path, seed0: int) 
             if step % 100 == 0 and step < total:
                 checkpoint(ck, model, opt, gen, step, rng)
         save_clip(model.eval(), tok, done)
-    model = CLIPModel.from_pretrained(done).eval()
-    save_clip(model, tok, target)
+    model = publish(done, tok, target)
     report["after"] = threshold_table(own_scores(model, tok, own, val), own["ok"][val])
-    stacks, scenes = draw_stacks(300, 9_500_000, blur=False)  # held-out drawn clips: the swaps still tell
+    stacks, scenes = draw_stacks(300, HELD_OUT_SEED, blur=False)  # held-out drawn clips: the swaps still tell
     report["drawn"] = discrimination(model, tok, stacks, scenes)
     report["held_out"] = {"n": int(n_val), "judged_right": int(own["ok"][val].sum())}
     (work / "clip_own_eval.json").write_text(json.dumps(report, indent=1))

@@ -1,7 +1,12 @@
 """The toy models' configurations, the word-level tokenizers, and the prompt encoding that matches
 `WanPipeline.encode_prompt` (prompt_clean, tokenizer, UMT5, embeddings zeroed past each prompt's length and
-padded with zeros to 512 tokens)."""
+padded with zeros to 512 tokens); and what every training stage shares (train.py, clip_train.py): the learning
+rate schedule and the atomic checkpoint save."""
 from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
 
 from training.toy_world import world
 
@@ -142,3 +147,19 @@ def check_compact(tokenizer, text_encoder, transformer, prompts: list[str]) -> f
         compact = transformer(hidden_states=x, timestep=ts, encoder_hidden_states=emb, return_dict=False)[0]
         holder["bias"] = None
     return float((full - compact).abs().max())
+
+
+# -- shared by the training stages ------------------------------------------------------------------
+def save_atomic(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(total - warmup, 1)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from training.toy_world import models as M
+from training.toy_world.models import cosine_lr, save_atomic
 from training.toy_world import world
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ FULL = dict(vae_steps=1100, vae_batch=6, vae_crop=32, vae_lr=1e-3, vae_kl=1e-4, 
 QUICK = dict(vae_steps=30, vae_batch=2, vae_noise=0.1, vae_kl=1e-4, n_latent=200, dit_steps=40, dit_batch=8,
              dit_fg_weight=4.0, clip_steps=30, n_clip=400, n_clip_vae=64,
              clip_vae_share=0.4, n_own=8, n_own_val=2, clip_own_steps=4, clip_own_lr=1e-4, clip_own_margin=0.85,
-             clip_own_weight=1.0)
+             clip_own_weight=2.0)
 
 
 def log(msg: str) -> None:
@@ -76,21 +76,6 @@ def record_time(stage: str, seconds: float) -> None:
     t = json.loads(f.read_text()) if f.exists() else {}
     t[stage] = t.get(stage, 0.0) + seconds
     f.write_text(json.dumps(t, indent=1))
-
-
-def save_atomic(obj, path: Path) -> None:
-    import torch
-
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    p = (step - warmup) / max(total - warmup, 1)
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
 # -- stage: VAE ---------------------------------------------------------------------------------------------
