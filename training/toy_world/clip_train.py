@@ -240,10 +240,21 @@ def own_videos(work: Path, model_dir: Path, n: int, seed0: int, log) -> dict:
     chunks = [folder / f"chunk_{k:04d}.npz" for k in range((n + OWN_CHUNK - 1) // OWN_CHUNK)]
     pipe = vae = None
     s = json.loads((Path(__file__).resolve().parent / "recommended.json").read_text())
+    said = False
     while not all(c.exists() for c in chunks):
         mine = next((k for k, c in enumerate(chunks) if not c.exists() and _claim(c)), None)
-        if mine is None:
-            time.sleep(5)  # the rest are being made by another process
+        if mine is None:  # the rest are being made by another process: say which, once
+            if not said:
+                held = set()
+                for c in (c for c in chunks if not c.exists()):
+                    try:
+                        held.add(c.with_suffix(".claim").read_text().strip())
+                    except FileNotFoundError:
+                        pass  # made, or taken over, meanwhile
+                log(f"own_videos: waiting for {sum(not c.exists() for c in chunks)} chunk(s) being made by "
+                    f"process(es) {', '.join(sorted(held))}; a claim whose process dies is taken over")
+                said = True
+            time.sleep(5)
             continue
         path = chunks[mine]
         if pipe is None:
