@@ -105,8 +105,17 @@ def submit(job_path: str, spec: JobSpec, address: str | None, overrides: dict[st
                          metadata={"rushes_run_id": spec.run_id, "rushes_output": spec.output, "name": spec.name})
             return submission_id
         except Exception as e:  # noqa: BLE001 - the SDK raises RuntimeError, ConnectionError, ...
-            if "try again later" not in str(e) or time.monotonic() > deadline:
+            if "try again later" not in str(e):
                 raise SubmitError(f"the cluster refused the submission: {type(e).__name__}: {e}") from None
+            if time.monotonic() > deadline:
+                # The head answers but its job agent never registered: the agent failed to start (most often a
+                # port it was given was already in use) or is still starting on an overloaded head.
+                raise SubmitError(
+                    f"the cluster's job agent did not come up within {AGENT_WAIT_S:.0f} s, so the job was not "
+                    "submitted (nothing ran). On the head, dashboard_agent.log in the Ray session's logs folder "
+                    "(/tmp/ray/session_latest/logs) says why; a port already in use is the usual cause "
+                    "(see `ray start --dashboard-agent-listen-port`). The cluster said: "
+                    f"{type(e).__name__}: {e}") from None
             time.sleep(1.0)
 
 

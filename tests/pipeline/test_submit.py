@@ -2,7 +2,9 @@
 with `rushes submit --wait`, its outputs checked, and `rushes status` / `rushes logs` by submission id."""
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,39 +24,46 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports below the kernel's ephemeral range. A port taken with bind(0) is ephemeral: once
+    released, Ray's own choice of a random port for a process it starts (the agent's gRPC port, ...) can be
+    handed the same one, and that process then fails to bind it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    held: list[socket.socket] = []
+    try:
+        while len(held) < n:
+            s = socket.socket()
+            try:  # 20000 and up: Ray's workers take 10002-19999 by default
+                s.bind(("0.0.0.0", rng.randrange(20000, low)))
+            except OSError:
+                s.close()
+                continue
+            held.append(s)
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
 
 
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory, model_cache):
+@contextlib.contextmanager
+def head_process(log_dir: Path, agent: int | None = None):
     """A separate Ray head in its own process group, stopped by signalling that group: `ray stop` would also
-    stop the test session's own local Ray."""
-    gcs, dash, agent, metrics = (free_port() for _ in range(4))
+    stop the test session's own local Ray. Yields the dashboard's URL once its job server answers."""
+    gcs, dash, own_agent, metrics = free_ports(4)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    log = open(tmp_path_factory.mktemp("head") / "head.log", "w")
+    log = open(log_dir / "head.log", "w")
     # Every port chosen free: the defaults (agent 52365, ...) may be held by the session's own local Ray.
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=4",
-         f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
+         f"--dashboard-agent-listen-port={agent or own_agent}", f"--metrics-export-port={metrics}",
          "--object-store-memory=300000000", "--disable-usage-stats"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
-
-    def stop():
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        log.close()
-
-    deadline = time.monotonic() + 120
     try:
+        deadline = time.monotonic() + 120
         while True:
             assert head.poll() is None, f"ray start exited {head.returncode}; see {log.name}"
             try:  # the client, not a bare HTTP probe: it carries the cluster's auth token when there is one
@@ -64,11 +73,20 @@ def ray_head(tmp_path_factory, model_cache):
                 pass
             assert time.monotonic() < deadline, "the Ray job server did not come up"
             time.sleep(0.5)
-    except BaseException:
-        stop()
-        raise
-    yield url
-    stop()
+        yield url
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory, model_cache):
+    with head_process(tmp_path_factory.mktemp("head")) as url:
+        yield url
 
 
 def rushes(*args, timeout=360):
@@ -112,3 +130,23 @@ def test_submit_refuses_a_relative_output_and_a_bad_job_file(ray_head, tmp_path)
     bad.write_text("manifest: m.parquet\noutput: /tmp/x\nsample: {batchsize: 2}\n")
     res = rushes("submit", str(bad), "--address", ray_head, timeout=60)
     assert res.returncode == 2 and "sample.batchsize: unknown key; did you mean 'batch_size'?" in res.stderr
+
+
+def test_a_head_whose_job_agent_never_came_up_is_named_as_the_cause(tmp_path, monkeypatch):
+    """The agent's HTTP port is held by another process, so the agent starts without its HTTP service and never
+    registers: the job server answers 'try again later' to every submission. Submit waits, then says so and
+    where to look, and nothing was submitted."""
+    import pipeline.submit as submit_mod
+    from pipeline.spec import load_job
+
+    with socket.socket() as squatter:
+        squatter.bind(("0.0.0.0", free_ports(1)[0]))
+        squatter.listen()
+        with head_process(tmp_path, agent=squatter.getsockname()[1]) as url:
+            monkeypatch.setattr(submit_mod, "AGENT_WAIT_S", 1.0)
+            spec = load_job(ROOT / "manifests" / "demo.yaml", output=str(tmp_path / "out")).resolved()
+            with pytest.raises(SubmitError) as e:
+                submit_mod.submit(str(ROOT / "manifests" / "demo.yaml"), spec, url, working_dir=str(ROOT))
+            assert "job agent did not come up within 1 s" in str(e.value)
+            assert "nothing ran" in str(e.value) and "dashboard_agent.log" in str(e.value)
+            assert client(url).list_jobs() == []
