@@ -14,23 +14,18 @@ import asyncio
 import base64
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.request
+
+from tests.ports import free_port
 
 CANDIDATES = ("chromium", "chromium-browser")
 
 
 def find_chromium() -> str | None:
     return next((p for p in map(shutil.which, CANDIDATES) if p), None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class BrowserError(RuntimeError):

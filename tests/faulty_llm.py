@@ -8,7 +8,6 @@ requests and keeps the Authorization headers it saw, so tests can check what the
 from __future__ import annotations
 
 import http.client
-import socket
 import subprocess
 import sys
 import threading
@@ -16,11 +15,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port
 
 
 class LLMServer:

@@ -10,7 +10,7 @@ from pipeline.job import run_job
 from pipeline.library import read_records
 from pipeline.spec import load_job
 from tests.conftest import LLM_KEY, LLM_KEY_ENV, job_dict, write_manifest
-from tests.faulty_llm import free_port
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -18,32 +17,11 @@ import requests
 
 from pipeline.library import read_records
 from pipeline.submit import SubmitError, client
+from tests.ports import free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free ports below the kernel's ephemeral range. A port taken with bind(0) is ephemeral: once
-    released, Ray's own choice of a random port for a process it starts (the agent's gRPC port, ...) can be
-    handed the same one, and that process then fails to bind it."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    held: list[socket.socket] = []
-    try:
-        while len(held) < n:
-            s = socket.socket()
-            try:  # 20000 and up: Ray's workers take 10002-19999 by default
-                s.bind(("0.0.0.0", rng.randrange(20000, low)))
-            except OSError:
-                s.close()
-                continue
-            held.append(s)
-        return [s.getsockname()[1] for s in held]
-    finally:
-        for s in held:
-            s.close()
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ import pytest
 
 from stages.models.rewriters import EndpointRewriter, messages_for
 from tests.conftest import LLM_KEY
-from tests.faulty_llm import free_port
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(300)
 CHAT = messages_for("a cat walking along a beach at sunset", "Rewrite the video idea.", [])
