@@ -98,7 +98,7 @@ def submit(job_path: str, spec: JobSpec, address: str | None, overrides: dict[st
     submission_id = f"rushes-{spec.run_id}"
     c = client(address)
     # A head that has just started answers before its job agent is up ("try again later"): wait for it.
-    deadline = time.monotonic() + AGENT_WAIT_S
+    deadline, waited = time.monotonic() + AGENT_WAIT_S, False
     while True:
         try:
             c.submit_job(entrypoint=cmd, runtime_env=runtime_env, submission_id=submission_id,
@@ -107,6 +107,9 @@ def submit(job_path: str, spec: JobSpec, address: str | None, overrides: dict[st
         except Exception as e:  # noqa: BLE001 - the SDK raises RuntimeError, ConnectionError, ...
             if "try again later" not in str(e):
                 raise SubmitError(f"the cluster refused the submission: {type(e).__name__}: {e}") from None
+            if not waited:
+                print(f"the cluster's job agent is not up yet; waiting up to {AGENT_WAIT_S:.0f} s", file=sys.stderr)
+                waited = True
             if time.monotonic() > deadline:
                 # The head answers but its job agent never registered: the agent failed to start (most often a
                 # port it was given was already in use) or is still starting on an overloaded head.

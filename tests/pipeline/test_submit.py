@@ -110,7 +110,7 @@ def test_submit_refuses_a_relative_output_and_a_bad_job_file(ray_head, tmp_path)
     assert res.returncode == 2 and "sample.batchsize: unknown key; did you mean 'batch_size'?" in res.stderr
 
 
-def test_a_head_whose_job_agent_never_came_up_is_named_as_the_cause(tmp_path, monkeypatch):
+def test_a_head_whose_job_agent_never_came_up_is_named_as_the_cause(tmp_path, monkeypatch, capsys):
     """The agent's HTTP port is held by another process, so the agent starts without its HTTP service and never
     registers: the job server answers 'try again later' to every submission. Submit waits, then says so and
     where to look, and nothing was submitted."""
@@ -128,3 +128,4 @@ def test_a_head_whose_job_agent_never_came_up_is_named_as_the_cause(tmp_path, mo
             assert "job agent did not come up within 1 s" in str(e.value)
             assert "nothing ran" in str(e.value) and "dashboard_agent.log" in str(e.value)
             assert client(url).list_jobs() == []
+            assert "the cluster's job agent is not up yet; waiting up to 1 s" in capsys.readouterr().err
