@@ -53,11 +53,14 @@ def head_process(log_dir: Path, agent: int | None = None):
             time.sleep(0.5)
         yield url
     finally:
+        # SIGTERM ends the raylet and the workers within seconds, but the GCS and the autoscaler's monitor linger
+        # on for up to a minute: a throwaway head is then killed, every process of its group with it.
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=60)
+            head.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
         log.close()
 
 
