@@ -55,12 +55,18 @@ def shipped(name: str) -> Path:
 
 
 def shipped_settings(path: str | None) -> dict:
-    """The sampling settings a shipped builtin was trained for ({} for any other path)."""
-    name = (path or "").removeprefix(BUILTIN_PREFIX)
-    if not (path or "").startswith(BUILTIN_PREFIX) or name not in SHIPPED_BUILTINS:
-        return {}
-    f = SHIPPED_BUILTINS[name] / RECOMMENDED_FILE
-    return json.loads(f.read_text()) if f.is_file() else {}
+    """The sampling settings a model was trained for: a shipped builtin's, or those in the `rushes_recommended.json`
+    of a local checkpoint folder (one that training/toy_world builds, named by its path); {} for any other path."""
+    path = path or ""
+    name = path.removeprefix(BUILTIN_PREFIX)
+    if path.startswith(BUILTIN_PREFIX):
+        folder = SHIPPED_BUILTINS.get(name)
+    elif path and not is_remote(path):
+        folder = Path(path.removeprefix("file://"))
+    else:
+        folder = None
+    f = folder / RECOMMENDED_FILE if folder else None
+    return json.loads(f.read_text()) if f and f.is_file() else {}
 
 
 def resolve_model_path(path: str, storage_options: dict | None = None) -> str:

@@ -54,6 +54,25 @@ def test_toy_shapes_is_a_small_wan_checkpoint_that_ships_the_settings_it_was_tra
     assert trained["num_inference_steps"] <= 8 and trained["num_frames"] == 17 and trained["height"] >= 64
 
 
+def test_a_toy_model_folder_named_by_its_path_gets_the_settings_it_was_trained_for(tmp_path):
+    """A folder the training builds (its rushes_recommended.json beside model_index.json), named by path rather than
+    as the builtin: a job gets its trained settings, not the Wan defaults (832x480, 81 frames), at which the toy
+    model cannot sample. A folder without the file keeps the family's defaults."""
+    import shutil
+
+    from stages.models.families import family_for
+
+    wan = family_for("wan")
+    trained = json.loads((SHAPES / "rushes_recommended.json").read_text())
+    for path in (str(SHAPES), f"file://{SHAPES}"):
+        settings = wan.recommended(path)
+        assert {k: settings[k] for k in trained} == trained, path
+    bare = tmp_path / "no-settings"
+    shutil.copytree(SHAPES, bare, ignore=shutil.ignore_patterns("rushes_recommended.json", "*.safetensors"))
+    assert wan.recommended(str(bare)) == wan.recommended("Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+    assert (wan.recommended(str(bare))["width"], wan.recommended(str(bare))["num_frames"]) == (832, 81)
+
+
 @pytest.mark.slow
 def test_a_job_naming_toy_shapes_gets_its_trained_settings_and_draws_the_background_asked_for(ray_local, make_manifest,
                                                                                             tmp_path):

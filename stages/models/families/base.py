@@ -154,7 +154,9 @@ class FamilyRules:
         """Every sampling setting this model recommends, for those the job file leaves unset."""
         if path and path.startswith("builtin:"):  # a trained builtin ships the settings it was trained for
             return {**TINY, **cls.tiny_overrides(path), **shipped_settings(path)}
-        return {**TINY, **cls.RECOMMENDED}  # TINY's optional settings (guidance_scale_2, ...) are None
+        # TINY's optional settings (guidance_scale_2, ...) are None; a local folder may say what it was trained for
+        base = {**TINY, **cls.RECOMMENDED}
+        return {**base, **{k: v for k, v in shipped_settings(path).items() if k in base}}
 
     @classmethod
     def tiny_overrides(cls, path: str) -> dict:
