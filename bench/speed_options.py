@@ -113,10 +113,10 @@ def main() -> None:
     a = ap.parse_args()
     a.guidance, a.flow_shift = 5.0, None
     if a.toy:
-        from stages.models.checkpoints import shipped_settings
+        from stages.models.checkpoints import trained_settings
 
         a.path = "builtin:toy-shapes"
-        s = shipped_settings(a.path)
+        s = trained_settings(a.path)
         a.height, a.width, a.frames, a.steps = s["height"], s["width"], s["num_frames"], s["num_inference_steps"]
         a.guidance, a.flow_shift = s["guidance_scale"], s.get("flow_shift")
     ctx = RunContext(model=ModelSpec(family="wan", path=a.path))

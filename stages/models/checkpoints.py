@@ -54,7 +54,7 @@ def shipped(name: str) -> Path:
     return folder
 
 
-def shipped_settings(path: str | None) -> dict:
+def trained_settings(path: str | None) -> dict:
     """The sampling settings a model was trained for: a shipped builtin's, or those in the `rushes_recommended.json`
     of a local checkpoint folder (one that training/toy_world builds, named by its path); {} for any other path."""
     path = path or ""

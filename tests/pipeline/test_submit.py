@@ -17,7 +17,7 @@ import requests
 
 from pipeline.library import read_records
 from pipeline.submit import SubmitError, client
-from tests.ports import free_ports
+from tests.ports import free_port, free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,7 +121,7 @@ def test_a_head_whose_job_agent_never_came_up_is_named_as_the_cause(tmp_path, mo
     from pipeline.spec import load_job
 
     with socket.socket() as squatter:
-        squatter.bind(("0.0.0.0", free_ports(1)[0]))
+        squatter.bind(("0.0.0.0", free_port()))
         squatter.listen()
         with head_process(tmp_path, agent=squatter.getsockname()[1]) as url:
             monkeypatch.setattr(submit_mod, "AGENT_WAIT_S", 1.0)

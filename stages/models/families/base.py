@@ -15,7 +15,7 @@ import numpy as np
 from stages.common.variant import SamplingParams
 from stages.long_video.windows import LONG_SETTINGS
 from stages.media.frames import video_to_frames
-from stages.models.checkpoints import shipped_settings
+from stages.models.checkpoints import trained_settings
 from stages.models.devices import quiet_loading, torch_dtype
 from stages.models.lora import load_loras
 from stages.models.protocol import VariantInput
@@ -151,12 +151,18 @@ class FamilyRules:
 
     @classmethod
     def recommended(cls, path: str | None) -> dict:
-        """Every sampling setting this model recommends, for those the job file leaves unset."""
-        if path and path.startswith("builtin:"):  # a trained builtin ships the settings it was trained for
-            return {**TINY, **cls.tiny_overrides(path), **shipped_settings(path)}
-        # TINY's optional settings (guidance_scale_2, ...) are None; a local folder may say what it was trained for
-        base = {**TINY, **cls.RECOMMENDED}
-        return {**base, **{k: v for k, v in shipped_settings(path).items() if k in base}}
+        """Every sampling setting this model recommends, for those the job file leaves unset: the family's rules
+        for the path, then what the checkpoint says it was trained for (a shipped builtin's settings, or the
+        `rushes_recommended.json` of a local folder), which win."""
+        base = cls.family_recommended(path)
+        return {**base, **{k: v for k, v in trained_settings(path).items() if k in base}}
+
+    @classmethod
+    def family_recommended(cls, path: str | None) -> dict:
+        """The family's own recommendation for `path` (its kind of checkpoint, a builtin's tiny settings)."""
+        if path and path.startswith("builtin:"):
+            return {**TINY, **cls.tiny_overrides(path)}
+        return {**TINY, **cls.RECOMMENDED}  # TINY's optional settings (guidance_scale_2, ...) are None
 
     @classmethod
     def tiny_overrides(cls, path: str) -> dict:

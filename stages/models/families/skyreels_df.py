@@ -63,10 +63,10 @@ class SkyReelsDFFamily(SkyReelsFamily):
     TINY_LONG = dict(base_num_frames=17, overlap_history=9, addnoise_condition=20.0, ar_step=0)
 
     @classmethod
-    def recommended(cls, path: str | None) -> dict:
+    def family_recommended(cls, path: str | None) -> dict:
         if path and path.startswith("builtin:"):
             return {**TINY, **cls.TINY_LONG}
-        base = DiffusersFamily.recommended.__func__(cls, path)
+        base = DiffusersFamily.family_recommended.__func__(cls, path)
         return {**base, **(cls.RECOMMENDED_720P if "720p" in (path or "").lower() else {})}
 
     @classmethod

@@ -131,8 +131,8 @@ class WanFamily(DiffusersFamily):
         return 121 if cls.kind_of(path) == "ti2v" else cls.window  # TI2V-5B: 121 frames at 24 fps
 
     @classmethod
-    def recommended(cls, path: str | None) -> dict:
-        base = super().recommended(path)
+    def family_recommended(cls, path: str | None) -> dict:
+        base = super().family_recommended(path)
         if path and path.startswith("builtin:"):
             return base
         kind = cls.kind_of(path)
@@ -231,8 +231,8 @@ class SkyReelsFamily(WanFamily):
     RECOMMENDED_I2V = dict(guidance_scale=5.0, flow_shift=3.0)
 
     @classmethod
-    def recommended(cls, path: str | None) -> dict:
-        base = DiffusersFamily.recommended.__func__(cls, path)
+    def family_recommended(cls, path: str | None) -> dict:
+        base = DiffusersFamily.family_recommended.__func__(cls, path)
         i2v = not (path or "").startswith("builtin:") and cls.kind_of(path) in ("i2v", "flf2v")
         return {**base, **cls.RECOMMENDED_I2V} if i2v else base
 
