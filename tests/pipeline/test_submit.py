@@ -15,7 +15,9 @@ import av
 import pytest
 import requests
 
+import pipeline.submit as submit_mod
 from pipeline.library import read_records
+from pipeline.spec import load_job
 from pipeline.submit import SubmitError, client
 from tests.ports import free_port, free_ports
 
@@ -117,9 +119,6 @@ def test_a_head_whose_job_agent_never_came_up_is_named_as_the_cause(tmp_path, mo
     """The agent's HTTP port is held by another process, so the agent starts without its HTTP service and never
     registers: the job server answers 'try again later' to every submission. Submit waits, then says so and
     where to look, and nothing was submitted."""
-    import pipeline.submit as submit_mod
-    from pipeline.spec import load_job
-
     with socket.socket() as squatter:
         squatter.bind(("0.0.0.0", free_port()))
         squatter.listen()
